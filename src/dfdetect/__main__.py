@@ -1,0 +1,3 @@
+from dfdetect.cli import app
+
+app()

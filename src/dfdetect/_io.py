@@ -1,0 +1,73 @@
+"""Atomic, resumable file output.
+
+Every stage writes through these helpers so a killed run leaves either the old file or the new
+one, never half of one, and a rerun can trust any file it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+@contextmanager
+def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside ``dest``; rename it over ``dest`` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix, dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(dest: str | Path, text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(dest)
+
+
+def write_json(dest: str | Path, obj: Any) -> Path:
+    return write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_image(dest: str | Path, image_bgr: np.ndarray, jpeg_quality: int = 95) -> Path:
+    """Write a BGR uint8 image; the format follows the file suffix (png lossless, jpg at ``jpeg_quality``)."""
+    dest = Path(dest)
+    ext = dest.suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, image_bgr, params)
+    if not ok:
+        raise OSError(f"{dest}: could not encode image")
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return dest
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """Read a BGR uint8 image, or None if the file is missing, empty or not an image."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+def is_valid_image(path: str | Path) -> bool:
+    """True when ``path`` exists and decodes; used to decide whether a resumed stage can skip it."""
+    p = Path(path)
+    return p.is_file() and p.stat().st_size > 0 and read_image(p) is not None

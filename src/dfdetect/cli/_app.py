@@ -1,0 +1,72 @@
+"""The Typer app and the few helpers every command shares.
+
+Commands stay thin: build a config, call one API function, render its result. User errors
+(:class:`~dfdetect.errors.DfdetectError`) become one red line and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dfdetect.errors import DfdetectError
+from dfdetect.stage import ProgressCallback, StageReport
+
+app = typer.Typer(
+    name="dfdetect",
+    help="Find face deepfakes in videos and images. Stages: synth, frames, faces, srm, labels, train, "
+    "evaluate, study, demo, predict, report, serve, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ProtocolOpt = Annotated[str, typer.Option("--protocol", help="'seed' reproduces the report; 'default' works.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Processes for preprocessing (0 = serial).")]
+
+
+def handle_errors(fn: F) -> F:
+    """Turn a DfdetectError into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DfdetectError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[ProgressCallback]:
+    """A Rich progress bar, handed to the API as a plain ``advance(n)`` callback."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console, transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def print_report(report: StageReport, max_lines: int = 20) -> None:
+    """Print a stage summary and the first few skipped inputs; exit 1 only if nothing is usable."""
+    for line in report.failed[:max_lines]:
+        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    if len(report.failed) > max_lines:
+        console.print(f"[yellow]... and {len(report.failed) - max_lines} more skipped (see the manifest)[/]")
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    report.raise_if_empty()

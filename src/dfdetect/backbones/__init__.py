@@ -1,0 +1,23 @@
+"""Backbones: a registry of timm feature extractors with offline weights. Importing fills the registry."""
+
+from dfdetect.backbones._factory import BackboneClassifier, create_backbone
+from dfdetect.backbones._registry import (
+    BackboneCfg,
+    OfflineWeights,
+    get_backbone_cfg,
+    is_backbone,
+    list_backbones,
+    register_backbone,
+    split_backbone_name_tag,
+)
+from dfdetect.backbones._weights import load_state_file
+from dfdetect.backbones.efficientnet import *  # noqa: F403
+from dfdetect.backbones.mobilenet import *  # noqa: F403
+from dfdetect.backbones.resnetv2 import *  # noqa: F403
+from dfdetect.backbones.vgg import *  # noqa: F403
+from dfdetect.backbones.xception import *  # noqa: F403
+
+__all__ = [
+    "BackboneCfg", "BackboneClassifier", "OfflineWeights", "create_backbone", "get_backbone_cfg", "is_backbone",
+    "list_backbones", "load_state_file", "register_backbone", "split_backbone_name_tag",
+]

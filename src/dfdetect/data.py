@@ -1,0 +1,405 @@
+"""Face crops as a table, leakage-free splits, and the torch Datasets that read them.
+
+A :class:`CropTable` is one row per face crop: its path, label (1 = fake), video and the groups
+(identities / source videos) it shows. :func:`split_table` keeps the official test list apart
+and, for ``split='group'``, never lets a group or a video sit on both sides of train/val.
+Preprocessing is derived from the backbone's data config (mean/std), never hard-coded, and is
+shared by training (:class:`CropDataset`) and inference (:func:`preprocess_crops`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from dfdetect._io import read_image
+from dfdetect.config import TrainConfig
+from dfdetect.datasets import Dataset, parse_celebdf_name
+from dfdetect.errors import NothingUsableError
+from dfdetect.labels import IMAGE_SUFFIXES, Label, read_label_file
+
+__all__ = [
+    "CropTable", "build_crop_table", "load_label_table", "split_table", "group_components",
+    "preprocess_crops", "resize_rgb", "CropDataset", "SBIPairDataset", "balanced_sampler", "pos_weight",
+]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class CropTable:
+    """One row per face crop. ``labels`` use the internal convention, 1 = fake."""
+
+    paths: list[Path]
+    labels: np.ndarray  #: int64, shape (n,)
+    videos: list[str]  #: crops of one video share it; scores are aggregated by it
+    groups: list[tuple[str, ...]]  #: identities / source videos; group splits keep each on one side
+    is_test: np.ndarray  #: bool, shape (n,): in the dataset's official test list
+    skipped: list[str] = field(default_factory=list)  #: one line per item that gave no crop
+    notes: list[str] = field(default_factory=list)  #: e.g. rows dropped to keep identities apart
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.is_test = np.asarray(self.is_test, dtype=bool).reshape(-1)
+        n = len(self.paths)
+        if not (self.labels.size == len(self.videos) == len(self.groups) == self.is_test.size == n):
+            raise ValueError(f"CropTable columns differ in length: {n} paths, {self.labels.size} labels, "
+                             f"{len(self.videos)} videos, {len(self.groups)} groups, {self.is_test.size} is_test")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> CropTable:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return CropTable([self.paths[i] for i in idx], self.labels[idx], [self.videos[i] for i in idx],
+                         [self.groups[i] for i in idx], self.is_test[idx])
+
+    def counts(self) -> dict[str, int]:
+        fake = int(self.labels.sum())
+        return {"crops": len(self), "real": len(self) - fake, "fake": fake, "videos": len(set(self.videos)),
+                "test": int(self.is_test.sum())}
+
+    def fingerprint(self) -> str:
+        """Hash of paths, labels, sizes and mtimes: a feature cache is valid only for the same files."""
+        h = hashlib.sha256()
+        for p, y in zip(self.paths, self.labels.tolist(), strict=True):
+            try:
+                st = p.stat()
+                h.update(f"{p}\0{y}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{p}\0{y}\0missing\n".encode())
+        return h.hexdigest()
+
+
+def _even_pick(files: list[Path], k: int | None) -> list[Path]:
+    if k is None or len(files) <= k:
+        return files
+    idx = np.unique(np.linspace(0, len(files) - 1, k).round().astype(int))
+    return [files[i] for i in idx]
+
+
+def _images_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
+                     frames_per_video: int | None = None) -> CropTable:
+    """Join each item of ``dataset`` to its face crops.
+
+    Crops are looked up at ``crops_dir/<video_id>/*.png|jpg`` (what the faces stage writes) or, for an
+    image item, at ``crops_dir/<rel>`` (a mirrored copy, e.g. an SRM-filtered folder). Without
+    ``crops_dir`` an image item is its own crop. ``frames_per_video`` keeps that many evenly spaced
+    crops per video. Items without crops are listed in ``skipped``, never silently dropped.
+    """
+    crops = Path(crops_dir) if crops_dir is not None else None
+    paths: list[Path] = []
+    labels: list[int] = []
+    videos: list[str] = []
+    groups: list[tuple[str, ...]] = []
+    is_test: list[bool] = []
+    skipped = list(dataset.skipped)
+    for item in dataset.items:
+        if crops is None:
+            found = [] if item.is_video else [item.path]
+            why = "a video needs --crops (run frames and faces first)"
+        else:
+            found = _images_in(crops / item.video_id)
+            if not found and not item.is_video and (crops / item.rel).is_file():
+                found = [crops / item.rel]
+            why = f"no face crops in {crops / item.video_id}"
+        if not found:
+            skipped.append(f"{item.path}: {why}")
+            continue
+        for p in _even_pick(found, frames_per_video):
+            paths.append(p)
+            labels.append(int(item.label))
+            videos.append(item.video_id)
+            groups.append(item.groups)
+            is_test.append(item.is_test)
+    if not paths:
+        where = crops if crops is not None else dataset.root
+        raise NothingUsableError(f"no face crops for any of the {len(dataset)} items", path=where)
+    return CropTable(paths, np.array(labels), videos, groups, np.array(is_test), skipped=skipped)
+
+
+def _groups_of_video(video: str) -> tuple[str, ...]:
+    try:
+        return parse_celebdf_name(Path(video).name).identities
+    except ValueError:
+        return (video,)
+
+
+def load_label_table(label_file: str | Path, root: str | Path, *, is_test: bool = False) -> CropTable:
+    """Read a seed ``{value} {path}`` file (1 = real) of crops relative to ``root``.
+
+    A crop ``Celeb-real/id0_0000/00000.png`` belongs to video ``Celeb-real/id0_0000``; a two-part
+    path (``real/x.jpg``) is its own video. Celeb-DF names give identity groups.
+    """
+    root = Path(root)
+    lines, bad = read_label_file(label_file)
+    paths, labels, videos, groups = [], [], [], []
+    skipped = list(bad)
+    for line in lines:
+        p = root / line.path
+        if not p.is_file():
+            skipped.append(f"{p}: listed in {Path(label_file).name} but not found")
+            continue
+        rel = Path(line.path)
+        video = rel.parent.as_posix() if len(rel.parts) >= 3 else rel.with_suffix("").as_posix()
+        paths.append(p)
+        labels.append(int(line.label))
+        videos.append(video)
+        groups.append(_groups_of_video(video))
+    if not paths:
+        raise NothingUsableError(f"no usable crops listed ({len(skipped)} lines skipped)", path=label_file)
+    return CropTable(paths, np.array(labels), videos, groups, np.full(len(paths), is_test), skipped=skipped)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+class _UnionFind:
+    """Disjoint sets over hashable keys (path halving); why hand-written: 15 lines, no dependency."""
+
+    def __init__(self) -> None:
+        self.parent: dict[Any, Any] = {}
+
+    def find(self, x: Any) -> Any:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: Any, b: Any) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def group_components(videos: Sequence[str], groups: Sequence[tuple[str, ...]]) -> np.ndarray:
+    """Connected component id per row, joining rows that share a video or any group.
+
+    A Celeb-DF fake ``idX_idY`` joins identities X and Y, so a component is a set of people no
+    split may cut.
+    """
+    uf = _UnionFind()
+    for v, gs in zip(videos, groups, strict=True):
+        for g in gs:
+            uf.union(("v", v), ("g", g))
+        uf.find(("v", v))
+    roots = [uf.find(("v", v)) for v in videos]
+    _, comp = np.unique(np.array([repr(r) for r in roots]), return_inverse=True)
+    return comp.astype(np.int64)
+
+
+def _random_split(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(y.size)
+    strat = y if np.bincount(y, minlength=2).min() >= 2 else None
+    tr, va = train_test_split(idx, test_size=frac, random_state=seed, stratify=strat)
+    return np.sort(tr), np.sort(va)
+
+
+def _component_split(y: np.ndarray, comp: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified group split: the first fold of StratifiedGroupKFold with about 1/frac folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, round(1 / frac))
+    skf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    tr, va = next(skf.split(np.zeros(y.size), y, groups=comp))
+    return np.sort(tr), np.sort(va)
+
+
+def _identity_split(y: np.ndarray, videos: Sequence[str], groups: Sequence[tuple[str, ...]], frac: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """When the identity graph is one blob, split *identities* and drop rows that would straddle."""
+    rng = np.random.default_rng(seed)
+    keys = sorted({g for gs in groups for g in gs})
+    order = rng.permutation(len(keys))
+    val_ids: set[str] = set()
+    target = frac * y.size
+    in_val = np.zeros(y.size, dtype=bool)
+    for k in order:
+        val_ids.add(keys[k])
+        in_val = np.array([all(g in val_ids for g in gs) for gs in groups])
+        if in_val.sum() >= target:
+            break
+    in_train = np.array([not any(g in val_ids for g in gs) for gs in groups])
+    return np.flatnonzero(in_train), np.flatnonzero(in_val), int((~in_train & ~in_val).sum())
+
+
+def split_table(table: CropTable, cfg: TrainConfig) -> tuple[CropTable, CropTable, CropTable]:
+    """``(train, val, test)``: official test rows always go to test; the rest is split by ``cfg.split``.
+
+    ``random`` is the seed's seeded, stratified 85/15 over rows. ``group`` keeps every connected set
+    of groups (identities joined by two-identity fakes, and all frames of a video) on one side; if
+    the graph is one component, identities are split and fakes that would straddle are dropped (noted).
+    """
+    test_idx = np.flatnonzero(table.is_test)
+    pool = np.flatnonzero(~table.is_test)
+    if pool.size < 2:
+        raise NothingUsableError(f"only {pool.size} non-test crops: nothing to train and validate on")
+    y = table.labels[pool]
+    vids = [table.videos[i] for i in pool]
+    grps = [table.groups[i] for i in pool]
+    notes: list[str] = []
+    if cfg.split == "random":
+        tr, va = _random_split(y, cfg.val_fraction, cfg.seed)
+    else:
+        comp = group_components(vids, grps)
+        n_comp = int(comp.max()) + 1
+        if n_comp >= max(2, round(1 / cfg.val_fraction)):
+            tr, va = _component_split(y, comp, cfg.val_fraction, cfg.seed)
+        else:
+            tr, va, dropped = _identity_split(y, vids, grps, cfg.val_fraction, cfg.seed)
+            notes.append(f"group split: the identity graph has {n_comp} component(s); split identities and "
+                         f"dropped {dropped} crops whose identities fall on both sides")
+        if tr.size == 0 or va.size == 0:
+            raise NothingUsableError(f"group split left {tr.size} train and {va.size} validation crops; "
+                                     "need more distinct groups (or use split='random')")
+    train, val = table.subset(pool[tr]), table.subset(pool[va])
+    train.notes, train.skipped = notes, list(table.skipped)
+    return train, val, table.subset(test_idx)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def resize_rgb(crop_bgr: np.ndarray, size: int) -> np.ndarray:
+    """BGR crop of any size -> ``size x size`` RGB uint8 (area when shrinking, linear when growing)."""
+    if crop_bgr.ndim == 2:
+        crop_bgr = cv2.cvtColor(crop_bgr, cv2.COLOR_GRAY2BGR)
+    h, w = crop_bgr.shape[:2]
+    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+    return cv2.cvtColor(cv2.resize(crop_bgr[..., :3], (size, size), interpolation=interp), cv2.COLOR_BGR2RGB)
+
+
+def _normalise(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(..., 3, H, W) uint8 -> float32 normalised with the backbone's mean/std."""
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x_uint8.float().div_(255.0) - m) / s
+
+
+def preprocess_crops(crops_bgr: Sequence[np.ndarray], data_config: dict[str, Any], input_size: int) -> torch.Tensor:
+    """BGR uint8 crops -> ``(N, 3, S, S)`` float tensor, channels_last; the inference transform."""
+    if len(crops_bgr) == 0:
+        return torch.empty((0, 3, input_size, input_size)).contiguous(memory_format=torch.channels_last)
+    batch = np.stack([resize_rgb(np.asarray(c), input_size) for c in crops_bgr])
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2)
+    return _normalise(x, data_config["mean"], data_config["std"]).contiguous(memory_format=torch.channels_last)
+
+
+def train_augment() -> Callable[[torch.Tensor], torch.Tensor]:
+    """Full-mode augmentation on a uint8 CHW tensor: flip, colour jitter, blur, JPEG quality 40-100."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=0.2),
+        v2.RandomApply([v2.JPEG((40, 100))], p=0.5),
+    ])
+
+
+class CropDataset(TorchDataset):
+    """Reads crops from disk: ``(x, y, ok)`` with x normalised ``(3, S, S)``; an unreadable crop gives ok=0."""
+
+    def __init__(self, table: CropTable, *, input_size: int, data_config: dict[str, Any], augment: bool = False):
+        self.paths = [str(p) for p in table.paths]
+        self.labels = table.labels.astype(np.float32)
+        self.input_size = input_size
+        self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
+        self.augment = train_augment() if augment else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        if self.augment is not None:
+            x = self.augment(x)
+        return _normalise(x, self.mean, self.std)
+
+    def _read(self, i: int) -> np.ndarray | None:
+        img = read_image(self.paths[i])
+        return None if img is None else img
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        img = self._read(i)
+        ok = img is not None
+        rgb = resize_rgb(img, self.input_size) if ok else np.zeros((self.input_size,) * 2 + (3,), np.uint8)
+        return self._tensor(rgb), torch.tensor(self.labels[i]), torch.tensor(float(ok))
+
+
+class SBIPairDataset(CropDataset):
+    """Each item is a real crop and a fake: its self-blended copy, or (``mix``) sometimes a real fake.
+
+    Items are pairs, so every batch is half real, half fake, as SBI trains. The blend's randomness
+    is seeded by ``(seed, epoch, index)``; call :meth:`set_epoch` so each epoch sees new blends.
+    """
+
+    def __init__(self, table: CropTable, *, input_size: int, data_config: dict[str, Any], augment: bool = False,
+                 seed: int = 0, mix: bool = True, blend_fn: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None):
+        super().__init__(table, input_size=input_size, data_config=data_config, augment=augment)
+        self.real = np.flatnonzero(table.labels == Label.REAL)
+        self.fake = np.flatnonzero(table.labels == Label.FAKE) if mix else np.empty(0, np.int64)
+        if self.real.size == 0:
+            raise NothingUsableError("pseudo_fakes='sbi' needs real crops in the training split; found none")
+        self.seed, self.epoch, self.blend_fn = seed, 0, blend_fn
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self.real.size)
+
+    def _blend(self, face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.blend_fn is None:
+            from dfdetect.sbi import self_blend
+
+            self.blend_fn = self_blend
+        return self.blend_fn(face, rng)[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        real = self._read(int(self.real[i]))
+        if real is None:
+            z = torch.zeros((2, 3, self.input_size, self.input_size))
+            return z, torch.tensor([0.0, 1.0]), torch.zeros(2)
+        if self.fake.size and rng.random() < 0.5:
+            fake = self._read(int(self.fake[rng.integers(self.fake.size)]))
+        else:
+            fake = self._blend(real, rng)
+        xs = [self._tensor(resize_rgb(real, self.input_size))]
+        ok_fake = fake is not None
+        xs.append(self._tensor(resize_rgb(fake, self.input_size)) if ok_fake else torch.zeros_like(xs[0]))
+        return torch.stack(xs), torch.tensor([0.0, 1.0]), torch.tensor([1.0, float(ok_fake)])
+
+
+def balanced_sampler(labels: np.ndarray, seed: int, num_samples: int | None = None) -> torch.utils.data.Sampler:
+    """Draw real and fake equally often (with replacement), the imbalance fix for training."""
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    w = 1.0 / np.maximum(counts[labels], 1.0)
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double),
+                                                  num_samples or labels.size, replacement=True, generator=g)
+
+
+def pos_weight(labels: np.ndarray) -> torch.Tensor:
+    """BCE ``pos_weight`` = n_real / n_fake, the class-weighted alternative to the sampler."""
+    counts = np.bincount(labels, minlength=2).astype(np.float32)
+    return torch.tensor(counts[0] / max(counts[1], 1.0))

@@ -1,0 +1,194 @@
+"""A trained detector: the network, its protocol and the validation-chosen threshold, in one file.
+
+Follows the scikit-learn estimator habits: ``__init__`` only stores, :meth:`Detector.fit` trains and
+returns ``self``, and learned state ends in ``_`` (``model_``, ``threshold_``, ``protocol_``,
+``data_config_``). :meth:`Detector.save` writes ONE ``.safetensors`` file whose metadata holds the
+protocol JSON and the threshold; :meth:`Detector.load` rebuilds the network with
+``pretrained=False`` (no network, no pretrained weights needed) and loads it strictly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dfdetect._io import atomic_path
+from dfdetect.config import Protocol
+from dfdetect.data import preprocess_crops
+from dfdetect.errors import DfdetectError, WeightsError
+
+if TYPE_CHECKING:
+    from dfdetect.backbones import BackboneClassifier
+    from dfdetect.data import CropTable
+    from dfdetect.stage import ProgressCallback
+
+__all__ = ["Detector", "NotFittedError", "FORMAT", "DETECTOR_FILE"]
+
+FORMAT = "dfdetect.detector/1"
+DETECTOR_FILE = "detector.safetensors"
+
+
+class NotFittedError(DfdetectError):
+    """The detector was used before ``fit`` or ``load``."""
+
+
+class Detector:
+    """P(fake) for face crops.
+
+    Parameters
+    ----------
+    protocol : Protocol, default=None
+        The recipe :meth:`fit` trains with; ``None`` means ``Protocol.default()``.
+    batch_size : int, default=64
+        Crops per forward pass in :meth:`predict_proba`.
+
+    Attributes
+    ----------
+    model_ : BackboneClassifier
+    protocol_ : Protocol
+    threshold_ : float
+        Decision threshold chosen on validation scores (``protocol.train.threshold``).
+    data_config_ : dict
+        mean / std / input size used to preprocess crops.
+    """
+
+    def __init__(self, protocol: Protocol | None = None, *, batch_size: int = 64):
+        self.protocol = protocol
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_model(cls, model: BackboneClassifier, protocol: Protocol, threshold: float, *,
+                   batch_size: int = 64) -> Detector:
+        """Wrap an already trained network (what :func:`dfdetect.train.train` returns)."""
+        det = cls(protocol, batch_size=batch_size)
+        det.model_ = model.cpu().eval()
+        det.protocol_ = protocol
+        det.threshold_ = float(threshold)
+        det.data_config_ = {**model.data_config, "input_size": (3, protocol.model.input_size,
+                                                                 protocol.model.input_size)}
+        return det
+
+    def fit(self, table: CropTable, out_dir: str | Path, *, progress: ProgressCallback | None = None) -> Detector:
+        """Train with ``self.protocol`` (see :func:`dfdetect.train.train`); returns ``self``."""
+        from dfdetect.train import train
+
+        result = train(table, self.protocol or Protocol.default(), out_dir, progress=progress)
+        fitted = result.detector
+        self.model_, self.protocol_ = fitted.model_, fitted.protocol_
+        self.threshold_, self.data_config_ = fitted.threshold_, fitted.data_config_
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this Detector is not fitted yet; call fit(...) or Detector.load(path) first")
+
+    # ------------------------------------------------------------------ inference
+
+    @property
+    def input_size(self) -> int:
+        self._check_fitted()
+        return int(self.data_config_["input_size"][-1])
+
+    def preprocess(self, crops_bgr: Sequence[np.ndarray]) -> torch.Tensor:
+        """BGR uint8 crops of any size -> normalised ``(N, 3, S, S)`` tensor (channels_last)."""
+        self._check_fitted()
+        return preprocess_crops(crops_bgr, self.data_config_, self.input_size)
+
+    @torch.no_grad()
+    def predict_proba(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
+        """P(fake) for each crop, shape ``(n,)``; batched, in eval mode, without gradients."""
+        self._check_fitted()
+        for i, c in enumerate(crops_bgr):
+            a = np.asarray(c)
+            if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+                raise ValueError(f"crop {i}: expected a BGR image of shape (H, W, 3), got shape {a.shape}")
+        self.model_.eval()
+        out: list[np.ndarray] = []
+        for start in range(0, len(crops_bgr), self.batch_size):
+            x = self.preprocess(crops_bgr[start:start + self.batch_size])
+            out.append(torch.sigmoid(self.model_(x).float()).reshape(-1).numpy())
+        return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+    def predict(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
+        """1 (fake) where P(fake) >= ``threshold_``, else 0."""
+        return (self.predict_proba(crops_bgr) >= self.threshold_).astype(np.int64)
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """The backbone's last conv block, for Grad-CAM."""
+        self._check_fitted()
+        return self.model_.cam_target_layers()
+
+    # ------------------------------------------------------------------ persistence
+
+    def _metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "protocol": self.protocol_.model_dump_json(),
+            "threshold": repr(float(self.threshold_)),
+            "backbone": self.model_.backbone_name,
+            "weights_id": self.model_.weights_id,
+            "data_config": json.dumps({k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in self.data_config_.items()}),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ONE ``.safetensors`` file (weights + protocol + threshold in metadata), atomically."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(state, str(tmp), metadata=self._metadata())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Detector:
+        """Load a saved detector without the network or pretrained weights; problems -> one-line WeightsError."""
+        from pydantic import ValidationError
+        from safetensors import safe_open
+
+        from dfdetect.backbones import create_backbone
+
+        path = Path(path)
+        if not path.is_file():
+            raise WeightsError("detector file not found", path=path)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        except Exception as exc:  # noqa: BLE001 - any reader error means "not a detector file"
+            raise WeightsError(f"not a readable .safetensors file ({type(exc).__name__})", path=path) from None
+        if meta.get("format") != FORMAT:
+            raise WeightsError(f"not a dfdetect detector (metadata format {meta.get('format')!r}, "
+                               f"expected {FORMAT!r})", path=path)
+        try:
+            protocol = Protocol.model_validate_json(meta["protocol"])
+            threshold = float(meta["threshold"])
+            backbone = meta.get("backbone", protocol.model.backbone)
+        except (KeyError, ValueError, ValidationError) as exc:
+            raise WeightsError(f"detector metadata is damaged ({type(exc).__name__})", path=path) from None
+        m = protocol.model
+        model = create_backbone(backbone, pretrained=False, srm_in_model=m.srm_in_model, pool=m.pool,
+                                num_classes=1, drop_rate=m.drop_rate)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:200]
+            raise WeightsError(f"weights do not fit backbone {backbone!r}: {first}", path=path) from None
+        model.weights_id = meta.get("weights_id", "file")
+        return cls.from_model(model, protocol, threshold)
+
+    def __repr__(self) -> str:
+        if not hasattr(self, "model_"):
+            return "Detector(unfitted)"
+        return (f"Detector(backbone={self.model_.backbone_name!r}, input_size={self.input_size}, "
+                f"threshold={self.threshold_:.4f}, protocol={self.protocol_.name!r})")

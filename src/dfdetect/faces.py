@@ -1,0 +1,412 @@
+"""Frames -> face crops, with a small registry of face detectors (Haar, MTCNN).
+
+- ``haar`` is the seed's detector: OpenCV's ``haarcascade_frontalface_alt.xml`` on greyscale, with
+  minSize 128, scaleFactor 1.1, minNeighbors 5 (``Protocol.seed()``). It gives no confidence; the
+  box ``score`` is its neighbour count.
+- ``mtcnn`` (facenet-pytorch, CPU; the weights ship inside the wheel, so it runs offline) is the
+  default protocol's detector: it finds far more faces, including small and turned ones, gives a
+  probability per face and 5 landmarks (eyes, nose, mouth corners) that alignment and SBI can use.
+  See bench/preprocess.py for the measured detection rates.
+
+Output mirrors the frames: ``out_dir/<video_id>/<frame>.<ext>`` (``<frame>_f1``, ``_f2``... with
+``keep="all"``), plus ``out_dir/manifest.csv`` with one row per frame *and* per frame without a
+usable face (``status`` ``no_face`` / ``unreadable`` with the reason): nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Protocol as TypingProtocol
+
+import cv2
+import numpy as np
+
+from dfdetect._io import is_valid_image, read_image, write_image, write_json, write_text
+from dfdetect.config import FaceConfig
+from dfdetect.errors import BadInputError, DfdetectError
+from dfdetect.frames import JobResult
+from dfdetect.labels import IMAGE_SUFFIXES
+from dfdetect.parallel import Engine, in_worker, map_items
+from dfdetect.stage import ProgressCallback, StageReport
+
+__all__ = ["Box", "FaceCrop", "Detector", "register_detector", "list_detectors", "create_detector", "crop_face",
+           "faces_in_image", "extract_faces", "frame_files", "MANIFEST_NAME", "MANIFEST_FIELDS", "read_manifest"]
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_FIELDS = ("path", "video_id", "frame", "x0", "y0", "x1", "y1", "score", "status", "reason")
+#: Per-video record of finished rows (written last); a rerun reuses it instead of detecting again.
+DONE_MARKER = ".faces.json"
+#: Frames per job: a flat folder of thousands of images still spreads over the workers.
+JOB_FRAMES = 64
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in pixel coordinates of the image it was found in (x1, y1 exclusive)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float = 1.0  #: MTCNN: probability; Haar: neighbour count (it has no probability)
+    landmarks: tuple[tuple[float, float], ...] | None = None  #: 5 points (eyes, nose, mouth) where known
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    def scaled(self, factor: float) -> Box:
+        """The same box in an image ``factor`` times larger (maps a detection on a downscaled frame back)."""
+        lm = None if self.landmarks is None else tuple((x * factor, y * factor) for x, y in self.landmarks)
+        return Box(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score, lm)
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    box: Box
+    crop: np.ndarray  #: BGR uint8
+
+
+class Detector(TypingProtocol):
+    name: str
+
+    def __call__(self, bgr: np.ndarray) -> list[Box]: ...
+
+
+# --------------------------------------------------------------------------- registry
+
+_DETECTORS: dict[str, Callable[[FaceConfig], Detector]] = {}
+
+
+def register_detector(name: str) -> Callable[[Callable[[FaceConfig], Detector]], Callable[[FaceConfig], Detector]]:
+    """Register ``factory(cfg) -> Detector`` under ``name`` (timm-style: look up by name, warn on overwrite)."""
+
+    def deco(factory: Callable[[FaceConfig], Detector]) -> Callable[[FaceConfig], Detector]:
+        if name in _DETECTORS:
+            warnings.warn(f"face detector {name!r} registered twice; the last one wins", stacklevel=2)
+        _DETECTORS[name] = factory
+        return factory
+
+    return deco
+
+
+def list_detectors() -> list[str]:
+    return sorted(_DETECTORS)
+
+
+def create_detector(cfg: FaceConfig) -> Detector:
+    """Build the detector ``cfg.detector`` names. Expensive (MTCNN loads weights): build once, reuse."""
+    if cfg.detector not in _DETECTORS:
+        raise DfdetectError(f"unknown face detector {cfg.detector!r}; choose from {', '.join(list_detectors())}")
+    return _DETECTORS[cfg.detector](cfg)
+
+
+_WORKER_DETECTORS: dict[str, Detector] = {}
+
+
+def _worker_detector(cfg: FaceConfig) -> Detector:
+    """One detector per process, kept across jobs (serial, pool and Ray workers alike)."""
+    key = cfg.model_dump_json()
+    if key not in _WORKER_DETECTORS:
+        _WORKER_DETECTORS[key] = create_detector(cfg)
+    return _WORKER_DETECTORS[key]
+
+
+class HaarDetector:
+    """OpenCV Haar cascade on greyscale, the seed's settings by default."""
+
+    name = "haar"
+
+    def __init__(self, cfg: FaceConfig, min_size: int | None = None):
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt.xml"
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise DfdetectError("cannot load the Haar cascade (opencv>=5 ships none; use opencv<5)", path=path)
+        self.min_size = cfg.min_size if min_size is None else min_size
+        self.scale_factor, self.min_neighbors = cfg.scale_factor, cfg.min_neighbors
+
+    def __call__(self, bgr: np.ndarray) -> list[Box]:
+        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
+        rects, neighbours = self.cascade.detectMultiScale2(
+            grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size))
+        return [Box(float(x), float(y), float(x + w), float(y + h), float(n))
+                for (x, y, w, h), n in zip(np.asarray(rects).reshape(-1, 4), np.asarray(neighbours).ravel())]
+
+
+class MTCNNDetector:
+    """facenet-pytorch's MTCNN on CPU (weights inside the wheel); keeps every face of at least ``min_size``."""
+
+    name = "mtcnn"
+
+    def __init__(self, cfg: FaceConfig, min_size: int | None = None):
+        import torch
+
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:
+            raise DfdetectError(f"the mtcnn detector needs facenet-pytorch ({exc}); "
+                                "pip install --no-deps facenet-pytorch") from None
+        if in_worker():
+            torch.set_num_threads(1)
+        self.min_size = cfg.min_size if min_size is None else min_size
+        self.min_score = cfg.min_score
+        # MTCNN's own min_face_size only bounds its image pyramid; 20 px (its default) finds small faces
+        # that we then filter by min_size ourselves, so a tight min_size does not lose borderline boxes.
+        self.model = MTCNN(keep_all=True, device="cpu", min_face_size=min(20, self.min_size), post_process=False,
+                           select_largest=True)
+
+    def __call__(self, bgr: np.ndarray) -> list[Box]:
+        import torch
+
+        rgb = np.ascontiguousarray(bgr[..., ::-1])
+        with torch.inference_mode():
+            boxes, probs, points = self.model.detect(rgb, landmarks=True)
+        if boxes is None:
+            return []
+        out = []
+        for b, p, lm in zip(boxes, probs, points):
+            box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(p),
+                      tuple((float(x), float(y)) for x, y in lm))
+            if min(box.width, box.height) >= self.min_size and box.score >= self.min_score:
+                out.append(box)
+        return out
+
+
+@register_detector("haar")
+def haar(cfg: FaceConfig) -> Detector:
+    if cfg.detect_max_side is None:
+        return HaarDetector(cfg)
+    # On a downscaled frame the minimum size is scaled per frame; build lazily per scale.
+    return _ScaledMinSize(partial(HaarDetector, cfg), cfg.min_size, cfg.detect_max_side, "haar")
+
+
+@register_detector("mtcnn")
+def mtcnn(cfg: FaceConfig) -> Detector:
+    if cfg.detect_max_side is None:
+        return MTCNNDetector(cfg)
+    return _ScaledMinSize(partial(MTCNNDetector, cfg), cfg.min_size, cfg.detect_max_side, "mtcnn")
+
+
+class _ScaledMinSize:
+    """Downscale so the longer side is ``max_side``, with ``min_size`` scaled alike; boxes mapped back."""
+
+    def __init__(self, make: Callable[..., Detector], min_size: int, max_side: int, name: str):
+        self.make, self.min_size, self.max_side, self.name = make, min_size, max_side, name
+        self._by_min: dict[int, Detector] = {}
+        self._full: Detector | None = None
+
+    def __call__(self, bgr: np.ndarray) -> list[Box]:
+        h, w = bgr.shape[:2]
+        f = self.max_side / max(h, w)
+        if f >= 1:
+            if self._full is None:
+                self._full = self.make()
+            return self._full(bgr)
+        small_min = max(1, round(self.min_size * f))
+        if small_min not in self._by_min:
+            self._by_min[small_min] = self.make(min_size=small_min)
+        small = cv2.resize(bgr, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+        return [b.scaled(1 / f) for b in self._by_min[small_min](small)
+                if max(b.width, b.height) / f >= self.min_size]
+
+
+# --------------------------------------------------------------------------- cropping
+
+
+def crop_face(image: np.ndarray, box: Box, margin: float = 1.0, output_size: int | None = None) -> np.ndarray:
+    """Square crop centred on the box, side ``margin * max(w, h)``, optionally resized.
+
+    At an image border the square is shifted inside the image when it fits (real pixels rather than
+    black bars, which a classifier could learn as a cue); only a square larger than the image is
+    padded, by replicating the edge. With ``margin=1`` and a square Haar box this is exactly the seed's
+    ``img[y:y+h, x:x+w]``.
+    """
+    h, w = image.shape[:2]
+    side = max(1, int(round(margin * max(box.width, box.height))))
+    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    x0 = min(max(x0, 0), w - side) if side <= w else x0
+    y0 = min(max(y0, 0), h - side) if side <= h else y0
+    x1, y1 = x0 + side, y0 + side
+    crop = image[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+    pads = (max(-y0, 0), max(y1 - h, 0), max(-x0, 0), max(x1 - w, 0))
+    if any(pads):
+        crop = cv2.copyMakeBorder(crop, *pads, borderType=cv2.BORDER_REPLICATE)
+    if output_size is not None and crop.shape[0] != output_size:
+        interp = cv2.INTER_AREA if crop.shape[0] > output_size else cv2.INTER_CUBIC
+        crop = cv2.resize(crop, (output_size, output_size), interpolation=interp)
+    return np.ascontiguousarray(crop)
+
+
+def faces_in_image(bgr: np.ndarray, detector: Detector, cfg: FaceConfig) -> list[FaceCrop]:
+    """Every face the detector finds, largest first, each with its crop (``cfg.margin``, ``cfg.output_size``)."""
+    boxes = sorted(detector(bgr), key=lambda b: (-b.area, b.y0, b.x0))
+    return [FaceCrop(b, crop_face(bgr, b, cfg.margin, cfg.output_size)) for b in boxes]
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def frame_files(frames_dir: Path) -> list[Path]:
+    """Every image under ``frames_dir`` (hidden files such as done-markers excluded), sorted."""
+    return sorted(p for p in frames_dir.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+def _video_id(rel: Path) -> str:
+    parent = rel.parent.as_posix()
+    return "" if parent == "." else parent
+
+
+def _row(path: str, video_id: str, frame: str, box: Box | None, status: str, reason: str = "") -> dict:
+    coords = ("", "", "", "", "") if box is None else (
+        round(box.x0, 1), round(box.y0, 1), round(box.x1, 1), round(box.y1, 1), round(box.score, 4))
+    return dict(zip(MANIFEST_FIELDS, (path, video_id, frame, *coords, status, reason)))
+
+
+def _marker_rows(marker: Path, cfg_key: str, frames: list[str], out_dir: Path) -> list[dict] | None:
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rows = data.get("rows", [])
+    if data.get("config") != cfg_key or data.get("frames") != frames:
+        return None
+    ok_paths = [out_dir / r["path"] for r in rows if r["status"] == "ok"]
+    return rows if all(p.is_file() and p.stat().st_size > 0 for p in ok_paths) else None
+
+
+def _faces_job(job: tuple[str, str, list[str], int], frames_dir: str, out_dir: str, cfg: FaceConfig) -> tuple:
+    """Detect and crop the faces of one group of frames; returns (JobResult, manifest rows)."""
+    video_id, marker_name, frames, _ = job
+    src_root, out_root = Path(frames_dir), Path(out_dir)
+    video_out = out_root / video_id
+    marker = video_out / marker_name
+    cfg_key = cfg.model_dump_json()
+    result = JobResult()
+    rows = _marker_rows(marker, cfg_key, frames, out_root)
+    if rows is not None:
+        result.reused = sum(r["status"] == "ok" for r in rows)
+        result.failed = [f"{src_root / video_id / r['frame']}: {r['reason']}" for r in rows if r["status"] != "ok"]
+        return result, rows
+    detector = _worker_detector(cfg)
+    rows = []
+    for name in frames:
+        src = src_root / video_id / name
+        stem = Path(name).stem
+        image = read_image(src)
+        if image is None:
+            reason = "cannot read as an image (missing, empty or corrupt)"
+            result.failed.append(f"{src}: {reason}")
+            rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "unreadable", reason))
+            continue
+        try:
+            found = faces_in_image(image, detector, cfg)
+        except Exception as exc:  # noqa: BLE001 - a detector crash on one frame must not stop the stage
+            found, reason = [], f"detector failed ({type(exc).__name__}: {exc})"
+        else:
+            reason = f"no face found ({cfg.detector}, min size {cfg.min_size} px)"
+        if not found:
+            result.failed.append(f"{src}: {reason}")
+            rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "no_face", reason))
+            continue
+        keep = found[:1] if cfg.keep == "largest" else found
+        for k, face in enumerate(keep, start=1):
+            out_name = f"{stem}.{cfg.image_format}" if cfg.keep == "largest" else f"{stem}_f{k}.{cfg.image_format}"
+            dest = video_out / out_name
+            if is_valid_image(dest):
+                result.reused += 1
+            else:
+                write_image(dest, face.crop)
+                result.written += 1
+            rows.append(_row(dest.relative_to(out_root).as_posix(), video_id, stem, face.box, "ok"))
+    write_json(marker, {"config": cfg_key, "frames": frames, "rows": rows})
+    return result, rows
+
+
+def _jobs(files: Iterable[Path], frames_dir: Path) -> list[tuple[str, str, list[str], int]]:
+    groups: dict[str, list[str]] = {}
+    for f in files:
+        rel = f.relative_to(frames_dir)
+        groups.setdefault(_video_id(rel), []).append(rel.name)
+    jobs = []
+    for vid, names in groups.items():
+        for start in range(0, len(names), JOB_FRAMES):
+            part = start // JOB_FRAMES
+            marker = DONE_MARKER if len(names) <= JOB_FRAMES else f".faces-{part:04d}.json"
+            chunk = names[start:start + JOB_FRAMES]
+            jobs.append((vid, marker, chunk, len(chunk)))
+    return jobs
+
+
+def extract_faces(
+    frames_dir: str | Path,
+    out_dir: str | Path,
+    cfg: FaceConfig,
+    *,
+    workers: int = 0,
+    engine: Engine = "process",
+    ray_address: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> StageReport:
+    """Crop faces from every frame under ``frames_dir`` into ``out_dir``, mirroring its structure.
+
+    Keeps the largest face per frame (``cfg.keep="largest"``, the seed) or all of them. Frames with no
+    face, and unreadable frames, are listed in ``report.failed`` and in ``manifest.csv`` with the reason.
+    Resumable: a group of frames whose record and crops exist is not detected again. The detector is
+    built once per worker process. ``progress(n)`` counts frames.
+    """
+    src, out = Path(frames_dir), Path(out_dir)
+    if not src.is_dir():
+        raise BadInputError("frames folder not found", path=src)
+    files = frame_files(src)
+    if not files:
+        raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the frames folder", path=src)
+    if cfg.detector not in _DETECTORS:  # fail before starting any worker
+        create_detector(cfg)
+    jobs = _jobs(files, src)
+    results = map_items(partial(_faces_job, frames_dir=str(src), out_dir=str(out), cfg=cfg), jobs,
+                        workers=workers, engine=engine, ray_address=ray_address, progress=progress,
+                        weight=lambda job: job[3])
+    report = StageReport("faces", out)
+    rows: list[dict] = []
+    for r, job_rows in results:
+        report.written += r.written
+        report.reused += r.reused
+        report.failed += r.failed
+        rows += job_rows
+    write_manifest(out / MANIFEST_NAME, rows)
+    no_face = sum(r["status"] == "no_face" for r in rows)
+    unreadable = sum(r["status"] == "unreadable" for r in rows)
+    report.notes.append(f"{len(files)} frames: {len(files) - no_face - unreadable} with a face, {no_face} without, "
+                        f"{unreadable} unreadable; see {out / MANIFEST_NAME}")
+    return report
+
+
+def write_manifest(dest: Path, rows: list[dict]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(dest, buf.getvalue())
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))

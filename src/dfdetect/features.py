@@ -1,0 +1,88 @@
+"""Frozen-backbone features, computed once and cached on disk.
+
+With a frozen backbone the seed recomputed identical features every epoch. Here they are computed
+once, streamed batch by batch into a disk-backed ``.npy`` (``np.lib.format.open_memmap``) that is
+renamed into place only when complete, and reused while the key (backbone, weights, input size,
+SRM, pooling, file list) is unchanged. Memory stays flat in the number of crops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dfdetect._io import atomic_path
+from dfdetect.backbones import BackboneClassifier
+from dfdetect.data import CropDataset, CropTable
+from dfdetect.stage import ProgressCallback
+
+__all__ = ["feature_key", "extract_features", "FEATURES_SUFFIX", "OK_SUFFIX"]
+
+FEATURES_SUFFIX = ".features.npy"
+OK_SUFFIX = ".ok.npy"  #: 1 per readable crop, 0 where the file could not be decoded
+
+
+def feature_key(model: BackboneClassifier, table: CropTable, input_size: int) -> str:
+    """Everything the pooled features depend on, hashed; a change in any part means a new cache file."""
+    spec = {"backbone": model.backbone_name, "weights": model.weights_id, "input_size": input_size,
+            "srm": model.srm is not None, "pool": model.pool, "mean": list(model.data_config["mean"]),
+            "std": list(model.data_config["std"]), "files": table.fingerprint(), "v": 1}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _load(path: Path, ok_path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        feats = np.load(path, mmap_mode="r")
+        ok = np.load(ok_path)
+    except (OSError, ValueError):
+        return None
+    return (feats, ok) if feats.ndim == 2 and feats.shape[0] == n and ok.shape == (n,) else None
+
+
+@torch.no_grad()
+def extract_features(model: BackboneClassifier, table: CropTable, cache_dir: str | Path, *, input_size: int,
+                     batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu",
+                     progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features for every crop: ``(features (n, C) memmap, ok (n,) bool)``.
+
+    The features are ``model.pool_features(model.forward_features(x))``: exactly what the head
+    sees in the seed's frozen model. A valid cache under ``cache_dir`` is reused without a forward pass.
+    """
+    cache_dir = Path(cache_dir)
+    key = feature_key(model, table, input_size)
+    path, ok_path = cache_dir / f"{key}{FEATURES_SUFFIX}", cache_dir / f"{key}{OK_SUFFIX}"
+    n = len(table)
+    if (hit := _load(path, ok_path, n)) is not None:
+        if progress is not None:
+            progress(n)
+        return hit[0], hit[1].astype(bool)
+
+    model = model.eval().to(device)
+    ds = CropDataset(table, input_size=input_size, data_config=model.data_config, augment=False)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    ok = np.zeros(n, dtype=np.uint8)
+    with atomic_path(path, suffix=".npy") as tmp:
+        out = None
+        start = 0
+        for x, _, good in loader:
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            f = model.pool_features(model.forward_features(x)).float().cpu().numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, f.shape[1]))
+            out[start:start + len(f)] = f
+            ok[start:start + len(f)] = good.numpy().astype(np.uint8)
+            start += len(f)
+            if progress is not None:
+                progress(len(f))
+        assert out is not None and start == n
+        out.flush()
+        del out
+        # ok first: a features file without its ok file is treated as absent, so order keeps it valid.
+        with atomic_path(ok_path, suffix=".npy") as tmp_ok:
+            np.save(tmp_ok, ok)
+    return np.load(path, mmap_mode="r"), ok.astype(bool)

@@ -1,0 +1,390 @@
+"""Video -> N evenly spaced frames, decoded by seeking (PyAV).
+
+Why seeking: the seed read every frame with ``cv2.VideoCapture`` up to the one it wanted, converting
+each to BGR. Here the packets are indexed first (demuxing only, no decoding: a few ms), then for each
+wanted frame the decoder jumps to the keyframe before it and decodes forward to exactly that frame.
+Frames that are not wanted are never converted to BGR, and non-reference frames that are not wanted
+are not even decoded (``skip_frame="NONREF"``): no other frame depends on them.
+
+Frame identity is defined as a sequential decode defines it: frame ``i`` is the ``i``-th frame in
+presentation order. The packet index gives that order exactly (sorted packet timestamps), also when
+the container does not store a frame count (``stream.frames == 0``, e.g. Matroska/WebM). Streams
+without packet timestamps fall back to a plain sequential decode.
+
+Output layout: ``out_dir/<video_id>/<frame:05d>.<png|jpg>``, plus a small ``.frames.json`` marker per
+video, written last, so a resumed run does not even open a finished video.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import av
+import numpy as np
+
+from dfdetect._io import is_valid_image, read_image, write_image, write_json
+from dfdetect.config import FrameConfig
+from dfdetect.datasets import MediaItem
+from dfdetect.errors import BadInputError
+from dfdetect.labels import IMAGE_SUFFIXES
+from dfdetect.parallel import Engine, in_worker, map_items
+from dfdetect.stage import ProgressCallback, StageReport
+
+__all__ = ["sample_indices", "read_frames", "read_frames_at", "count_frames", "extract_frames", "frame_name",
+           "DONE_MARKER"]
+
+#: Per-video marker, written atomically after all its frames: a rerun trusts it and skips the video.
+DONE_MARKER = ".frames.json"
+
+
+def sample_indices(total: int, n: int) -> list[int]:
+    """Indices of ``n`` frames out of ``total``: the first frame for ``n == 1`` (the seed), else
+    ``np.linspace(0, total - 1, n)`` rounded, i.e. evenly spaced over the whole video, first and last
+    included. Fewer than ``n`` come back when the video is shorter than ``n`` frames (no duplicates).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if total <= 0:
+        return []
+    if n == 1:
+        return [0]
+    return sorted({int(i) for i in np.rint(np.linspace(0, total - 1, n))})
+
+
+def frame_name(index: int, ext: str) -> str:
+    return f"{index:05d}.{ext}"
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class _PacketIndex:
+    """Video packets in decode order: what seeking needs, read without decoding anything."""
+
+    pts: list[int] = field(default_factory=list)  #: per packet, decode order
+    seek_ts: list[int] = field(default_factory=list)  #: min(pts, dts): a timestamp seek lands at or before
+    key: list[bool] = field(default_factory=list)
+    sequential_only: bool = False  #: some packet had no pts: only a sequential decode is trustworthy
+
+    @property
+    def frame_pts(self) -> list[int]:
+        """Presentation order: frame i of a sequential decode has timestamp ``frame_pts[i]``."""
+        return sorted(self.pts)
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise BadInputError("not found", path=path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadInputError("empty file (0 bytes), not a video", path=path)
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise BadInputError(f"cannot open as a video ({_reason(exc)})", path=path) from None
+    if not container.streams.video:
+        container.close()
+        raise BadInputError("no video stream in the file", path=path)
+    return container
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).split(":")[0] if isinstance(exc, av.FFmpegError) else str(exc)
+    return text.strip() or type(exc).__name__
+
+
+def _index(container: av.container.InputContainer, stream: av.VideoStream) -> _PacketIndex:
+    idx = _PacketIndex()
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.is_discard:  # flush packet / frames an edit list hides
+            continue
+        if packet.pts is None:
+            idx.sequential_only = True
+            continue
+        idx.pts.append(packet.pts)
+        idx.seek_ts.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
+        idx.key.append(bool(packet.is_keyframe))
+    if len(set(idx.pts)) != len(idx.pts) or (idx.pts and not idx.key[0]):
+        idx.sequential_only = True  # duplicate timestamps, or no keyframe to start from
+    return idx
+
+
+def _bgr(frame: av.VideoFrame) -> np.ndarray:
+    return frame.to_ndarray(format="bgr24")
+
+
+def _decode_sequential(container, stream, wanted: set[int]) -> dict[int, np.ndarray]:
+    """Frame i = i-th decoded frame. Slow but needs no timestamps; the fallback and the test oracle."""
+    container.seek(0)
+    out: dict[int, np.ndarray] = {}
+    for i, frame in enumerate(container.decode(stream)):
+        if i in wanted:
+            out[i] = _bgr(frame)
+            if len(out) == len(wanted):
+                break
+    return out
+
+
+def _decode_seeking(container, stream, idx: _PacketIndex, wanted: list[int],
+                    stats: dict[str, int] | None = None) -> dict[int, np.ndarray]:
+    """Seek to the keyframe before each wanted frame and decode forward to it (see module docstring).
+
+    ``stats``, if given, counts ``packets`` sent to the decoder and ``seeks`` (tests and benchmarks).
+    """
+    stats = {} if stats is None else stats
+    stats.setdefault("packets", 0)
+    stats.setdefault("seeks", 0)
+    frame_pts = idx.frame_pts
+    target_pts = {frame_pts[i]: i for i in wanted}
+    order_of = {p: k for k, p in enumerate(idx.pts)}  # pts -> decode-order position
+    keys = [k for k, is_key in enumerate(idx.key) if is_key]
+    # The decode-order position a wanted frame's decode must start from: the last keyframe before
+    # the frame's own packet. Frames whose packet sits before the keyframe in decode order but after
+    # it in presentation order cannot occur from that keyframe on (closed or open GOP alike).
+    start_of = {p: keys[bisect.bisect_right(keys, order_of[p]) - 1] for p in target_pts}
+
+    cc = stream.codec_context
+    out: dict[int, np.ndarray] = {}
+    need = set(target_pts)
+    pos = -1  # decode-order position of the last packet sent to the decoder
+    packets = None
+    tried_from: set[int] = set()
+    while need:
+        t = min(need)
+        start = start_of[t]
+        if packets is None or start > pos:
+            if start in tried_from:  # decoded from this keyframe already and never saw t: give up on t
+                need.discard(t)
+                continue
+            tried_from.add(start)
+            packets = _seek(container, stream, idx, start, order_of, keys)
+            stats["seeks"] += 1
+            pos = -1
+        ended = True
+        for packet in packets:
+            if packet.size == 0:  # PyAV's flush packet at the end of the stream
+                continue
+            if packet.is_discard or packet.pts is None:
+                continue
+            pos = order_of.get(packet.pts, pos)
+            # Non-reference frames nobody asked for are skipped: nothing else refers to them.
+            cc.skip_frame = "DEFAULT" if packet.pts in need else "NONREF"
+            stats["packets"] += 1
+            try:
+                frames = cc.decode(packet)
+            except av.FFmpegError:  # a corrupt packet: its frame is lost, the rest may decode
+                frames = []
+            _collect(frames, need, target_pts, out)
+            if t not in need:
+                ended = False
+                break
+        if ended:  # end of stream: flush what the decoder still holds; the rest cannot be had from here
+            cc.skip_frame = "DEFAULT"
+            _collect(cc.decode(None), need, target_pts, out)
+            packets = None
+            need = {p for p in need if start_of[p] not in tried_from}
+    cc.skip_frame = "DEFAULT"
+    return out
+
+
+def _seek(container, stream, idx: _PacketIndex, start: int, order_of: dict[int, int], keys: list[int]):
+    """Packets from the keyframe at decode position ``start`` (or an earlier one), never a later one.
+
+    Containers seek on different timestamps (MP4: dts shifted by the edit list; Matroska: pts), so
+    try the keyframe's pts, then its dts, then earlier keyframes, and check where each try landed.
+    """
+    earlier = [k for k in keys if k < start][::-1]
+    for ts in [idx.pts[start], idx.seek_ts[start], *(idx.seek_ts[k] for k in earlier[:2])]:
+        container.seek(ts, stream=stream, backward=True, any_frame=False)
+        packets = container.demux(stream)
+        first = next((p for p in packets if p.size and p.pts is not None), None)
+        if first is not None and order_of.get(first.pts, len(order_of)) <= start:
+            return itertools.chain([first], packets)
+    container.seek(min(idx.seek_ts), stream=stream, backward=True, any_frame=True)  # from the top
+    return container.demux(stream)
+
+
+def _collect(frames, need: set[int], target_pts: dict[int, int], out: dict[int, np.ndarray]) -> None:
+    for frame in frames:
+        if frame.pts in need:
+            out[target_pts[frame.pts]] = _bgr(frame)
+            need.discard(frame.pts)
+
+
+def _decode_at(container, stream, idx: _PacketIndex, wanted: list[int]) -> dict[int, np.ndarray]:
+    stream.thread_type = "SLICE"  # frame threading would delay skip_frame changes; slices are safe
+    if in_worker():
+        stream.thread_count = 1
+    if idx.sequential_only:
+        return _decode_sequential(container, stream, set(wanted))
+    out = _decode_seeking(container, stream, idx, wanted)
+    missing = set(wanted) - set(out)
+    if missing:  # timestamps lied (rare, broken files): the sequential decode is the authority
+        out.update(_decode_sequential(container, stream, missing))
+    return out
+
+
+def _count(container, stream, idx: _PacketIndex) -> int:
+    if not idx.sequential_only:
+        return len(idx.pts)
+    container.seek(0)
+    return sum(1 for _ in container.decode(stream))
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames a sequential decode yields, without decoding (from the packet index) where possible."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return 1 if read_image(path) is not None else 0
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        return _count(container, stream, _index(container, stream))
+    except av.FFmpegError as exc:
+        raise BadInputError(f"cannot decode ({_reason(exc)})", path=path) from None
+    finally:
+        container.close()
+
+
+def _read(path: Path, select: Callable[[int], list[int]]) -> list[tuple[int, np.ndarray]]:
+    """Open once, count frames, ask ``select(total)`` which indices to decode, decode them."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image = read_image(path)
+        if image is None:
+            raise BadInputError("cannot read as an image (missing, empty or corrupt)", path=path)
+        return [(0, image)] if 0 in select(1) else []
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        idx = _index(container, stream)
+        total = _count(container, stream, idx)
+        if total == 0:
+            raise BadInputError("no decodable video frames", path=path)
+        wanted = sorted(i for i in select(total) if 0 <= i < total)
+        frames = _decode_at(container, stream, idx, wanted) if wanted else {}
+    except av.FFmpegError as exc:
+        raise BadInputError(f"cannot decode ({_reason(exc)})", path=path) from None
+    finally:
+        container.close()
+    if wanted and not frames:
+        raise BadInputError("no decodable video frames", path=path)
+    return sorted(frames.items())
+
+
+def read_frames(path: str | Path, n: int) -> list[tuple[int, np.ndarray]]:
+    """``n`` evenly spaced frames of a video (see :func:`sample_indices`) as ``(index, bgr uint8)``.
+
+    An image file is one frame, index 0. A missing, empty or undecodable file raises
+    :class:`~dfdetect.errors.BadInputError` naming it. Frames that are wanted but cannot be decoded
+    (a truncated file) are left out, so fewer than ``n`` may come back.
+    """
+    return _read(Path(path), lambda total: sample_indices(total, n))
+
+
+def read_frames_at(path: str | Path, indices: list[int]) -> list[tuple[int, np.ndarray]]:
+    """Frames at explicit indices (out-of-range ones are ignored), decoded by seeking."""
+    return _read(Path(path), lambda total: list(indices))
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class JobResult:
+    """What one job did; summed into the :class:`StageReport` by the parent process."""
+
+    written: int = 0
+    reused: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def _marker_ok(video_dir: Path, cfg: FrameConfig) -> int | None:
+    """Frames a valid done-marker vouches for, or None if the video must be looked at."""
+    marker = video_dir / DONE_MARKER
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if data.get("num_frames") != cfg.num_frames or data.get("format") != cfg.image_format:
+        return None
+    files = [video_dir / frame_name(i, cfg.image_format) for i in data.get("frames", [])]
+    # Files are written atomically, so an existing non-empty file is complete; no need to decode it.
+    if files and all(f.is_file() and f.stat().st_size > 0 for f in files):
+        return len(files)
+    return None
+
+
+def _frames_job(item: tuple[str, str], out_dir: str, cfg: FrameConfig) -> JobResult:
+    """One video (or image): write its sampled frames, skipping valid ones, then its marker."""
+    src, video_id = Path(item[0]), item[1]
+    video_dir = Path(out_dir) / video_id
+    result = JobResult()
+    reused = _marker_ok(video_dir, cfg)
+    if reused is not None:
+        result.reused = reused
+        return result
+    plan: dict[str, list[int]] = {}
+
+    def select(total: int) -> list[int]:
+        # Called once the frame count is known: keep valid frames from an earlier run, decode the rest.
+        plan["total"] = [total]
+        plan["all"] = sample_indices(total, cfg.num_frames)
+        plan["missing"] = [i for i in plan["all"] if not is_valid_image(video_dir / frame_name(i, ext))]
+        return plan["missing"]
+
+    ext = cfg.image_format
+    try:
+        got = dict(_read(src, select))
+        indices, missing = plan["all"], plan["missing"]
+        result.reused = len(indices) - len(missing)
+        for i in missing:
+            if i in got:
+                write_image(video_dir / frame_name(i, ext), got[i], jpeg_quality=cfg.jpeg_quality)
+                result.written += 1
+        lost = [i for i in missing if i not in got]
+        if lost:
+            result.failed.append(f"{src}: {len(lost)} of {len(indices)} wanted frames could not be decoded "
+                                 f"(frames {lost[:5]}{'...' if len(lost) > 5 else ''})")
+        else:
+            write_json(video_dir / DONE_MARKER, {"source": src.name, "total_frames": plan["total"][0],
+                                                 "num_frames": cfg.num_frames, "format": ext, "frames": indices})
+    except BadInputError as exc:
+        result.failed.append(str(exc))
+    except OSError as exc:  # e.g. the output disk is full: name the file, skip, go on
+        result.failed.append(f"{src}: {exc}")
+    return result
+
+
+def extract_frames(
+    items: list[MediaItem],
+    out_dir: str | Path,
+    cfg: FrameConfig,
+    *,
+    workers: int = 0,
+    engine: Engine = "process",
+    ray_address: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> StageReport:
+    """Write ``cfg.num_frames`` frames of every item to ``out_dir/<video_id>/<frame:05d>.<ext>``.
+
+    Resumable: valid existing frames are kept (``reused``), and a video whose done-marker lists
+    frames that all exist is not opened at all. A bad video is one line in ``report.failed``; the
+    others go on. ``progress(1)`` is called per item.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(it.path), it.video_id) for it in items]
+    results = map_items(partial(_frames_job, out_dir=str(out), cfg=cfg), jobs, workers=workers, engine=engine,
+                        ray_address=ray_address, progress=progress)
+    report = StageReport("frames", out)
+    for r in results:
+        report.written += r.written
+        report.reused += r.reused
+        report.failed += r.failed
+    return report

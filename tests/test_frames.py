@@ -1,0 +1,162 @@
+"""frames: evenly spaced sampling, seeking decode identical to a sequential one, resumable stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from dfdetect import frames as F
+from dfdetect.config import FrameConfig
+from dfdetect.datasets import MediaItem
+from dfdetect.errors import BadInputError
+from dfdetect.labels import Label
+
+
+def make_video(path: Path, n: int = 48, size: tuple[int, int] = (96, 64), keyint: int = 8, codec: str = "libx264",
+               seed: int = 0) -> Path:
+    """A tiny H.264 clip whose frames all differ (moving block + noise), B-frames on, short GOPs."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=3"}
+        base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        for i in range(n):
+            img = base.copy()
+            x = (i * 5) % (w - 16)
+            cv2.rectangle(img, (x, 10), (x + 15, 30), (255, 255 - 4 * i % 255, 0), -1)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")))
+        out.mux(stream.encode())
+    return path
+
+
+def sequential(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="bgr24") for f in c.decode(c.streams.video[0])]
+
+
+def test_sample_indices():
+    assert F.sample_indices(300, 1) == [0]
+    assert F.sample_indices(100, 5) == [0, 25, 50, 74, 99]
+    assert F.sample_indices(100, 5) == [int(v) for v in np.rint(np.linspace(0, 99, 5))]
+    assert F.sample_indices(3, 8) == [0, 1, 2]  # short video: every frame once, no duplicates
+    assert F.sample_indices(0, 4) == []
+    with pytest.raises(ValueError):
+        F.sample_indices(10, 0)
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 48])
+def test_seeking_matches_sequential_decode(tmp_path, n):
+    video = make_video(tmp_path / "v.mp4")
+    seq = sequential(video)
+    got = F.read_frames(video, n)
+    assert [i for i, _ in got] == F.sample_indices(len(seq), n)
+    for i, frame in got:
+        assert frame.dtype == np.uint8 and frame.shape == (64, 96, 3)
+        assert np.array_equal(frame, seq[i]), f"frame {i} differs from the sequential decode"
+
+
+def test_seek_skips_decoding(tmp_path):
+    """4 frames out of 48 with GOPs of 8: whole GOPs are jumped over, never sent to the decoder."""
+    video = make_video(tmp_path / "v.mp4")
+    with av.open(str(video)) as c:
+        stream = c.streams.video[0]
+        idx = F._index(c, stream)
+        stats: dict[str, int] = {}
+        got = F._decode_seeking(c, stream, idx, F.sample_indices(48, 4), stats)
+    assert sorted(got) == F.sample_indices(48, 4)
+    assert stats["seeks"] >= 3 and stats["packets"] < 36  # a sequential decode sends all 48
+
+
+def test_unknown_frame_count(tmp_path):
+    """Matroska stores no frame count (stream.frames == 0); the packet index still gives exact frames."""
+    video = make_video(tmp_path / "v.mkv", n=30)
+    with av.open(str(video)) as c:
+        assert c.streams.video[0].frames == 0
+    assert F.count_frames(video) == 30
+    seq = sequential(video)
+    for i, frame in F.read_frames(video, 6):
+        assert np.array_equal(frame, seq[i])
+    assert [i for i, _ in F.read_frames(video, 6)] == F.sample_indices(30, 6)
+
+
+def test_read_frames_at(tmp_path):
+    video = make_video(tmp_path / "v.mp4", n=20)
+    seq = sequential(video)
+    got = F.read_frames_at(video, [19, 3, 3, 50, -1])
+    assert [i for i, _ in got] == [3, 19]
+    assert all(np.array_equal(f, seq[i]) for i, f in got)
+
+
+def test_image_is_one_frame(tmp_path):
+    img = np.full((20, 30, 3), 7, np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    [(i, frame)] = F.read_frames(tmp_path / "a.png", 8)
+    assert i == 0 and np.array_equal(frame, img)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "not found"), ("empty", "empty file"), ("garbage", "cannot"), ("image", "cannot read as an image")])
+def test_bad_input_names_the_file(tmp_path, kind, message):
+    path = tmp_path / ("bad.png" if kind == "image" else "bad.mp4")
+    if kind == "empty" or kind == "image":
+        path.write_bytes(b"" if kind == "empty" else b"not a png")
+    elif kind == "garbage":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(BadInputError) as err:
+        F.read_frames(path, 4)
+    text = str(err.value)
+    assert str(path) in text and message in text and "\n" not in text
+
+
+def _item(path: Path, rel: str) -> MediaItem:
+    return MediaItem(path, rel, Label.REAL, (rel,))
+
+
+def test_extract_frames_layout_resume_and_bad_items(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "Celeb-real").mkdir(parents=True)
+    make_video(src / "Celeb-real" / "id0_0000.mp4", n=24)
+    (src / "Celeb-real" / "id0_0001.mp4").write_bytes(b"")
+    items = [_item(src / "Celeb-real" / "id0_0000.mp4", "Celeb-real/id0_0000.mp4"),
+             _item(src / "Celeb-real" / "id0_0001.mp4", "Celeb-real/id0_0001.mp4")]
+    out = tmp_path / "frames"
+    cfg = FrameConfig(num_frames=4, image_format="png")
+    report = F.extract_frames(items, out, cfg)
+    vdir = out / "Celeb-real" / "id0_0000"
+    names = sorted(p.name for p in vdir.glob("*.png"))
+    assert names == [F.frame_name(i, "png") for i in F.sample_indices(24, 4)]
+    assert (report.written, report.reused, len(report.failed)) == (4, 0, 1)
+    assert "id0_0001.mp4" in report.failed[0] and "empty" in report.failed[0]
+    marker = json.loads((vdir / F.DONE_MARKER).read_text())
+    assert marker["frames"] == F.sample_indices(24, 4)
+    seq = sequential(items[0].path)
+    assert np.array_equal(cv2.imread(str(vdir / "00008.png")), seq[8])  # png is lossless
+
+    # Rerun: the done-marker vouches for the video, it is never opened.
+    monkeypatch.setattr(F, "_open", lambda p: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again = F.extract_frames(items[:1], out, cfg)
+    assert (again.written, again.reused) == (0, 4)
+    monkeypatch.undo()
+
+    # Killed mid-video: no marker, one frame missing -> only that frame is decoded.
+    (vdir / F.DONE_MARKER).unlink()
+    (vdir / "00015.png").unlink()
+    partial = F.extract_frames(items[:1], out, cfg)
+    assert (partial.written, partial.reused) == (1, 3)
+    assert (vdir / F.DONE_MARKER).is_file()
+
+
+def test_extract_frames_jpg_and_image_items(tmp_path):
+    img = tmp_path / "real" / "x.jpg"
+    img.parent.mkdir()
+    cv2.imwrite(str(img), np.full((16, 16, 3), 100, np.uint8))
+    report = F.extract_frames([_item(img, "real/x.jpg")], tmp_path / "out", FrameConfig(num_frames=8,
+                                                                                        image_format="jpg"))
+    assert report.written == 1 and (tmp_path / "out" / "real" / "x" / "00000.jpg").is_file()

@@ -1,0 +1,231 @@
+"""predict: sampling, every face scored, per-file aggregation, bad files skipped, JSON, CLI.
+
+The face finder and the scorer are small stand-ins with known answers (a "face" is a green square and
+its P(fake) is its red level), so the aggregation can be checked exactly. Other test files import the
+stand-ins from here (tiny, torch-only-where-needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dfdetect import predict as P
+from dfdetect.config import FaceConfig, Protocol
+from dfdetect.errors import NothingUsableError
+from dfdetect.stage import StageReport
+
+# --------------------------------------------------------------------------- stand-ins (shared by my tests)
+
+
+@dataclass
+class StandInFace:
+    box: tuple[int, int, int, int, float]
+    crop: np.ndarray
+
+
+def find_green_squares(bgr: np.ndarray, detector: object, cfg: FaceConfig) -> list[StandInFace]:
+    """Stand-in for faces.faces_in_image: each bright-green blob is a face, largest first."""
+    mask = (bgr[..., 1] > 128).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+    faces = []
+    for x, y, w, h, area in stats[1:]:
+        if area >= 16:
+            faces.append((area, StandInFace((int(x), int(y), int(x + w), int(y + h), 0.9),
+                                            bgr[y:y + h, x:x + w].copy())))
+    return [f for _, f in sorted(faces, key=lambda t: -t[0])]
+
+
+class RedScorer:
+    """P(fake) = mean red level of the crop: known answers for the aggregation tests."""
+
+    def __init__(self, threshold: float = 0.5, detector: str = "haar"):
+        self.threshold_ = threshold
+        self.protocol_ = Protocol.seed().model_copy(update={"faces": FaceConfig(detector=detector)})
+
+    def predict_proba(self, crops_bgr):
+        return np.array([c[..., 2].mean() / 255.0 for c in crops_bgr])
+
+
+def use_stand_in_faces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "_create_face_detector", lambda cfg: "stand-in")
+    monkeypatch.setattr(P, "_faces_in_image", find_green_squares)
+
+
+def square(img: np.ndarray, x: int, y: int, side: int, red: int) -> None:
+    img[y:y + side, x:x + side] = (0, 255, red)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    """mp4v through OpenCV: tiny, fast to write, decoded by PyAV like any user video."""
+    h, w = frames[0].shape[:2]
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        wr.write(f)
+    wr.release()
+    return path
+
+
+def two_face_video(path: Path, n: int = 12) -> Path:
+    """Face A (red 200) in every frame but the last two; face B (red 40) in even frames; frames 10, 11 empty."""
+    frames = []
+    for i in range(n):
+        img = np.zeros((96, 128, 3), np.uint8)
+        if i < n - 2:
+            square(img, 8, 8, 40, 200)
+            if i % 2 == 0:
+                square(img, 80, 50, 24, 40)
+        frames.append(img)
+    return write_video(path, frames)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_video_every_face_scored_and_aggregated(tmp_path, monkeypatch):
+    use_stand_in_faces(monkeypatch)
+    video = two_face_video(tmp_path / "clip.mp4")
+    [res] = P.predict_path(video, RedScorer(threshold=0.5), frames=12)
+    assert [fr.index for fr in res.frames] == list(range(12))
+    assert res.frames_with_face == 10 and len(res.frames) - res.frames_with_face == 2
+    assert res.n_faces == 10 + 5
+    a, b = 200 / 255, 40 / 255
+    assert res.p_fake_max_face == pytest.approx(a, abs=0.02)  # per-frame max is always face A
+    assert res.p_fake_mean == pytest.approx((10 * a + 5 * b) / 15, abs=0.02)
+    assert res.verdict == "fake" and res.p_fake == res.p_fake_max_face
+    # largest face first, boxes in frame pixels
+    assert res.frames[0].faces[0].box == (8, 8, 48, 48)
+    # the mean aggregate can flip the verdict on a multi-face video: that is why max_face is the default
+    [mean_res] = P.predict_path(video, RedScorer(threshold=0.6), frames=12, aggregate="mean")
+    assert mean_res.verdict == "real" and mean_res.p_fake == mean_res.p_fake_mean
+
+
+def test_frames_sampled_evenly(tmp_path, monkeypatch):
+    use_stand_in_faces(monkeypatch)
+    [res] = P.predict_path(two_face_video(tmp_path / "clip.mp4"), RedScorer(), frames=4)
+    assert [fr.index for fr in res.frames] == [0, 4, 7, 11] and res.frames_requested == 4
+
+
+def test_folder_skips_and_counts_bad_files(tmp_path, monkeypatch):
+    use_stand_in_faces(monkeypatch)
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    two_face_video(d / "sub" / "good.mp4")
+    img = np.zeros((64, 64, 3), np.uint8)
+    square(img, 10, 10, 30, 30)
+    cv2.imwrite(str(d / "real.png"), img)
+    (d / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.txt").write_text("not media")
+    report = StageReport("predict", d)
+    results = P.predict_path(d, RedScorer(), frames=4, report=report)
+    assert sorted(Path(r.file).name for r in results) == ["good.mp4", "real.png"]
+    assert {r.file: r.verdict for r in results}[str(d / "real.png")] == "real"
+    assert len(report.failed) == 2 and report.written == 2
+    for line in report.failed:
+        assert "\n" not in line and ("broken.mp4" in line or "empty.jpg" in line)
+
+
+def test_nothing_usable_raises_one_line(tmp_path, monkeypatch):
+    use_stand_in_faces(monkeypatch)
+    bad = tmp_path / "x.mp4"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(NothingUsableError, match="x.mp4"):
+        P.predict_path(bad, RedScorer())
+    with pytest.raises(NothingUsableError, match="no such file"):
+        P.predict_path(tmp_path / "missing.mp4", RedScorer())
+
+
+def test_image_without_face_and_crops_mode(tmp_path, monkeypatch):
+    use_stand_in_faces(monkeypatch)
+    crop = np.full((50, 40, 3), (0, 0, 230), np.uint8)  # no green: the stand-in finds no face
+    cv2.imwrite(str(tmp_path / "face.png"), crop)
+    [res] = P.predict_path(tmp_path / "face.png", RedScorer())
+    assert res.verdict == "no_face" and res.p_fake is None and "--crops" in " ".join(res.notes)
+    [res] = P.predict_path(tmp_path / "face.png", RedScorer(), crops=True)
+    assert res.verdict == "fake" and res.frames[0].faces[0].whole_image
+    assert res.frames[0].faces[0].box == (0, 0, 40, 50) and res.face_detector == "none"
+
+
+def test_json_schema_and_images(tmp_path, monkeypatch):
+    use_stand_in_faces(monkeypatch)
+    [res] = P.predict_path(two_face_video(tmp_path / "clip.mp4"), RedScorer(), frames=4, keep_images=True)
+    doc = json.loads(json.dumps(res.to_json()))
+    assert doc["schema"] == P.SCHEMA and doc["verdict"] == "fake" and doc["threshold"] == 0.5
+    assert doc["faces"] == sum(len(f["faces"]) for f in doc["frames"])
+    assert doc["frames_sampled"] == 4 and doc["frames_with_face"] + doc["frames_without_face"] == 4
+    face = doc["frames"][0]["faces"][0]
+    assert set(face) == {"box", "det_score", "p_fake", "whole_image"} and len(face["box"]) == 4
+    with_images = res.to_json(images=True)["frames"][0]["faces"][0]
+    png = cv2.imdecode(np.frombuffer(base64.b64decode(with_images["crop_png"]), np.uint8), cv2.IMREAD_COLOR)
+    assert png.shape == (40, 40, 3) and with_images["gradcam_png"] is None
+    res.drop_images()
+    assert res.to_json(images=True)["frames"][0]["faces"][0]["crop_png"] is None
+
+
+def test_haar_fallback_without_torch(monkeypatch):
+    monkeypatch.setattr(P, "torch_available", lambda: False)
+    cfg, notes = P.resolve_face_config(FaceConfig(detector="mtcnn", keep="largest"))
+    assert cfg.detector == "haar" and cfg.keep == "all" and "Haar" in notes[0]
+    monkeypatch.setattr(P, "torch_available", lambda: True)
+    cfg, notes = P.resolve_face_config(FaceConfig(detector="mtcnn"))
+    assert cfg.detector == "mtcnn" and notes == []
+
+
+def test_explain_needs_torch_model(tmp_path, monkeypatch):
+    use_stand_in_faces(monkeypatch)
+    [res] = P.predict_path(two_face_video(tmp_path / "c.mp4"), RedScorer(), frames=2, explain=True)
+    assert any("Grad-CAM" in n for n in res.notes)
+
+
+def test_save_visuals(tmp_path, monkeypatch):
+    from dfdetect._io import is_valid_image
+
+    use_stand_in_faces(monkeypatch)
+    [res] = P.predict_path(two_face_video(tmp_path / "clip.mp4"), RedScorer(), frames=6, keep_images=True)
+    written = P.save_visuals(res, tmp_path / "out")
+    names = sorted(p.name for p in written)
+    assert names == [f"{P._slug(res.rel)}_faces.png", f"{P._slug(res.rel)}_scores.png"]
+    assert all(is_valid_image(p) for p in written)
+    sheet = P.contact_sheet(res)
+    assert sheet.shape[1] == 8 * 128  # 9 faces -> 2 rows of 8 tiles
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_without_model_says_how_to_get_one(tmp_path):
+    from dfdetect.cli import app
+
+    r = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(tmp_path / "nope.safetensors")])
+    assert r.exit_code == 1
+    text = " ".join(r.output.split())
+    assert "dfdetect train" in text and "make demo" in text and "Traceback" not in text
+
+
+def test_cli_predict_table_json_save(tmp_path, monkeypatch):
+    from dfdetect.cli import app
+    from dfdetect.cli import use
+
+    use_stand_in_faces(monkeypatch)
+    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"x")
+    video = two_face_video(tmp_path / "clip.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"nope")
+    r = CliRunner().invoke(app, ["predict", str(video), str(bad), "--model", str(model), "--frames", "4",
+                                 "--json", str(tmp_path / "out.json"), "--save", str(tmp_path / "vis")],
+                           env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "clip.mp4" in r.output and "fake" in r.output and "bad.mp4" in r.output
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert [d["file"] for d in doc["results"]] == [str(video)] and len(doc["failed"]) == 1
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["clip_faces.png", "clip_scores.png"]

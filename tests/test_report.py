@@ -1,0 +1,111 @@
+"""report: one self-contained HTML page (parses, images inlined, no http(s) reference) for a study or a run."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dfdetect import study
+from dfdetect._io import write_image
+from dfdetect.cli import app
+from dfdetect.config import Protocol
+from dfdetect.errors import BadInputError
+from dfdetect.evaluate import evaluate
+from dfdetect.report import confident_errors, write_report
+
+
+@dataclass
+class Table:
+    """Stand-in for dfdetect.data.CropTable."""
+
+    paths: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    videos: list = field(default_factory=list)
+
+
+class Brightness:
+    threshold_ = 0.5
+
+    def predict_proba(self, crops):
+        return np.array([c.mean() / 255.0 for c in crops])
+
+
+def _crops(root) -> Table:
+    t = Table()
+    for v, (label, level) in enumerate([(0, 60), (0, 200), (1, 220), (1, 40), (0, 90), (1, 180)]):
+        path = root / f"v{v}.png"
+        write_image(path, np.full((20, 20, 3), level, np.uint8))
+        t.paths.append(path)
+        t.labels.append(label)
+        t.videos.append(f"v{v}")
+    return t
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.srcs += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+def _check_self_contained(path) -> _Collector:
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"https?:", text, re.I), "external reference in the report"
+    parser = _Collector()
+    parser.feed(text)
+    parser.close()
+    assert parser.srcs and all(s.startswith("data:image/") for s in parser.srcs)
+    return parser
+
+
+def test_single_run_report_shows_metrics_plots_and_errors(tmp_path):
+    run = tmp_path / "run"
+    evaluate(Brightness(), _crops(tmp_path / "crops"), run,
+             history=[{"epoch": 1, "train_loss": 0.6, "train_acc": 0.6}])
+    page = write_report(run)
+    assert page == run / "report.html"
+    parsed = _check_self_contained(page)
+    text = page.read_text()
+    assert "frame AUC" in text and "Most confident errors (2 shown" in text
+    assert parsed.tags.count("img") == 3 + 2  # history, confusion, roc + two error crops
+    assert text.index("v3.png") < text.index("v1.png")  # fake at 40/255 is the surest mistake
+
+
+def test_study_report_via_cli(tmp_path, monkeypatch):
+    def split(table, protocol):
+        return table, table, Table()
+
+    monkeypatch.setattr(study, "_split", split)
+    monkeypatch.setattr(study, "_train", lambda *a: SimpleNamespace(detector=Brightness(), history=None))
+    tables = {"faces": _crops(tmp_path / "f"), "srm": _crops(tmp_path / "s")}
+    study.run_study(tables, tmp_path / "study", Protocol.seed(), backbones=["mobilenet_v2"])
+    dest = tmp_path / "page.html"
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "study"), "--out", str(dest)])
+    assert res.exit_code == 0, res.output
+    _check_self_contained(dest)
+    text = dest.read_text()
+    assert "Study table" in text and "mobilenet_v2-faces" in text and "mobilenet_v2-srm" in text
+    assert "<th>AUC with SRM</th>" in text
+
+
+def test_confident_errors_order():
+    rows = [{"label": 0, "p_fake": 0.9}, {"label": 1, "p_fake": 0.05}, {"label": 0, "p_fake": 0.6},
+            {"label": 1, "p_fake": 0.7}]
+    assert [r["p_fake"] for r in confident_errors(rows, 0.5, 5)] == [0.05, 0.9, 0.6]
+
+
+def test_empty_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(BadInputError, match="nothing to report"):
+        write_report(tmp_path)
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert res.exit_code == 1 and "run folder not found" in res.output and "Traceback" not in res.output

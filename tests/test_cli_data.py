@@ -15,8 +15,8 @@ from dfdetect.faces import MANIFEST_NAME, read_manifest
 from dfdetect.labels import Label, read_label_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_faces import face_frame  # noqa: E402
-from test_frames import make_video  # noqa: E402
+from test_faces import face_frame
+from test_frames import make_video
 
 runner = CliRunner()
 

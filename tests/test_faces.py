@@ -13,6 +13,7 @@ from dfdetect import faces as FA
 from dfdetect.config import FaceConfig
 from dfdetect.errors import DfdetectError
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """MTCNN runs many tiny convolutions; on a shared 2-core box one thread is 10x steadier than two."""

@@ -21,9 +21,8 @@ from dfdetect.labels import Label
 from dfdetect.srm import make_srm_copy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_faces import face_frame  # noqa: E402
-from test_frames import make_video  # noqa: E402
-
+from test_faces import face_frame
+from test_frames import make_video
 
 # Pool tests use builtins: a worker unpickling a function from this module would import the whole
 # test module (and torch with it) in every worker.

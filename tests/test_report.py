@@ -60,7 +60,7 @@ class _Collector(HTMLParser):
 
 def _check_self_contained(path) -> _Collector:
     text = path.read_text(encoding="utf-8")
-    assert not re.search(r"https?:", text, re.I), "external reference in the report"
+    assert not re.search(r"https?:", text, re.IGNORECASE), "external reference in the report"
     parser = _Collector()
     parser.feed(text)
     parser.close()
@@ -109,3 +109,21 @@ def test_empty_folder_is_one_clear_error(tmp_path):
         write_report(tmp_path)
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code == 1 and "run folder not found" in res.output and "Traceback" not in res.output
+
+
+def test_train_run_folder_gets_its_curves_drawn(tmp_path):
+    """`dfdetect train` leaves history.json and train.json, no PNGs: the page draws the curves itself."""
+    import json
+
+    run = tmp_path / "train-run"
+    run.mkdir()
+    (run / "history.json").write_text(json.dumps([{"epoch": e, "train_loss": 0.7 / e, "train_acc": 0.6,
+                                                    "val_loss": 0.8 / e, "val_acc": 0.55, "val_auc": 0.6}
+                                                   for e in (1, 2, 3)]))
+    (run / "train.json").write_text(json.dumps({"threshold": 0.42, "threshold_method": "val_youden",
+                                                "counts": {"train": {"crops": 10}}, "notes": ["a note"]}))
+    page = write_report(run)
+    parsed = _check_self_contained(page)
+    text = page.read_text()
+    assert parsed.tags.count("img") == 1 and "val_youden" in text and "a note" in text
+    assert not list(run.glob("*.png"))  # drawn into the page, not left in the run folder

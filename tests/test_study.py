@@ -151,3 +151,24 @@ def test_backbone_whose_weights_do_not_load_is_one_line_not_a_crash(tmp_path):
     assert len(res.skipped) == 1 and res.skipped[0].startswith("mobilenet_v2: skipped, no weights")
     assert str(bad) in res.skipped[0]
     assert "| mobilenet_v2 | skipped |" in res.table_md.read_text()
+
+
+@pytest.mark.shared
+def test_study_on_a_slice_of_dfdc_faces(shared_data, tmp_path):
+    """A labelled folder of real face crops (labels.csv, grouped by original video) goes straight to SRM + study."""
+    from dfdetect.pipeline import run_pipeline
+
+    src_dir = shared_data / "dfdc-faces"
+    rows = list(csv.DictReader((src_dir / "labels.csv").open()))
+    pick = [r for r in rows if r["label"] == "real"][:12] + [r for r in rows if r["label"] == "fake"][:12]
+    sub = tmp_path / "dfdc"
+    for r in pick:  # links, never copies of the shared data
+        (sub / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (sub / r["path"]).symlink_to(src_dir / r["path"])
+    with (sub / "labels.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(pick[0]))
+        w.writeheader()
+        w.writerows(pick)
+    res = run_pipeline(sub, tmp_path / "out", _tiny_seed(), backbones=["mobilenet_v2"], pretrained=False)
+    assert [c.status for c in res.study.cells] == ["trained", "trained"]
+    assert len(res.prepared.tables["srm"].paths) == len(res.prepared.tables["faces"].paths) == 24

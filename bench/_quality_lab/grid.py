@@ -16,6 +16,7 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import queue
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -183,6 +184,7 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=370, help="start no config after this")
+    ap.add_argument("--hard", type=float, default=400, help="print the table and stop after this")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU check of the plumbing")
     args = ap.parse_args()
     t_start = time.time()
@@ -203,6 +205,11 @@ def main() -> int:
     with ThreadPoolExecutor(16) as ex:
         list(ex.map(lambda a: _load(args.data, split[a[0]], a[1], cache / f"{a[0]}_{a[1]}.npy"),
                     [(s, z) for z in sizes for s in ("train", "val", "test")]))
+    try:
+        import torch
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
+    except Exception as e:  # noqa: BLE001
+        print(e)
     print(f"decoded {sizes} in {time.time() - t_start:.0f}s; n={ {s: len(v_) for s, v_ in split.items()} }",
           flush=True)
     ctx = mp.get_context("spawn")
@@ -222,7 +229,11 @@ def main() -> int:
             outstanding += 1
         if outstanding == 0:
             break
-        d = results.get()
+        try:
+            d = results.get(timeout=max(1.0, t_start + args.hard - time.time()))
+        except queue.Empty:
+            print(f"hard stop at {args.hard}s with {outstanding} configs running", flush=True)
+            break
         outstanding -= 1
         done.append(d)
         print(f"[{time.time() - t_start:5.0f}s] {fmt(d)}", flush=True)
@@ -236,7 +247,9 @@ def main() -> int:
     for _ in procs:
         jobs.put(None)
     for p in procs:
-        p.join(timeout=30)
+        p.join(timeout=5)
+        if p.is_alive():
+            p.terminate()
     print("\n=== sorted by val AUC ===")
     for d in sorted([x for x in done if "val_auc" in x], key=lambda x: -x["val_auc"]):
         print(fmt(d))

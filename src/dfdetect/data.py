@@ -303,6 +303,25 @@ def preprocess_crops(crops_bgr: Sequence[np.ndarray], data_config: dict[str, Any
     return _normalise(x, data_config["mean"], data_config["std"]).contiguous(memory_format=torch.channels_last)
 
 
+class RandomJPEG(torch.nn.Module):
+    """JPEG re-encoding at a random quality in [lo, hi] with OpenCV.
+
+    Why not ``v2.JPEG``: it goes through torchvision.io's encoder, deprecated since torchvision 0.29.
+    """
+
+    def __init__(self, quality: tuple[int, int] = (40, 100)):
+        super().__init__()
+        self.quality = quality
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = int(torch.randint(self.quality[0], self.quality[1] + 1, ()).item())
+        hwc = np.ascontiguousarray(x.permute(1, 2, 0).numpy())
+        ok, buf = cv2.imencode(".jpg", hwc, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if not ok:
+            return x
+        return torch.from_numpy(cv2.imdecode(buf, cv2.IMREAD_COLOR)).permute(2, 0, 1)
+
+
 def train_augment() -> Callable[[torch.Tensor], torch.Tensor]:
     """Full-mode augmentation on a uint8 CHW tensor: flip, colour jitter, blur, JPEG quality 40-100."""
     from torchvision.transforms import v2
@@ -311,7 +330,7 @@ def train_augment() -> Callable[[torch.Tensor], torch.Tensor]:
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
         v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=0.2),
-        v2.RandomApply([v2.JPEG((40, 100))], p=0.5),
+        v2.RandomApply([RandomJPEG((40, 100))], p=0.5),
     ])
 
 

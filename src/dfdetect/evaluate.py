@@ -29,7 +29,7 @@ from dfdetect.stage import ProgressCallback
 if TYPE_CHECKING:
     from dfdetect.data import CropTable
 
-__all__ = ["evaluate", "Scorer", "METRICS_JSON", "SCORES_CSV", "HISTORY_JSON", "read_scores"]
+__all__ = ["HISTORY_JSON", "METRICS_JSON", "SCORES_CSV", "Scorer", "evaluate", "read_scores"]
 
 METRICS_JSON = "metrics.json"
 SCORES_CSV = "scores.csv"

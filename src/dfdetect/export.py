@@ -97,7 +97,7 @@ def resolve_preprocess(detector: Any, *, seed: int = 0) -> PreprocessSpec:
     """The numpy spec that reproduces ``detector.preprocess`` on random crops (checked, not assumed)."""
     rng = np.random.default_rng(seed)
     # small, large and square crops, so that every interpolation rule gives a different answer
-    crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((97, 83), (700, 620), (64, 64))]
+    crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((97, 83), (700, 620), (64, 64), (23, 31))]
     want = [detector.preprocess([c]).detach().cpu().numpy()[0] for c in crops]
     hw = (int(want[0].shape[-2]), int(want[0].shape[-1]))  # the input size is what preprocess makes
     for spec in _candidate_specs(detector, hw):

@@ -36,8 +36,21 @@ from dfdetect.labels import IMAGE_SUFFIXES
 from dfdetect.parallel import Engine, in_worker, map_items
 from dfdetect.stage import ProgressCallback, StageReport
 
-__all__ = ["Box", "FaceCrop", "Detector", "register_detector", "list_detectors", "create_detector", "crop_face",
-           "faces_in_image", "extract_faces", "frame_files", "MANIFEST_NAME", "MANIFEST_FIELDS", "read_manifest"]
+__all__ = [
+    "MANIFEST_FIELDS",
+    "MANIFEST_NAME",
+    "Box",
+    "Detector",
+    "FaceCrop",
+    "create_detector",
+    "crop_face",
+    "extract_faces",
+    "faces_in_image",
+    "frame_files",
+    "list_detectors",
+    "read_manifest",
+    "register_detector",
+]
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = ("path", "video_id", "frame", "x0", "y0", "x1", "y1", "score", "status", "reason")
@@ -166,10 +179,11 @@ class MTCNNDetector:
             torch.set_num_threads(1)
         self.min_size = cfg.min_size if min_size is None else min_size
         self.min_score = cfg.min_score
-        # MTCNN's own min_face_size only bounds its image pyramid; 20 px (its default) finds small faces
-        # that we then filter by min_size ourselves, so a tight min_size does not lose borderline boxes.
-        self.model = MTCNN(keep_all=True, device="cpu", min_face_size=min(20, self.min_size), post_process=False,
-                           select_largest=True)
+        # MTCNN's min_face_size only sets where its image pyramid starts, and its boxes can come out a
+        # little smaller than that; start at 0.8x min_size and filter by min_size exactly below.
+        # (Starting at its default 20 px would cost ~3x on 720p frames for faces we then drop.)
+        self.model = MTCNN(keep_all=True, device="cpu", min_face_size=max(12, int(0.8 * self.min_size)),
+                           post_process=False, select_largest=True)
 
     def __call__(self, bgr: np.ndarray) -> list[Box]:
         import torch
@@ -238,9 +252,9 @@ def crop_face(image: np.ndarray, box: Box, margin: float = 1.0, output_size: int
     ``img[y:y+h, x:x+w]``.
     """
     h, w = image.shape[:2]
-    side = max(1, int(round(margin * max(box.width, box.height))))
+    side = max(1, round(margin * max(box.width, box.height)))
     cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
     x0 = min(max(x0, 0), w - side) if side <= w else x0
     y0 = min(max(y0, 0), h - side) if side <= h else y0
     x1, y1 = x0 + side, y0 + side
@@ -381,9 +395,9 @@ def extract_faces(
     if cfg.detector not in _DETECTORS:  # fail before starting any worker
         create_detector(cfg)
     jobs = _jobs(files, src)
-    results = map_items(partial(_faces_job, frames_dir=str(src), out_dir=str(out), cfg=cfg), jobs,
-                        workers=workers, engine=engine, ray_address=ray_address, progress=progress,
-                        weight=lambda job: job[3])
+    job = partial(_faces_job, frames_dir=str(src.resolve()), out_dir=str(out.resolve()), cfg=cfg)
+    results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
+                        weight=lambda j: j[3])
     report = StageReport("faces", out)
     rows: list[dict] = []
     for r, job_rows in results:

@@ -8,6 +8,7 @@ SRM, pooling, file list) is unchanged. Memory stays flat in the number of crops.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -19,6 +20,8 @@ from torch.utils.data import DataLoader
 from dfdetect._io import atomic_path
 from dfdetect.backbones import BackboneClassifier
 from dfdetect.data import CropDataset, CropTable
+from dfdetect.distributed import cpu_threads
+from dfdetect.errors import NothingUsableError
 from dfdetect.stage import ProgressCallback
 
 __all__ = ["feature_key", "extract_features", "FEATURES_SUFFIX", "OK_SUFFIX"]
@@ -57,11 +60,23 @@ def extract_features(model: BackboneClassifier, table: CropTable, cache_dir: str
     key = feature_key(model, table, input_size)
     path, ok_path = cache_dir / f"{key}{FEATURES_SUFFIX}", cache_dir / f"{key}{OK_SUFFIX}"
     n = len(table)
+    if n == 0:
+        raise NothingUsableError("no crops to featurise", path=cache_dir)
     if (hit := _load(path, ok_path, n)) is not None:
         if progress is not None:
             progress(n)
         return hit[0], hit[1].astype(bool)
 
+    with cpu_threads() if torch.device(device).type == "cpu" else contextlib.nullcontext():
+        return _extract(model, table, path, ok_path, input_size=input_size, batch_size=batch_size,
+                        workers=workers, device=device, progress=progress)
+
+
+@torch.no_grad()
+def _extract(model: BackboneClassifier, table: CropTable, path: Path, ok_path: Path, *, input_size: int,
+             batch_size: int, workers: int, device: str | torch.device,
+             progress: ProgressCallback | None) -> tuple[np.ndarray, np.ndarray]:
+    n = len(table)
     model = model.eval().to(device)
     ds = CropDataset(table, input_size=input_size, data_config=model.data_config, augment=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)

@@ -36,8 +36,15 @@ from dfdetect.labels import IMAGE_SUFFIXES
 from dfdetect.parallel import Engine, in_worker, map_items
 from dfdetect.stage import ProgressCallback, StageReport
 
-__all__ = ["sample_indices", "read_frames", "read_frames_at", "count_frames", "extract_frames", "frame_name",
-           "DONE_MARKER"]
+__all__ = [
+    "DONE_MARKER",
+    "count_frames",
+    "extract_frames",
+    "frame_name",
+    "read_frames",
+    "read_frames_at",
+    "sample_indices",
+]
 
 #: Per-video marker, written atomically after all its frames: a rerun trusts it and skips the video.
 DONE_MARKER = ".frames.json"
@@ -95,8 +102,8 @@ def _open(path: Path) -> av.container.InputContainer:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).split(":")[0] if isinstance(exc, av.FFmpegError) else str(exc)
-    return text.strip() or type(exc).__name__
+    text = getattr(exc, "strerror", None) or str(exc)  # FFmpegError: "Invalid data found when ..."
+    return str(text).strip() or type(exc).__name__
 
 
 def _index(container: av.container.InputContainer, stream: av.VideoStream) -> _PacketIndex:
@@ -380,7 +387,8 @@ def extract_frames(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(str(it.path), it.video_id) for it in items]
-    results = map_items(partial(_frames_job, out_dir=str(out), cfg=cfg), jobs, workers=workers, engine=engine,
+    # Absolute paths: Ray workers (possibly on other machines) do not share our working directory.
+    results = map_items(partial(_frames_job, out_dir=str(out.resolve()), cfg=cfg), jobs, workers=workers, engine=engine,
                         ray_address=ray_address, progress=progress)
     report = StageReport("frames", out)
     for r in results:

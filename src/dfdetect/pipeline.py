@@ -11,7 +11,7 @@ recipe with the backbones whose weights ship offline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +25,20 @@ from dfdetect.study import DEFAULT_BACKBONES, ProgressFactory, StudyResult, _no_
 if TYPE_CHECKING:
     from dfdetect.data import CropTable
 
-__all__ = ["run_pipeline", "prepare_crops", "run_demo", "demo_protocol", "offline_backbones", "Prepared",
-           "PipelineResult", "FRAMES_DIR", "FACES_DIR", "SRM_DIR", "STUDY_DIR", "DEMO_FRAMES"]
+__all__ = [
+    "DEMO_FRAMES",
+    "FACES_DIR",
+    "FRAMES_DIR",
+    "SRM_DIR",
+    "STUDY_DIR",
+    "PipelineResult",
+    "Prepared",
+    "demo_protocol",
+    "offline_backbones",
+    "prepare_crops",
+    "run_demo",
+    "run_pipeline",
+]
 
 FRAMES_DIR, FACES_DIR, SRM_DIR, STUDY_DIR, DATA_DIR = "frames", "faces", "faces-srm", "study", "data"
 #: the demo's built-in data (SynthConfig's defaults are sized for the demo; tests swap in a tinier one)
@@ -63,21 +75,19 @@ def _is_crop_folder(dataset: Dataset) -> bool:
     return bool(dataset.items) and not any(it.is_video for it in dataset.items)
 
 
-def _mirror_table(table: CropTable, src_root: Path, dst_root: Path) -> CropTable:
+def _mirror_table(table: CropTable, src_root: Path | None, dst_root: Path) -> CropTable:
     """The same rows with each crop replaced by its SRM copy (``dst_root/<rel>.png``, as srm writes it).
 
     Mapping row by row keeps the two study variants on exactly the same crops and splits, which is
     what makes "with SRM" vs "without SRM" a paired comparison; a missing copy is skipped, named.
+    ``src_root=None`` means the source's own images are the crops: a crop's rel is its video id.
     """
-    src_root, dst_root = Path(src_root).resolve(), Path(dst_root)
     keep: list[int] = []
     paths: list[Path] = []
     missing: list[str] = []
-    for i, p in enumerate(table.paths):
-        try:
-            q = (dst_root / Path(p).resolve().relative_to(src_root)).with_suffix(".png")
-        except ValueError:  # a crop outside the folder the SRM stage read
-            q = None
+    for i, (p, video) in enumerate(zip(table.paths, table.videos, strict=True)):
+        rel = Path(f"{video}.png") if src_root is None else _relative(Path(p), Path(src_root))
+        q = None if rel is None else (dst_root / rel).with_suffix(".png")
         if q is not None and q.is_file():
             keep.append(i)
             paths.append(q)
@@ -89,8 +99,20 @@ def _mirror_table(table: CropTable, src_root: Path, dst_root: Path) -> CropTable
     return out
 
 
-def _stage(report: StageReport, prepared_reports: list[StageReport]) -> StageReport:
+def _relative(path: Path, root: Path) -> Path | None:
+    for a, b in ((path, root), (path.resolve(), root.resolve())):
+        try:
+            return a.relative_to(b)
+        except ValueError:
+            continue
+    return None
+
+
+def _stage(report: StageReport, prepared_reports: list[StageReport],
+           on_stage: Callable[[StageReport], None] | None) -> StageReport:
     prepared_reports.append(report)
+    if on_stage is not None:
+        on_stage(report)
     report.raise_if_empty()  # a stage that left nothing stops the pipeline with one line
     return report
 
@@ -106,8 +128,12 @@ def prepare_crops(
     engine: str = "process",
     ray_address: str | None = None,
     progress: ProgressFactory | None = None,
+    on_stage: Callable[[StageReport], None] | None = None,
 ) -> Prepared:
-    """Discover ``source`` and make (or reuse) its face crops and their SRM copy under ``out_dir``."""
+    """Discover ``source`` and make (or reuse) its face crops and their SRM copy under ``out_dir``.
+
+    ``on_stage(report)`` is called as each stage finishes (the CLI prints it there and then).
+    """
     from dfdetect.data import build_crop_table
     from dfdetect.srm import make_srm_copy
 
@@ -131,19 +157,23 @@ def prepare_crops(
 
         with progress("frames", len(dataset.items)) as adv:
             _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames, ray_address=ray_address,
-                                  progress=adv, **par), reports)
+                                  progress=adv, **par), reports, on_stage)
         with progress("faces", None) as adv:
             _stage(extract_faces(out_dir / FRAMES_DIR, out_dir / FACES_DIR, protocol.faces,
-                                 ray_address=ray_address, progress=adv, **par), reports)
+                                 ray_address=ray_address, progress=adv, **par), reports, on_stage)
         faces_dir = out_dir / FACES_DIR
     tables = {"faces": build_crop_table(dataset, faces_dir)}
+    no_crops = tables["faces"].skipped[len(dataset.skipped):]
+    if no_crops:
+        notes.append(f"{len(no_crops)} of {len(dataset.items)} items gave no face crop and are left out; "
+                     f"first: {no_crops[0]}")
     srm_dir = None
     if srm:
         srm_dir = out_dir / SRM_DIR
         src = faces_dir if faces_dir is not None else dataset.root
         with progress("srm", len(tables["faces"].paths)) as adv:
-            _stage(make_srm_copy(src, srm_dir, protocol.srm, progress=adv, **par), reports)
-        tables["srm"] = _mirror_table(tables["faces"], src, srm_dir)
+            _stage(make_srm_copy(src, srm_dir, protocol.srm, progress=adv, **par), reports, on_stage)
+        tables["srm"] = _mirror_table(tables["faces"], faces_dir, srm_dir)
     for name, table in tables.items():
         if len(table.paths) == 0:
             raise NothingUsableError(f"no face crops found for the {name} variant", path=faces_dir or source)
@@ -162,6 +192,7 @@ def run_pipeline(
     ray_address: str | None = None,
     pretrained: bool | None = None,
     progress: ProgressFactory | None = None,
+    on_stage: Callable[[StageReport], None] | None = None,
 ) -> PipelineResult:
     """Run every stage on ``source`` and the study grid; everything lands under ``out_dir``.
 
@@ -170,7 +201,7 @@ def run_pipeline(
     """
     out_dir = Path(out_dir)
     prepared = prepare_crops(source, out_dir, protocol, crops=crops, workers=workers, engine=engine,
-                             ray_address=ray_address, progress=progress)
+                             ray_address=ray_address, progress=progress, on_stage=on_stage)
     study = run_study(prepared.tables, out_dir / STUDY_DIR, protocol, backbones=backbones, pretrained=pretrained,
                       progress=progress)
     return PipelineResult(out_dir, prepared, study, list(prepared.notes))
@@ -211,6 +242,7 @@ def run_demo(
     workers: int = 0,
     pretrained: bool | None = None,
     progress: ProgressFactory | None = None,
+    on_stage: Callable[[StageReport], None] | None = None,
 ) -> PipelineResult:
     """Generate the built-in Celeb-DF-shaped data and run the seed study on it, offline."""
     from dfdetect.synth import make_synthetic_celebdf, plan_videos
@@ -222,7 +254,7 @@ def run_demo(
     with progress("synth", len(plan_videos(cfg))) as adv:
         root = make_synthetic_celebdf(out_dir / DATA_DIR, cfg, progress=adv)
     result = run_pipeline(root, out_dir, demo_protocol(frames_per_video), backbones=names, workers=workers,
-                          pretrained=pretrained, progress=progress)
+                          pretrained=pretrained, progress=progress, on_stage=on_stage)
     if frames_per_video != 1:
         result.notes.insert(0, f"demo: seed recipe (Haar, frozen backbone, threshold 0.5) with {frames_per_video} "
                                "frames per video instead of the seed's 1, so the tiny synthetic set has enough crops")

@@ -15,15 +15,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: CI and servers have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
 
-from dfdetect._io import atomic_path  # noqa: E402
-from dfdetect.metrics import Aggregate, video_scores  # noqa: E402
+from dfdetect._io import atomic_path
+from dfdetect.metrics import Aggregate, video_scores
 
-__all__ = ["plot_history", "plot_confusion", "plot_roc", "HISTORY_PNG", "CONFUSION_PNG", "ROC_PNG"]
+__all__ = ["CONFUSION_PNG", "HISTORY_PNG", "ROC_PNG", "plot_confusion", "plot_history", "plot_roc"]
 
 HISTORY_PNG = "history.png"
 CONFUSION_PNG = "confusion.png"

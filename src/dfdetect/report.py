@@ -14,6 +14,7 @@ import csv
 import html
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,14 @@ import cv2
 
 from dfdetect._io import read_image, write_text
 from dfdetect.errors import BadInputError
-from dfdetect.evaluate import METRICS_JSON, SCORES_CSV, read_scores
-from dfdetect.plots import CONFUSION_PNG, HISTORY_PNG, ROC_PNG
+from dfdetect.evaluate import HISTORY_JSON, METRICS_JSON, SCORES_CSV, read_scores
+from dfdetect.plots import CONFUSION_PNG, HISTORY_PNG, ROC_PNG, plot_history
 from dfdetect.study import TABLE_CSV, TABLE_MD
 
-__all__ = ["write_report", "REPORT_HTML", "confident_errors"]
+__all__ = ["REPORT_HTML", "confident_errors", "write_report"]
 
 REPORT_HTML = "report.html"
+TRAIN_JSON = "train.json"  #: written by dfdetect.train
 THUMB = 112  #: side of the error thumbnails, in pixels
 FIGURE_ORDER = (HISTORY_PNG, CONFUSION_PNG, ROC_PNG)
 METRIC_ROWS = (
@@ -112,6 +114,30 @@ def _errors_html(run: Path, metrics: dict[str, Any], n: int) -> str:
     return head + f"<div class='errors'>{''.join(cards)}</div>"
 
 
+def _train_table(path: Path) -> str:
+    """What ``train`` records (train.json): threshold rule, split sizes, weights, wall time, notes."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"<p class='note'>{html.escape(str(path))}: cannot read ({html.escape(str(exc))})</p>"
+    rows = [("threshold", _fmt(info.get("threshold"))), ("threshold rule", _fmt(info.get("threshold_method"))),
+            ("weights", _fmt(info.get("weights"))), ("training wall time (s)", _fmt(info.get("wall_s")))]
+    for split, c in (info.get("counts") or {}).items():
+        rows.append((f"{split} split", html.escape(", ".join(f"{k} {v}" for k, v in c.items()))))
+    notes = "".join(f"<p class='note'>{html.escape(str(n))}</p>" for n in info.get("notes") or [])
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f"<h3>Training</h3><table>{body}</table>{notes}"
+
+
+def _history_figure(path: Path) -> str:
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"<p class='note'>{html.escape(str(path))}: cannot read ({html.escape(str(exc))})</p>"
+    with tempfile.TemporaryDirectory() as tmp:
+        return _png(plot_history(history, Path(tmp) / HISTORY_PNG, title=path.parent.name))
+
+
 def _run_section(run: Path, title: str, n_errors: int) -> str:
     parts = [f"<h2>{html.escape(title)}</h2>"]
     metrics: dict[str, Any] = {}
@@ -122,10 +148,18 @@ def _run_section(run: Path, title: str, n_errors: int) -> str:
             parts.append(f"<p class='note'>{html.escape(str(run / METRICS_JSON))}: cannot read ({exc})</p>")
     if metrics:
         parts.append(_metrics_table(metrics))
+    elif (run / HISTORY_JSON).is_file():
+        parts.append("<p class='muted'>A training run: validation curves below; score a labelled set with "
+                     "<code>dfdetect evaluate</code> for test metrics.</p>")
+    if (run / TRAIN_JSON).is_file():
+        parts.append(_train_table(run / TRAIN_JSON))
     pngs = sorted(run.glob("*.png"), key=lambda p: (FIGURE_ORDER.index(p.name) if p.name in FIGURE_ORDER
                                                      else len(FIGURE_ORDER), p.name))
-    if pngs:
-        parts.append(f"<div class='figs'>{''.join(_png(p) for p in pngs)}</div>")
+    figs = [_png(p) for p in pngs]
+    if (run / HISTORY_JSON).is_file() and not (run / HISTORY_PNG).is_file():
+        figs.insert(0, _history_figure(run / HISTORY_JSON))  # a train run: draw its curves here
+    if figs:
+        parts.append(f"<div class='figs'>{''.join(figs)}</div>")
     if metrics:
         parts.append(_errors_html(run, metrics, n_errors))
     return "\n".join(parts)
@@ -162,7 +196,7 @@ def _study_order(run_dir: Path) -> list[str]:
 
 
 def _is_run(folder: Path) -> bool:
-    return (folder / METRICS_JSON).is_file() or any(folder.glob("*.png"))
+    return any((folder / f).is_file() for f in (METRICS_JSON, HISTORY_JSON, TRAIN_JSON)) or any(folder.glob("*.png"))
 
 
 def write_report(run_dir: str | Path, dest: str | Path | None = None, *, n_errors: int = 12) -> Path:

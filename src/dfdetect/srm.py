@@ -32,7 +32,7 @@ from dfdetect.labels import IMAGE_SUFFIXES
 from dfdetect.parallel import Engine, map_items
 from dfdetect.stage import ProgressCallback, StageReport
 
-__all__ = ["SRM_KERNELS", "SRM_KERNEL_NAMES", "srm_filter_image", "SRMConv2d", "make_srm_copy"]
+__all__ = ["SRM_KERNELS", "SRM_KERNEL_NAMES", "SRMConv2d", "make_srm_copy", "srm_filter_image"]
 
 SRM_KERNEL_NAMES = ("KB", "KV", "H2")
 #: shape (3, 5, 5), float32, in the order KB/4, KV/12, H2/2 (../shared/REFERENCE.md).
@@ -53,7 +53,7 @@ def _to_uint8(residual: np.ndarray, clip: float) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
-def srm_filter_image(bgr: np.ndarray, cfg: SRMConfig = SRMConfig()) -> np.ndarray:
+def srm_filter_image(bgr: np.ndarray, cfg: SRMConfig | None = None) -> np.ndarray:
     """SRM residual of a BGR uint8 image, as a 3-channel uint8 image of the same size.
 
     - ``mode="classic3"``: output channel ``i`` is kernel ``SRM_KERNELS[i]`` (KB, KV, H2) applied to B, G
@@ -67,6 +67,7 @@ def srm_filter_image(bgr: np.ndarray, cfg: SRMConfig = SRMConfig()) -> np.ndarra
     **Scaling to 8 bits:** ``out = round((clip(r, -c, c) + c) * 255 / (2c))`` with ``c = cfg.clip``, so a
     residual of -c maps to 0, 0 to 128 and +c to 255, linearly; larger residuals saturate.
     """
+    cfg = SRMConfig() if cfg is None else cfg
     if bgr.ndim == 2:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     img = bgr.astype(np.float32)
@@ -163,8 +164,9 @@ def make_srm_copy(
         rel = f.relative_to(src)
         groups.setdefault(rel.parent.as_posix(), []).append(rel.as_posix())
     jobs = [(g, rels[i:i + 256]) for g, rels in groups.items() for i in range(0, len(rels), 256)]
-    results = map_items(partial(_srm_job, faces_dir=str(src), out_dir=str(out), cfg=cfg), jobs, workers=workers,
-                        engine=engine, ray_address=ray_address, progress=progress, weight=lambda j: len(j[1]))
+    job = partial(_srm_job, faces_dir=str(src.resolve()), out_dir=str(out.resolve()), cfg=cfg)
+    results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
+                        weight=lambda j: len(j[1]))
     report = StageReport("srm", out)
     for r in results:
         report.written += r.written

@@ -31,8 +31,18 @@ from dfdetect.stage import ProgressCallback
 if TYPE_CHECKING:
     from dfdetect.data import CropTable
 
-__all__ = ["run_study", "StudyResult", "CellResult", "DEFAULT_BACKBONES", "VARIANTS", "ProgressFactory",
-           "cell_name", "render_markdown", "TABLE_MD", "TABLE_CSV"]
+__all__ = [
+    "DEFAULT_BACKBONES",
+    "TABLE_CSV",
+    "TABLE_MD",
+    "VARIANTS",
+    "CellResult",
+    "ProgressFactory",
+    "StudyResult",
+    "cell_name",
+    "render_markdown",
+    "run_study",
+]
 
 DEFAULT_BACKBONES: tuple[str, ...] = ("mobilenet_v2", "vgg16", "resnet50v2")
 #: variant key (folder suffix) -> column heading, in the seed's order

@@ -422,8 +422,9 @@ def _write_mp4(dest: Path, frames: Sequence[np.ndarray], cfg: SynthConfig) -> No
         stream = container.add_stream("libx264", rate=cfg.fps)
         stream.width = stream.height = cfg.frame_size
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(cfg.crf), "preset": "veryfast"}
-        # One encoder thread: with x264's threads the bitstream varied run to run (measured).
+        # mbtree off: with it, the first encode in a process varied run to run (measured, threads=1
+        # too), which broke "same seed, same videos". One thread keeps it simple on shared CPUs.
+        stream.options = {"crf": str(cfg.crf), "preset": "veryfast", "x264-params": "mbtree=0"}
         stream.codec_context.thread_count = 1
         for img in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):

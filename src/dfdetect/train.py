@@ -122,6 +122,7 @@ def _train_head(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     y_va = val_t.labels[va].astype(np.float32)
     x_va = torch.from_numpy(np.asarray(f_va[va], dtype=np.float32))
 
+    torch.manual_seed(cfg.seed)  # the head's init must not depend on whether features came from the cache
     head = nn.Linear(model.num_features, 1)
     drop = nn.Dropout(protocol.model.drop_rate)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -335,7 +336,8 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
     cfg = protocol.train
     t0 = time.perf_counter()
     _seed_everything(cfg.seed)
-    info = init_distributed(device)
+    threads = torch.get_num_threads()
+    info = init_distributed(device)  # also sets this process's CPU threads (distributed.auto_threads)
     try:
         train_t, val_t, test_t = split_table(table, cfg)
         notes = list(train_t.notes)
@@ -369,3 +371,4 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
                            {"train": train_t.counts(), "val": val_t.counts(), "test": test_t.counts()}, notes)
     finally:
         cleanup(info)
+        torch.set_num_threads(threads)

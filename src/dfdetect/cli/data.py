@@ -19,7 +19,16 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ValidationError
 
-from dfdetect.cli._app import ProtocolOpt, WorkersOpt, app, console, handle_errors, out, print_report, progress_bar
+from dfdetect.cli._app import (
+    ProtocolOpt,
+    WorkersOpt,
+    app,
+    console,
+    handle_errors,
+    out,
+    print_report,
+    progress_bar,
+)
 from dfdetect.config import FaceConfig, FrameConfig, Protocol, SRMConfig
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 

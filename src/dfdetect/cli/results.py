@@ -20,7 +20,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dfdetect.cli._app import ProtocolOpt, WorkersOpt, app, console, handle_errors, out, print_report, progress_bar
+from dfdetect.cli._app import (
+    ProtocolOpt,
+    WorkersOpt,
+    app,
+    console,
+    handle_errors,
+    out,
+    print_report,
+    progress_bar,
+)
 from dfdetect.errors import BadInputError, DfdetectError
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
@@ -87,8 +96,6 @@ def print_study(result: Any) -> None:
 
 
 def _print_pipeline(result: Any) -> None:
-    for report in result.reports:
-        print_report(report)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     print_study(result.study)
@@ -117,9 +124,7 @@ def evaluate(
     det = Detector.load(detector)
     dest = out_dir or detector.parent / f"eval-{folder.resolve().name}"
     prepared = prepare_crops(folder, dest, det.protocol_, crops=crops, srm=srm, workers=workers,
-                             progress=progress_bar)
-    for report in prepared.reports:
-        print_report(report)
+                             progress=progress_bar, on_stage=print_report)
     for note in prepared.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     table = prepared.tables["srm" if srm else "faces"]
@@ -147,7 +152,7 @@ def study(
     from dfdetect.study import DEFAULT_BACKBONES
 
     result = run_pipeline(source, out_dir, _protocol(protocol), backbones=_backbones(backbones) or DEFAULT_BACKBONES,
-                          crops=crops, workers=workers, progress=progress_bar)
+                          crops=crops, workers=workers, progress=progress_bar, on_stage=print_report)
     _print_pipeline(result)
 
 
@@ -164,7 +169,7 @@ def demo(
 
     start = time.perf_counter()
     result = run_demo(out_dir, backbones=_backbones(backbones), frames_per_video=frames, workers=workers,
-                      progress=progress_bar)
+                      progress=progress_bar, on_stage=print_report)
     _print_pipeline(result)
     out.print(f"demo finished in {time.perf_counter() - start:.0f} s; open the report with: "
               f"dfdetect report {result.study.out_dir}", highlight=False, soft_wrap=True)

@@ -1,0 +1,220 @@
+"""Frames + faces: the seed's way against dfdetect's, on the same videos in the same run (issue 5, item 1).
+
+- **seed-style baseline:** ``cv2.VideoCapture``, ``read()`` every frame up to each wanted one, then Haar
+  (``haarcascade_frontalface_alt``, minSize 128, scaleFactor 1.1, minNeighbors 5) on the full greyscale
+  frame, keeping the largest face as ``img[y:y+h, x:x+w]``.
+- **dfdetect:** ``frames.read_frames`` (packet index + seek to the keyframe before each wanted frame,
+  non-reference frames that are not wanted skipped) and ``faces.faces_in_image`` with the same Haar settings.
+
+For N = 1 and N = 32 evenly spaced frames it asserts that both sides get identical frames (array
+equality) and identical Haar crops, and prints the time of each and the ratio; also the decode-only
+ratio, since Haar costs the same on both sides. A second part measures detection rate and speed of
+Haar (seed settings) and MTCNN on ``../shared/data/lfw-faces`` and the videos, the evidence for MTCNN
+as the default protocol's detector (issue 3, item 3).
+
+Usage::
+
+    python bench/preprocess.py                 # everything (~5 min on 2 cores)
+    python bench/preprocess.py --quick         # 1 generated video, 60 LFW photos
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from dfdetect.config import FaceConfig
+from dfdetect.faces import create_detector, faces_in_image
+from dfdetect.frames import read_frames, sample_indices
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SEED_FACES = FaceConfig(detector="haar", min_size=128, scale_factor=1.1, min_neighbors=5, margin=1.0)
+
+
+def make_video(path: Path, keyint: int, seconds: int = 10, fps: int = 30, size=(1280, 720), seed: int = 0) -> Path:
+    """A 720p H.264 clip (libx264, crf 23, B-frames) of a real face (scikit-image's astronaut) moving
+    over a textured, noisy background. ``keyint`` is the GOP: 250 is x264's and ffmpeg's default."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    head = np.ascontiguousarray(skimage.data.astronaut()[20:220, 130:320, ::-1])
+    face = cv2.resize(head, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_CUBIC)
+    bg = cv2.resize(rng.integers(0, 255, (h // 40, w // 40, 3), dtype=np.uint8), (w, h),
+                    interpolation=cv2.INTER_CUBIC)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"x264-params": f"keyint={keyint}:min-keyint={min(keyint, 25)}", "crf": "23"}
+        for i in range(seconds * fps):
+            img = bg.copy()
+            x, y = int(300 + 200 * np.sin(i / 30 + seed)), int(150 + 60 * np.cos(i / 45))
+            img[y:y + face.shape[0], x:x + face.shape[1]] = face
+            img = cv2.add(img, rng.integers(0, 6, img.shape, dtype=np.uint8))
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")))
+        out.mux(stream.encode())
+    return path
+
+
+# --------------------------------------------------------------------------- the two sides
+
+
+def seed_frames(path: Path, n: int) -> dict[int, np.ndarray]:
+    """The seed's reading: cv2.VideoCapture, read() every frame up to each wanted one."""
+    cap = cv2.VideoCapture(str(path))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    wanted = set(sample_indices(total, n))
+    out, i = {}, 0
+    while i <= max(wanted):
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i in wanted:
+            out[i] = frame
+        i += 1
+    cap.release()
+    return out
+
+
+def seed_face(cascade: cv2.CascadeClassifier, frame: np.ndarray) -> np.ndarray | None:
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    rects = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(128, 128))
+    if len(rects) == 0:
+        return None
+    x, y, w, h = max(rects, key=lambda r: r[2] * r[3])
+    return frame[y:y + h, x:x + w]
+
+
+def run_seed(path: Path, n: int, cascade) -> tuple[dict, list, float, float]:
+    t0 = time.perf_counter()
+    frames = seed_frames(path, n)
+    t1 = time.perf_counter()
+    crops = [seed_face(cascade, frames[i]) for i in sorted(frames)]
+    return frames, crops, t1 - t0, time.perf_counter() - t0
+
+
+def run_dfdetect(path: Path, n: int, detector, cfg: FaceConfig) -> tuple[dict, list, float, float]:
+    t0 = time.perf_counter()
+    frames = dict(read_frames(path, n))
+    t1 = time.perf_counter()
+    crops = []
+    for i in sorted(frames):
+        found = faces_in_image(frames[i], detector, cfg)
+        crops.append(found[0].crop if found else None)
+    return frames, crops, t1 - t0, time.perf_counter() - t0
+
+
+def bench_speed(videos: list[Path], ns: list[int]) -> None:
+    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt.xml"))
+    haar = create_detector(SEED_FACES)
+    print("\n## Frames + faces (Haar, seed settings): seed-style vs dfdetect")
+    print(f"{'video':34} {'N':>3} {'seed decode':>11} {'seed total':>10} {'dfd decode':>10} {'dfd total':>9} "
+          f"{'decode x':>8} {'total x':>7}  identical")
+    for n in ns:
+        sums = np.zeros(4)
+        for video in videos:
+            sf, sc, sd, st = run_seed(video, n, cascade)
+            df, dc, dd, dt = run_dfdetect(video, n, haar, SEED_FACES)
+            same_frames = sorted(sf) == sorted(df) and all(np.array_equal(sf[i], df[i]) for i in sf)
+            same_crops = all((a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+                             for a, b in zip(sc, dc))
+            assert same_frames, f"{video}: frames differ between cv2 and dfdetect"
+            assert same_crops, f"{video}: Haar crops differ"
+            sums += (sd, st, dd, dt)
+            print(f"{video.name[:34]:34} {n:>3} {sd:>10.2f}s {st:>9.2f}s {dd:>9.2f}s {dt:>8.2f}s {sd / dd:>7.2f}x "
+                  f"{st / dt:>6.2f}x  frames+crops ({len(df)} frames, {sum(c is not None for c in dc)} faces)")
+        print(f"{'ALL':34} {n:>3} {sums[0]:>10.2f}s {sums[1]:>9.2f}s {sums[2]:>9.2f}s {sums[3]:>8.2f}s "
+              f"{sums[0] / sums[2]:>7.2f}x {sums[1] / sums[3]:>6.2f}x")
+        print(f"RATIO N={n}: decode {sums[0] / sums[2]:.2f}x, decode+Haar {sums[1] / sums[3]:.2f}x (seed-style / dfdetect)")
+
+
+# --------------------------------------------------------------------------- detectors
+
+
+DETECTORS = {
+    "haar seed (min 128)": SEED_FACES,
+    "haar (min 40)": SEED_FACES.model_copy(update={"min_size": 40}),
+    "mtcnn (min 40)": FaceConfig(detector="mtcnn", min_size=40),
+    "mtcnn (min 40, detect<=640px)": FaceConfig(detector="mtcnn", min_size=40, detect_max_side=640),
+}
+
+
+def _centred(box, shape) -> bool:
+    h, w = shape[:2]
+    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    return abs(cx - w / 2) < 0.15 * w and abs(cy - h / 2) < 0.15 * h
+
+
+def bench_detectors(lfw: list[Path], videos: list[Path], n: int) -> None:
+    photos = [(p, cv2.imread(str(p))) for p in lfw]
+    frames = [(v, i, f) for v in videos for i, f in read_frames(v, n)]
+    print(f"\n## Face detectors: {len(photos)} LFW photos (250x250, one centred person each), "
+          f"{len(frames)} video frames ({n} per video)")
+    print(f"{'detector':32} {'LFW found':>9} {'centred':>8} {'>1 face':>8} {'ms/photo':>8} | "
+          f"{'video found':>11} {'ms/frame':>8}")
+    for name, cfg in DETECTORS.items():
+        det = create_detector(cfg)
+        det(photos[0][1])  # warm-up (first call allocates)
+        t = time.perf_counter()
+        boxes = [faces_in_image(img, det, cfg) for _, img in photos]
+        t_photo = (time.perf_counter() - t) / len(photos) * 1000
+        found = sum(bool(b) for b in boxes)
+        centred = sum(bool(b) and _centred(b[0].box, img.shape) for b, (_, img) in zip(boxes, photos))
+        multi = sum(len(b) > 1 for b in boxes)
+        t = time.perf_counter()
+        vboxes = [det(f) for _, _, f in frames]
+        t_frame = (time.perf_counter() - t) / max(len(frames), 1) * 1000
+        vfound = sum(bool(b) for b in vboxes)
+        print(f"{name:32} {found / len(photos):>8.1%} {centred / len(photos):>7.1%} {multi:>8} {t_photo:>8.1f} | "
+              f"{vfound:>5}/{len(frames):<5} {t_frame:>8.1f}")
+        per_video = {}
+        for (v, _, _), b in zip(frames, vboxes):
+            per_video.setdefault(v.name, [0, 0])
+            per_video[v.name][0] += bool(b)
+            per_video[v.name][1] += 1
+        print(" " * 32 + "  per video: " + ", ".join(f"{k} {a}/{c}" for k, (a, c) in per_video.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--gops", type=int, nargs="+", default=[250, 60, 30], help="GOP of each generated video")
+    ap.add_argument("--lfw", type=int, default=300, help="LFW photos for the detector part (0 = skip)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="MTCNN threads (1: steadiest on a shared 2-core box)")
+    args = ap.parse_args()
+    if args.quick:
+        args.gops, args.lfw = [250], 60
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}; python {sys.version.split()[0]}, opencv {cv2.__version__}, "
+          f"av {av.__version__}, torch threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory(prefix="dfdetect-bench-") as tmp:
+        t = time.perf_counter()
+        videos = [make_video(Path(tmp) / f"gen720p_gop{g}.mp4", g, seed=k) for k, g in enumerate(args.gops)]
+        print(f"generated {len(videos)} 10 s 720p H.264 videos (GOP {args.gops}) in {time.perf_counter() - t:.0f} s")
+        shared = sorted((SHARED / "videos").glob("*.mp4")) if (SHARED / "videos").is_dir() else []
+        if not shared:
+            print(f"note: {SHARED / 'videos'} absent; generated videos only")
+        bench_speed(videos + shared, args.frames)
+        lfw = sorted((SHARED / "lfw-faces").glob("*.jpg"))[: args.lfw]
+        if lfw:
+            bench_detectors(lfw, videos[:1] + shared, 32)
+        else:
+            print(f"note: {SHARED / 'lfw-faces'} absent or --lfw 0; detector part skipped")
+
+
+if __name__ == "__main__":
+    main()

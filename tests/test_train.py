@@ -1,0 +1,142 @@
+"""Training in head and full mode, resume, threshold on validation, SBI, and the `train` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dfdetect.config import ModelConfig, Protocol, TrainConfig
+from dfdetect.data import build_crop_table
+from dfdetect.datasets import discover
+from dfdetect.detector import Detector
+from dfdetect.features import extract_features
+from dfdetect.metrics import choose_threshold
+from dfdetect.train import CHECKPOINT_FILE, train
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """24 real + 24 fake tiny crops; fakes carry a bright band, so the classes are learnable."""
+    root = tmp_path_factory.mktemp("crops")
+    rng = np.random.default_rng(0)
+    for label in ("real", "fake"):
+        (root / label).mkdir()
+        for i in range(24):
+            img = rng.integers(0, 120, (36, 36, 3), dtype=np.uint8)
+            if label == "fake":
+                img[:, :12] = 250
+            cv2.imwrite(str(root / label / f"{i:02d}.png"), img)
+    return root
+
+
+@pytest.fixture(scope="module")
+def table(folder):
+    return build_crop_table(discover(folder), None)
+
+
+def _proto(base: Protocol, **train) -> Protocol:
+    model = ModelConfig(pretrained=False, input_size=SIZE, pool=base.model.pool)
+    return base.model_copy(update={"model": model, "train": base.train.model_copy(update=train)})
+
+
+def test_head_mode_is_the_seed_recipe_on_cached_features(table, tmp_path, monkeypatch):
+    p = _proto(Protocol.seed(), epochs=3)
+    r = train(table, p, tmp_path / "run")
+    assert [h["epoch"] for h in r.history] == [1, 2, 3]
+    assert set(r.history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc"}
+    assert r.detector.threshold_ == 0.5  # the seed's fixed threshold
+    assert r.val_y.size == r.val_p.size == len(r.val_videos) == 8  # 15 % of 48, stratified
+    for f in ("detector.safetensors", "history.json", "config.yaml"):
+        assert (tmp_path / "run" / f).is_file()
+    assert json.loads((tmp_path / "run" / "history.json").read_text()) == r.history
+    # the head's weights went into the detector's classifier
+    det = Detector.load(tmp_path / "run" / "detector.safetensors")
+    assert torch.equal(det.model_.fc.weight, r.detector.model_.fc.weight)
+    # second run: features come from the cache, the backbone is never run
+    from dfdetect.backbones import BackboneClassifier
+
+    def boom(self, x):
+        raise AssertionError("backbone ran although the features were cached")
+
+    monkeypatch.setattr(BackboneClassifier, "forward_features", boom)
+    r2 = train(table, p, tmp_path / "run2", cache_dir=tmp_path / "run" / "features")
+    assert r2.history == r.history
+
+
+def test_cached_features_equal_the_frozen_model(table, tmp_path):
+    from dfdetect.backbones import create_backbone
+    from dfdetect.data import preprocess_crops
+
+    m = create_backbone("mobilenet_v2", pretrained=False).eval()
+    sub = table.subset(range(5))
+    feats, ok = extract_features(m, sub, tmp_path, input_size=SIZE, batch_size=2)
+    assert isinstance(feats, np.memmap) and feats.shape == (5, m.num_features) and ok.all()
+    x = preprocess_crops([cv2.imread(str(p)) for p in sub.paths], m.data_config, SIZE)
+    with torch.no_grad():
+        direct = m.pool_features(m.forward_features(x)).numpy()
+    np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-5)
+    assert len(list(tmp_path.glob("*.features.npy"))) == 1 and not list(tmp_path.glob(".*"))  # no temp left
+
+
+def test_full_mode_threshold_on_validation_and_resume(table, tmp_path):
+    p = _proto(Protocol.default(), epochs=2, batch_size=8, lr=1e-3, split="random", patience=5)
+    calls = {"n": 0}
+
+    def killer(n):
+        calls["n"] += 1
+        if calls["n"] == 8:  # in epoch 2 (5 batches per epoch)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(table, p, tmp_path, progress=killer)
+    assert (tmp_path / CHECKPOINT_FILE).is_file() and not (tmp_path / "detector.safetensors").exists()
+    r = train(table, p, tmp_path)
+    assert any("resumed" in n and "epoch 1" in n for n in r.notes)
+    assert [h["epoch"] for h in r.history] == [1, 2]
+    assert r.detector.threshold_ == pytest.approx(choose_threshold(r.val_y, r.val_p, "val_youden"))
+    # the kept model is the best validation epoch, and its scores are the reported ones
+    crops = [cv2.imread(str(table.paths[table.videos.index(v)])) for v in r.val_videos]
+    np.testing.assert_allclose(r.detector.predict_proba(crops), r.val_p, atol=1e-5)
+
+
+def test_test_rows_are_never_used_for_training_or_threshold(table, tmp_path):
+    t = table.subset(range(len(table)))
+    t.is_test[[0, 1, 30, 31]] = True
+    r = train(t, _proto(Protocol.seed(), epochs=1), tmp_path)
+    test_videos = {t.videos[i] for i in (0, 1, 30, 31)}
+    assert not test_videos & set(r.val_videos)
+    assert r.counts["test"]["crops"] == 4 and r.counts["train"]["crops"] + r.counts["val"]["crops"] == 44
+
+
+def test_full_mode_with_sbi_pseudo_fakes_only(table, tmp_path):
+    def blend(face, rng):
+        out = face.copy()
+        out[4:20, 4:20] = 255 - out[4:20, 4:20]
+        return out, np.ones(face.shape[:2], np.float32)
+
+    p = _proto(Protocol.default(), epochs=1, batch_size=8, pseudo_fakes="sbi", sbi_mix=False, split="random")
+    r = train(table, p, tmp_path, blend_fn=blend)
+    assert len(r.history) == 1 and np.isfinite(r.history[0]["train_loss"])
+
+
+def test_train_command(folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", str(folder), "--out", str(run), "--protocol", "seed", "--no-pretrained",
+                                   "--input-size", str(SIZE), "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert (run / "detector.safetensors").is_file() and (run / "config.yaml").is_file()
+    assert "threshold 0.5000" in res.output
+    bad = CliRunner().invoke(app, ["train", str(folder), "--out", str(run), "--weights", str(folder / "nope.pth"),
+                                   "--input-size", str(SIZE)])
+    assert bad.exit_code == 1 and "weights file not found" in bad.output and "Traceback" not in bad.output

@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--gops", type=int, nargs="+", default=[250, 60, 30], help="GOP of each generated video")
     ap.add_argument("--lfw", type=int, default=300, help="LFW photos for the detector part (0 = skip)")
+    ap.add_argument("--det-frames", type=int, default=8, help="frames per video for the detector part")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="MTCNN threads (1: steadiest on a shared 2-core box)")
@@ -211,7 +212,7 @@ def main() -> None:
         bench_speed(videos + shared, args.frames)
         lfw = sorted((SHARED / "lfw-faces").glob("*.jpg"))[: args.lfw]
         if lfw:
-            bench_detectors(lfw, videos[:1] + shared, 32)
+            bench_detectors(lfw, videos[:1] + shared, args.det_frames)
         else:
             print(f"note: {SHARED / 'lfw-faces'} absent or --lfw 0; detector part skipped")
 

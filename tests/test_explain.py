@@ -141,3 +141,13 @@ def test_predict_explain_adds_heatmaps(tmp_path, monkeypatch, red_blue):
     assert len(heat) == 2 and all(h.heatmap.shape == h.crop.shape for h in heat)
     assert min(h.p_fake for h in heat) >= max(f.p_fake for _, f in res.all_faces() if f.heatmap is None)
     assert P.gradcam_sheet(res) is not None
+
+
+def test_real_detector_gradcam(tmp_path):
+    from test_export import real_detector
+
+    det = real_detector(tmp_path, size=64)
+    crop = cv2.resize(red_blue_image(), (90, 90))
+    out = gradcam_overlay(det, crop)
+    assert out.shape == crop.shape and out.dtype == np.uint8
+    assert not det.model_.training and all(p.grad is None for p in det.model_.parameters())

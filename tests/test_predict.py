@@ -229,3 +229,21 @@ def test_cli_predict_table_json_save(tmp_path, monkeypatch):
     doc = json.loads((tmp_path / "out.json").read_text())
     assert [d["file"] for d in doc["results"]] == [str(video)] and len(doc["failed"]) == 1
     assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["clip_faces.png", "clip_scores.png"]
+
+
+# --------------------------------------------------------------------------- real data (skips when absent)
+
+
+@pytest.mark.shared
+def test_real_videos_and_face_crops(shared_data):
+    """The done-when of issue 4 on real files: every shared video and a few real face crops get a verdict."""
+    scorer = RedScorer(threshold=0.3)
+    scorer.protocol_ = Protocol.default().model_copy(update={"faces": FaceConfig(detector="haar", min_size=40)})
+    report = StageReport("predict", shared_data / "videos")
+    results = P.predict_path(shared_data / "videos", scorer, frames=4, report=report)
+    assert len(results) == len(P.media_files(shared_data / "videos")) and report.failed == []
+    assert all(r.verdict in ("fake", "real") and r.n_faces >= 1 for r in results)
+    crops = sorted((shared_data / "dfdc-faces" / "real").glob("*.jpg"))[:3]
+    for c in crops:
+        [res] = P.predict_path(c, scorer, crops=True)
+        assert res.verdict in ("fake", "real") and res.n_faces == 1

@@ -139,6 +139,11 @@ def test_pipeline_end_to_end_on_a_crop_folder_and_resume(tmp_path):
     assert [c.status for c in again.study.cells] == ["reused", "reused"]
     assert again.reports[0].written == 0 and again.reports[0].reused == 32
 
+    other = _tiny_seed().model_copy(update={"train": _tiny_seed().train.model_copy(update={"epochs": 4})})
+    clash = run_pipeline(src, out, other, backbones=["mobilenet_v2"], pretrained=False)
+    assert [c.status for c in clash.study.cells] == ["failed", "failed"]
+    assert "another protocol" in clash.study.skipped[0]
+
 
 def test_backbone_whose_weights_do_not_load_is_one_line_not_a_crash(tmp_path):
     bad = tmp_path / "bad.safetensors"

@@ -66,7 +66,8 @@ def random_affine_matrix(width: int, height: int, rng: np.random.Generator, *, s
 
 
 def random_affine(image: np.ndarray, rng: np.random.Generator, *, shift: float = 0.03,
-                  scale: float = 0.05, rotate: float = 0.0, border: int = cv2.BORDER_REFLECT101) -> np.ndarray:
+                  scale: float = 0.05, rotate: float = 0.0,
+                  border: int = cv2.BORDER_REFLECT101) -> np.ndarray:
     """Warp ``image`` by :func:`random_affine_matrix`."""
     h, w = image.shape[:2]
     m = random_affine_matrix(w, h, rng, shift=shift, scale=scale, rotate=rotate)

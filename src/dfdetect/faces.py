@@ -9,8 +9,9 @@
   See bench/preprocess.py for the measured detection rates.
 
 Output mirrors the frames: ``out_dir/<video_id>/<frame>.<ext>`` (``<frame>_f1``, ``_f2``... with
-``keep="all"``), plus ``out_dir/manifest.csv`` with one row per frame *and* per frame without a
+``keep="all"``), plus ``out_dir/manifest.csv`` with one row per crop *and* one per frame without a
 usable face (``status`` ``no_face`` / ``unreadable`` with the reason): nothing is dropped silently.
+``path`` is the crop relative to ``out_dir`` for ``ok`` rows, else the frame relative to the frames folder.
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ def _faces_job(job: tuple[str, str, list[str], int], frames_dir: str, out_dir: s
     rows = _marker_rows(marker, cfg_key, frames, out_root)
     if rows is not None:
         result.reused = sum(r["status"] == "ok" for r in rows)
-        result.failed = [f"{src_root / video_id / r['frame']}: {r['reason']}" for r in rows if r["status"] != "ok"]
+        result.failed = [f"{src_root / r['path']}: {r['reason']}" for r in rows if r["status"] != "ok"]
         return result, rows
     detector = _worker_detector(cfg)
     rows = []
@@ -347,7 +348,13 @@ def _faces_job(job: tuple[str, str, list[str], int], frames_dir: str, out_dir: s
             if is_valid_image(dest):
                 result.reused += 1
             else:
-                write_image(dest, face.crop)
+                try:
+                    write_image(dest, face.crop)
+                except OSError as exc:  # e.g. disk full: name the file, skip it, go on
+                    result.failed.append(f"{dest}: cannot write ({exc})")
+                    rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, face.box, "unreadable",
+                                     f"cannot write crop ({exc})"))
+                    continue
                 result.written += 1
             rows.append(_row(dest.relative_to(out_root).as_posix(), video_id, stem, face.box, "ok"))
     write_json(marker, {"config": cfg_key, "frames": frames, "rows": rows})

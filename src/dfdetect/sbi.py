@@ -84,7 +84,8 @@ def _check_face(face_bgr: np.ndarray) -> np.ndarray:
 def _check_landmarks(landmarks: np.ndarray) -> np.ndarray:
     pts = np.asarray(landmarks, np.float32)
     if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] < 5 or not np.isfinite(pts).all():
-        raise BadInputError(f"landmarks must be finite (x, y) pixels of shape (N >= 5, 2); got shape {pts.shape}")
+        raise BadInputError(f"landmarks must be finite (x, y) pixels of shape (N >= 5, 2); "
+                            f"got shape {pts.shape}")
     return pts
 
 

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import yaml
+
 from dfdetect._io import write_json, write_text
-from dfdetect.config import Protocol
-from dfdetect.errors import DfdetectError, WeightsError
+from dfdetect.config import Protocol, load_protocol
+from dfdetect.errors import BadInputError, DfdetectError, WeightsError
 from dfdetect.evaluate import HISTORY_JSON, METRICS_JSON, evaluate
 from dfdetect.stage import ProgressCallback
 
@@ -49,7 +51,8 @@ DEFAULT_BACKBONES: tuple[str, ...] = ("mobilenet_v2", "vgg16", "resnet50v2")
 VARIANTS: dict[str, str] = {"faces": "faces", "srm": "faces+SRM"}
 TABLE_MD = "table.md"
 TABLE_CSV = "table.csv"
-DETECTOR_FILE = "detector.safetensors"
+DETECTOR_FILE = "detector.safetensors"  #: written by dfdetect.train
+CONFIG_FILE = "config.yaml"  #: the protocol dfdetect.train used
 
 #: ``progress(description, total)`` -> context manager yielding ``advance(n)``; cli._app.progress_bar fits.
 ProgressFactory = Callable[[str, int | None], AbstractContextManager[ProgressCallback | None]]
@@ -143,9 +146,24 @@ def scoring_split(table: CropTable, protocol: Protocol) -> tuple[CropTable, str]
     return val, "held-out validation split"
 
 
+def _check_same_protocol(cell_dir: Path, protocol: Protocol) -> None:
+    """Resume only what this very recipe made; never pass off another protocol's results as this one's."""
+    saved = cell_dir / CONFIG_FILE
+    if not saved.is_file():
+        return
+    try:
+        same = load_protocol(saved) == protocol
+    except (OSError, ValueError, yaml.YAMLError):
+        same = False
+    if not same:
+        raise BadInputError(f"holds a run made with another protocol (see {CONFIG_FILE}); "
+                            "use a new --out folder or delete this one", path=cell_dir)
+
+
 def _run_cell(backbone: str, variant: str, table: CropTable, protocol: Protocol, cell_dir: Path,
               progress: ProgressFactory) -> tuple[CellResult, str]:
     metrics_path = cell_dir / METRICS_JSON
+    _check_same_protocol(cell_dir, protocol)
     test, test_set = scoring_split(table, protocol)
     if metrics_path.is_file():
         try:

@@ -23,23 +23,32 @@ of the source per frame as generated faces have:
 * face swap (Y != X): Y's face layer, aligned on the face box, Reinhard colour-matched to X's
   skin inside the mask, blended at full strength;
 * self-blend (Y == X, as in SBI): X's own face after :func:`dfdetect.sbi.pseudo_source` (colour
-  jitter, down-scale or sharpen) and a small shift/scale, blended at an SBI ratio.
+  jitter, down-scale or sharpen) and a small shift/scale, through an SBI-deformed mask at an SBI
+  ratio from {0.5, 0.75, 1} (0.25 barely survives H.264 at this size). Only the source copy is
+  altered here: altering the target would recolour the whole face layer, which in a video is not
+  a local manipulation. No per-frame JPEG either; H.264 is the compression for every video.
 
 **Nothing but the face tells real from fake.** Reals and fakes share one background generator,
 one motion model, frame size, frame count, fps and the same H.264 settings (libx264, yuv420p,
-``crf``, one thread); each fake reuses the exact scene of the real video it was made from, so a
-real/fake pair differs only inside the face mask. The blended face carries no sensor noise of
-its own, like a generated face pasted into a camera frame; that is a manipulation trace inside
-the face, not a shortcut outside it.
+``crf``, veryfast, mbtree off, one thread); each fake reuses the exact uncompressed frames of
+the real video it was made from and is compressed once, like its real (no double-compression
+trace), so a real/fake pair differs only inside the face mask. The blended face carries no
+sensor noise of its own, like a generated face pasted into a camera frame; that is a
+manipulation trace inside the face, not a shortcut outside it.
 
 **Identities and their limits.** By default the photos are the real portraits that installed
 packages ship: scikit-image's ``astronaut`` (Eileen Collins) and matplotlib's
 ``grace_hopper.jpg``. Two photos cannot make eight people: the remaining identities are
 *derived* from them (mirrored, re-cropped, re-coloured), so several identities are the same
-person and a swap between them changes less than a swap between two people. This is a
-limitation of the built-in data, recorded per identity in the manifest (``variant`` > 0).
+person and a swap between them changes less than a swap between two people (swap sources are
+taken from the other photo whenever possible). This is a limitation of the built-in data,
+recorded per identity in the manifest (``variant`` > 0).
 ``faces_dir`` (e.g. ``../shared/data/lfw-faces``, one photo per person) gives every identity
 its own person, and YouTube-real clips people not used as identities while photos last.
+
+The defaults (:class:`~dfdetect.config.SynthConfig`) make 52 videos of 20 frames at 288x288:
+8 identities x 2 real, 4 YouTube-real and 32 fakes (16 swaps, 16 self-blends), 13 of them in
+the test list (2 held-out identities and 1 YouTube clip); about 9 s of CPU.
 
 Deterministic per seed: every video draws from a generator seeded by ``(seed, its name)``, so a
 resumed run (valid videos are kept; each mp4 is written to a temp name and renamed) gives the
@@ -68,8 +77,8 @@ from dfdetect.labels import IMAGE_SUFFIXES, Label, LabelLine, write_label_file
 from dfdetect.sbi import BLEND_RATIOS, deform_mask, pseudo_source
 from dfdetect.stage import ProgressCallback
 
-__all__ = ["FacePhoto", "VideoSpec", "check_inputs", "default_face_photos", "face_photo_files", "load_face_photos",
-           "make_synthetic_celebdf", "plan_videos"]
+__all__ = ["FacePhoto", "VideoSpec", "check_inputs", "default_face_photos", "face_photo_files",
+           "load_face_photos", "make_synthetic_celebdf", "plan_videos"]
 
 CELEB_REAL = "Celeb-real"
 YOUTUBE_REAL = "YouTube-real"
@@ -128,7 +137,8 @@ def default_face_photos() -> list[FacePhoto]:
         if box is not None:
             photos.append(FacePhoto(name, img, box))
     if not photos:
-        raise NothingUsableError("no face photo found in scikit-image or matplotlib; pass a folder with --faces")
+        raise NothingUsableError("no face photo found in scikit-image or matplotlib; "
+                                 "pass a folder of photos with --faces")
     return photos
 
 
@@ -214,7 +224,8 @@ def _person(name: str, photo: FacePhoto, variant: int, face_size: int, seed: int
 
 def _people(photos: Sequence[FacePhoto], names: Sequence[str], face_size: int, seed: int) -> list[_Person]:
     """One person per name, cycling through the photos; a photo's second use is a derived variant."""
-    return [_person(n, photos[i % len(photos)], i // len(photos), face_size, seed) for i, n in enumerate(names)]
+    k = len(photos)
+    return [_person(name, photos[i % k], i // k, face_size, seed) for i, name in enumerate(names)]
 
 
 # --------------------------------------------------------------------------- the plan
@@ -258,7 +269,8 @@ def plan_videos(cfg: SynthConfig, n_photos: int | None = None) -> list[VideoSpec
             specs.append(VideoSpec(f"{CELEB_REAL}/id{x}_{v:04d}.mp4", "real", _ident(x),
                                    f"{CELEB_REAL}/id{x}_{v:04d}.mp4", is_test=x in test_ids))
     for k in range(cfg.youtube_videos):
-        specs.append(VideoSpec(f"{YOUTUBE_REAL}/{k:05d}.mp4", "real", f"yt{k:05d}", f"{YOUTUBE_REAL}/{k:05d}.mp4"))
+        rel = f"{YOUTUBE_REAL}/{k:05d}.mp4"
+        specs.append(VideoSpec(rel, "real", f"yt{k:05d}", rel))
     n_yt_test = max(1, round(cfg.youtube_videos * cfg.test_fraction)) if cfg.youtube_videos else 0
     yt_test = {int(k) for k in rng.permutation(cfg.youtube_videos)[:n_yt_test]}
     specs = [s if not s.rel.startswith(YOUTUBE_REAL) or int(Path(s.rel).stem) not in yt_test

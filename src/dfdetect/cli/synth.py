@@ -19,6 +19,8 @@ from dfdetect.cli._app import app, console, handle_errors, out, progress_bar
 from dfdetect.config import SynthConfig
 from dfdetect.errors import DfdetectError
 
+_D = SynthConfig()  # defaults, shown in --help
+
 
 def _config(**options: int | None) -> SynthConfig:
     """SynthConfig defaults with the options the user set; a bad value is one line naming the option."""
@@ -26,23 +28,32 @@ def _config(**options: int | None) -> SynthConfig:
         return SynthConfig(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise DfdetectError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+        option = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+        raise DfdetectError(f"{option}: {err['msg']}") from None
+
+
+def _int_opt(flag: str, what: str, default: int) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=f"{what} (default {default}).")
+
+
+FacesOpt = Annotated[Path | None, typer.Option(
+    "--faces", help="Folder of face photos, one person each (default: portraits shipped by scikit-image "
+    "and matplotlib).")]
 
 
 @app.command("synth")
 @handle_errors
 def synth_cmd(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Celeb-DF-shaped dataset.")],
-    faces: Annotated[Path | None, typer.Option("--faces", help="Folder of face photos, one person each "
-                                                "(default: portraits shipped by scikit-image / matplotlib).")] = None,
-    identities: Annotated[int | None, typer.Option("--identities", help="Celeb identities.")] = None,
-    videos_per_identity: Annotated[int | None, typer.Option("--videos-per-identity",
-                                                            help="Real videos per identity.")] = None,
-    fakes_per_identity: Annotated[int | None, typer.Option("--fakes-per-identity",
-                                                           help="Fake videos per target identity.")] = None,
-    youtube: Annotated[int | None, typer.Option("--youtube", help="YouTube-real videos.")] = None,
-    frames: Annotated[int | None, typer.Option("--frames", "-n", help="Frames per video.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed; same seed, same videos.")] = None,
+    faces: FacesOpt = None,
+    identities: Annotated[int | None, _int_opt("--identities", "Celeb identities", _D.identities)] = None,
+    videos_per_identity: Annotated[int | None, _int_opt(
+        "--videos-per-identity", "Real videos per identity", _D.videos_per_identity)] = None,
+    fakes_per_identity: Annotated[int | None, _int_opt(
+        "--fakes-per-identity", "Fake videos per target identity", _D.fakes_per_identity)] = None,
+    youtube: Annotated[int | None, _int_opt("--youtube", "YouTube-real videos", _D.youtube_videos)] = None,
+    frames: Annotated[int | None, _int_opt("--frames", "Frames per video", _D.frames)] = None,
+    seed: Annotated[int | None, _int_opt("--seed", "Random seed; same seed, same videos", _D.seed)] = None,
 ) -> None:
     """Make a small Celeb-DF-v2-shaped dataset (real videos, face swaps and self-blends) from real photos."""
     from dfdetect.datasets import load_celebdf

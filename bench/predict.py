@@ -5,8 +5,12 @@ frame in order with ``cv2.VideoCapture`` (the seed's way to reach a frame), keep
 find faces and score them exactly as predict does. dfdetect: ``predict_path`` (PyAV seeking reader, same
 face finder, same scorer). Both give the same verdict on the same frames; the script checks that.
 
-    nice -n 10 python bench/predict.py                    # seed protocol (Haar, 128 px) and default (MTCNN, 224 px)
-    python bench/predict.py --protocol seed --repeats 5
+    nice -n 10 python bench/predict.py                   # seed protocol: Haar faces, 128 px MobileNetV2
+    python bench/predict.py --protocol default --detect-max-side 640 --onnx   # MTCNN on a 640 px copy, 224 px
+    python bench/predict.py --threads 1 2                # torch/OpenCV threads; 1 is faster on a busy machine
+
+Wall time depends on what else runs: on a shared 2-core machine, two OpenMP threads that must wait for a
+core are slower than one, so the script prints the load average and the CPU time of each side too.
 
 The generated video shows a real face (scikit-image's astronaut photo) moving over a textured 1280x720
 background, encoded by libx264 (keyframe every 2 s, as phones and web video commonly are). The network is
@@ -26,10 +30,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-THREADS = 2
 FRAMES = 32
 
 
@@ -59,24 +62,27 @@ def make_video(path: Path, seconds: int = 10, fps: int = 30, size: tuple[int, in
     return path
 
 
-def make_detector(protocol_name: str):
+def make_detector(protocol_name: str, detect_max_side: int | None):
     from dfdetect.backbones import create_backbone
     from dfdetect.config import Protocol
     from dfdetect.detector import Detector
 
     protocol = Protocol.named(protocol_name)  # type: ignore[arg-type]
     protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"backbone": "mobilenet_v2"})})
+    if detect_max_side is not None:
+        protocol = protocol.model_copy(update={"faces": protocol.faces.model_copy(
+            update={"detect_max_side": detect_max_side})})
     m = protocol.model
     model = create_backbone("mobilenet_v2", pretrained=True, pool=m.pool, num_classes=1)
     return Detector.from_model(model, protocol, threshold=0.5)
 
 
-def baseline(video: Path, detector) -> tuple[float, list[float]]:
+def baseline(video: Path, detector) -> tuple[float, float, list[float]]:
     """Sequential cv2 read of every frame, keep the sampled ones, then the same faces + scoring."""
     from dfdetect import predict as P
     from dfdetect.frames import sample_indices
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     wanted = set(sample_indices(total, FRAMES))
@@ -97,67 +103,73 @@ def baseline(video: Path, detector) -> tuple[float, list[float]]:
         per_frame.append(len(faces))
         crops.extend(f.crop for f in faces)
     scores = detector.predict_proba(crops)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     tops, k = [], 0
     for n in per_frame:
         if n:
             tops.append(float(scores[k:k + n].max()))
         k += n
-    return elapsed, tops
+    return elapsed, cpu, tops
 
 
 def dfdetect_predict(video: Path, detector):
     from dfdetect.predict import predict_path
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     [res] = predict_path(video, detector, frames=FRAMES)
-    return time.perf_counter() - start, res
+    return time.perf_counter() - start, time.process_time() - cpu, res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", choices=["seed", "default", "both"], default="both")
+    ap.add_argument("--protocol", choices=["seed", "default", "both"], default="seed")
+    ap.add_argument("--threads", type=int, nargs="+", default=[2], help="torch/OpenCV thread counts to time")
+    ap.add_argument("--detect-max-side", type=int, default=None,
+                    help="find faces on a copy this long (FaceConfig.detect_max_side); default: the protocol's")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported")
     ap.add_argument("--onnx", action="store_true", help="also time the exported ONNX model on onnxruntime")
     args = ap.parse_args()
 
     import torch
 
-    torch.set_num_threads(THREADS)
-    cv2.setNumThreads(THREADS)
     names = ["seed", "default"] if args.protocol == "both" else [args.protocol]
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         video = make_video(Path(tmp) / "bench_720p_10s.mp4")
         print(f"video: 1280x720, 10 s, 30 fps, H.264 (keyframe every 60), {video.stat().st_size / 1e6:.1f} MB, "
-              f"made in {time.perf_counter() - t:.1f} s; {FRAMES} frames; torch/cv2 threads={THREADS}; "
-              f"machine: {os.cpu_count()} CPUs")
+              f"made in {time.perf_counter() - t:.1f} s; {FRAMES} frames; machine: {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}")
         for name in names:
-            det = make_detector(name)
+            det = make_detector(name, args.detect_max_side)
             scorers = [("torch", det)]
             if args.onnx:
                 from dfdetect.export import OnnxDetector, export_onnx
 
-                scorers.append(("onnx", OnnxDetector.load(export_onnx(det, Path(tmp) / f"{name}.onnx").path,
-                                                          threads=THREADS)))
-            for kind, scorer in scorers:
-                dfdetect_predict(video, scorer)  # warm-up: model, face detector and decoder first-use costs
-                baseline(video, scorer)
-                base_runs, ours_runs = [], []
-                for _ in range(args.repeats):
-                    b, tops = baseline(video, scorer)
-                    o, res = dfdetect_predict(video, scorer)
-                    base_runs.append(b)
-                    ours_runs.append(o)
-                mine = [fr.p_fake_max for fr in res.frames if fr.faces]
-                same = len(mine) == len(tops) and np.allclose(mine, tops, atol=1e-5)
-                b, o = statistics.median(base_runs), statistics.median(ours_runs)
-                print(f"[{name} protocol: {scorer.protocol_.faces.detector} faces, "
-                      f"{scorer.protocol_.model.input_size} px, {kind}] "
-                      f"baseline (cv2 read every frame + score) {b:.2f} s | dfdetect predict {o:.2f} s | "
-                      f"ratio {b / o:.2f}x | target <= 2 s: {'met' if o <= 2 else 'NOT met'} | "
-                      f"{res.frames_with_face}/{len(res.frames)} frames with a face, {res.n_faces} faces, "
-                      f"same scores as baseline: {same}")
+                onnx_path = export_onnx(det, Path(tmp) / f"{name}.onnx").path
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                cv2.setNumThreads(threads)
+                if args.onnx:
+                    scorers = [("torch", det), ("onnx", OnnxDetector.load(onnx_path, threads=threads))]
+                for kind, scorer in scorers:
+                    dfdetect_predict(video, scorer)  # warm-up: first-use costs of model, face finder, decoder
+                    baseline(video, scorer)
+                    runs = []
+                    for _ in range(args.repeats):
+                        b, b_cpu, tops = baseline(video, scorer)
+                        o, o_cpu, res = dfdetect_predict(video, scorer)
+                        runs.append((b, b_cpu, o, o_cpu))
+                    mine = [fr.p_fake_max for fr in res.frames if fr.faces]
+                    same = len(mine) == len(tops) and np.allclose(mine, tops, atol=1e-5)
+                    b, b_cpu, o, o_cpu = (statistics.median(r[i] for r in runs) for i in range(4))
+                    faces = scorer.protocol_.faces
+                    print(f"[{name}: {faces.detector} faces (detect_max_side={faces.detect_max_side}), "
+                          f"{scorer.protocol_.model.input_size} px MobileNetV2, {kind}, {threads} thread(s)] "
+                          f"baseline (cv2 reads every frame, same faces + scoring) {b:.2f} s (cpu {b_cpu:.2f} s) | "
+                          f"dfdetect predict {o:.2f} s (cpu {o_cpu:.2f} s) | ratio {b / o:.2f}x | "
+                          f"target <= 2 s: {'met' if o <= 2 else 'NOT met'} | {res.frames_with_face}/{len(res.frames)} "
+                          f"frames with a face, {res.n_faces} faces, same scores as baseline: {same} | "
+                          f"load average now {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
 

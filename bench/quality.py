@@ -19,9 +19,10 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,12 +66,16 @@ class Recipe:
     pairs: bool = True               # a real face and its fake in the same batch
     tta_flip: bool = True            # average the logits of the crop and its mirror at test time
     drop_rate: float = 0.0
+    head_init: str = "timm"          # "timm": uniform(+-1) for a 1-logit head; "glorot": Keras Dense default
 
 
 SEED = Recipe(name="seed", backbone="mobilenet_v2", size=128, mode="head", pool="max", epochs=10, batch=32,
               optimizer="adam", lr=1e-4, weight_decay=0.0, warmup=0.0, schedule="const", aug=(), pairs=False,
-              tta_flip=False)
-DEFAULT = Recipe(name="default")  # overwritten below once the grid has chosen
+              tta_flip=False, head_init="glorot")
+# chosen by bench/_quality_lab/grid.py (docs/QUALITY.md): MobileNetV2 at 128 px gets 22 epochs in ~20 CPU-min
+DEFAULT = Recipe(name="default", backbone="mobilenet_v2", size=128, mode="full", pool="avg", epochs=22.3, batch=32,
+                 optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup=0.05, schedule="cosine",
+                 aug=("flip", "jpeg", "color", "blur"), sbi=0.0, pairs=True, tta_flip=True, head_init="timm")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -162,7 +167,7 @@ def augment(img: np.ndarray, augs: tuple[str, ...], rng: np.random.Generator) ->
     if "blur" in augs and rng.random() < 0.2:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.5))
     if "jpeg" in augs and rng.random() < 0.5:
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 101))])
+        _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 101))])
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if "flip" in augs and rng.random() < 0.5:
         img = img[:, ::-1]
@@ -236,6 +241,12 @@ def build_model(recipe: Recipe, weights: Path | None = None) -> torch.nn.Module:
             raise SystemExit(f"{sk} -> {k}: shape {tuple(v.shape)} != {tuple(dst[k].shape)}")
         dst[k] = v.to(dst[k].dtype)
     model.load_state_dict(dst)
+    if recipe.head_init == "glorot":  # the seed's Keras Dense(1) default: glorot-uniform weights, zero bias
+        torch.nn.init.xavier_uniform_(model.get_classifier().weight)
+        torch.nn.init.zeros_(model.get_classifier().bias)
+    elif recipe.head_init == "zeros":
+        torch.nn.init.zeros_(model.get_classifier().weight)
+        torch.nn.init.zeros_(model.get_classifier().bias)
     return model
 
 
@@ -313,7 +324,7 @@ def train_head(recipe: Recipe, train: Faces, device: torch.device, weights: Path
 
 def train_full(recipe: Recipe, train: Faces, val: Faces, device: torch.device, *, weights: Path | None = None,
                seed: int = 0, workers: int = 0, on_epoch: Callable[[int, torch.nn.Module], dict] | None = None,
-               ) -> tuple[torch.nn.Module, list[dict]]:
+               log: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Fine-tune everything: AdamW/Adam, warm-up + cosine, BCE (optionally smoothed), augmented batches;
     keeps the weights of the epoch with the best validation AUC (early-stopping checkpoint)."""
     torch.manual_seed(seed)
@@ -350,6 +361,9 @@ def train_full(recipe: Recipe, train: Faces, val: Faces, device: torch.device, *
         if on_epoch is not None:
             rec.update(on_epoch(len(history), model))
         history.append(rec)
+        if log is not None:
+            log(f"  epoch {rec['epoch']:>5}: {rec['images']} images, {rec['train_s']:.0f}s "
+                f"({seen / max(rec['train_s'], 1e-9):.1f} img/s), loss {rec['loss']:.3f}, val AUC {rec['val_auc']:.4f}  [{time.strftime('%H:%M:%S')}]")
         if best[1] is None or rec["val_auc"] > best[0]:
             best = (rec["val_auc"], {k: v.detach().clone() for k, v in model.state_dict().items()})
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
@@ -368,8 +382,7 @@ def run_recipe(recipe: Recipe, root: Path, split: dict, device: torch.device, *,
         model, history = train_head(recipe, faces["train"], device, weights, seed), []
     else:
         model, history = train_full(recipe, faces["train"], faces["val"], device, weights=weights, seed=seed,
-                                    workers=workers,
-                                    on_epoch=lambda e, m: log(f"  [{recipe.name}] epoch {e + 1}") or {})
+                                    workers=workers, log=log)
     t_train = time.perf_counter() - t0 - t_load
     z = predict_logits(model, faces["test"].images, device, flip=recipe.tta_flip)
     zv = predict_logits(model, faces["val"].images, device, flip=recipe.tta_flip)
@@ -379,42 +392,148 @@ def run_recipe(recipe: Recipe, root: Path, split: dict, device: torch.device, *,
             "model": model, "val_logits": zv, "val_labels": faces["val"].labels}
 
 
+# ------------------------------------------------------------------------------- the dfdetect engine
+def dfdetect_train_api() -> bool:
+    """True once dfdetect.train exposes ``train(table, protocol, out_dir)``."""
+    try:
+        import inspect
+
+        from dfdetect.train import train
+    except Exception:  # noqa: BLE001 - any import problem means: not there yet
+        return False
+    return list(inspect.signature(train).parameters)[:3] == ["table", "protocol", "out_dir"]
+
+
+def protocol_for(recipe: Recipe):  # -> dfdetect.config.Protocol
+    """``Protocol.seed()`` for the seed recipe, ``Protocol.default()`` otherwise; validation is 1/8 of the
+    non-test crops (600 here), as in the lab engine."""
+    from dfdetect.config import Protocol
+
+    p = Protocol.seed() if recipe.mode == "head" else Protocol.default()
+    return p.model_copy(update={"train": p.train.model_copy(update={"val_fraction": 0.125})})
+
+
+def protocol_mismatches(recipe: Recipe, protocol) -> list[str]:
+    """Where the package's protocol differs from the recipe this bench measured (docs/QUALITY.md)."""
+    m, t = protocol.model, protocol.train
+    want = {"backbone": (m.backbone, recipe.backbone), "input_size": (m.input_size, recipe.size),
+            "pool": (m.pool, recipe.pool), "mode": (t.mode, recipe.mode), "batch_size": (t.batch_size, recipe.batch),
+            "lr": (t.lr, recipe.lr), "epochs": (t.epochs, round(recipe.epochs))}
+    if recipe.mode == "full":
+        want |= {"weight_decay": (t.weight_decay, recipe.weight_decay),
+                 "warmup": (getattr(t, "warmup", None), recipe.warmup),
+                 "pairs": (getattr(t, "pairs", None), recipe.pairs), "augment": (t.augment, bool(recipe.aug)),
+                 "tta_flip": (getattr(m, "tta_flip", None), recipe.tta_flip),
+                 "pseudo_fakes": (t.pseudo_fakes, "sbi" if recipe.sbi else "none")}
+    return [f"{k}: package {a!r} vs measured {b!r}" for k, (a, b) in want.items() if a != b]
+
+
+def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, epochs: int | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Train through the package (``dfdetect.train.train``) on the non-test crops, score the held-out
+    test crops with the saved Detector; the Detector file works with ``dfdetect evaluate``."""
+    from dfdetect.data import CropTable, build_crop_table
+    from dfdetect.datasets import discover
+    from dfdetect.detector import Detector
+    from dfdetect.train import train
+
+    t0 = time.perf_counter()
+    protocol = protocol_for(recipe)
+    if epochs is not None:
+        protocol = protocol.model_copy(update={"train": protocol.train.model_copy(update={"epochs": epochs})})
+    for line in protocol_mismatches(recipe, protocol):
+        log(f"  note: {line}")
+    table = build_crop_table(discover(root), None)
+    keep = {str((root / p).resolve()) for s in split.values() for p, _, _ in s}
+    test = {str((root / p).resolve()) for p, _, _ in split["test"]}
+    rows = [i for i, p in enumerate(table.paths) if str(Path(p).resolve()) in keep]
+    table = table.subset(rows)
+    table = CropTable(table.paths, table.labels, table.videos, table.groups,
+                      np.array([str(Path(p).resolve()) in test for p in table.paths]))
+    run_dir = out_dir / recipe.name
+    result = train(table, protocol, run_dir)
+    t_train = time.perf_counter() - t0
+    det = Detector.load(run_dir / "detector.safetensors")  # what `dfdetect evaluate` will load
+    test_t = table.subset(np.flatnonzero(table.is_test))
+    p = det.predict_proba([cv2.imread(str(x), cv2.IMREAD_COLOR) for x in test_t.paths])
+    return {"recipe": dataclasses.asdict(recipe), "engine": "dfdetect", "protocol": protocol.model_dump(mode="json"),
+            "test_auc": auc(test_t.labels, p), "val_auc": auc(result.val_y, result.val_p),
+            "n": {"train": result.counts["train"]["crops"], "val": result.counts["val"]["crops"], "test": len(test_t)},
+            "train_s": t_train, "wall_s": time.perf_counter() - t0, "history": result.history,
+            "detector": str(run_dir / "detector.safetensors"), "threshold": det.threshold_}
+
+
+def cpu_threads() -> int:
+    """Torch threads for this run: the cores other processes leave idle (at least 1). OpenMP threads spin
+    while they wait, so a second thread on a busy 2-core machine makes each step many times slower."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, round(cores - os.getloadavg()[0] + 1)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=None, help="folder for metrics.json and the (b) model")
+    ap.add_argument("--out", type=Path, default=Path("runs/quality"), help="metrics.json and the (b) Detector")
     ap.add_argument("--only", choices=("seed", "default"), default=None)
+    ap.add_argument("--engine", choices=("auto", "dfdetect", "lab"), default="auto",
+                    help="dfdetect: train through the package (saves a Detector); lab: this file's plain torch "
+                         "loop, which measured the recipe; auto: dfdetect when dfdetect.train.train exists")
+    ap.add_argument("--limit", type=int, default=None, help="smoke test: keep about this many groups")
+    ap.add_argument("--epochs", type=int, default=None, help="smoke test: override the (b) epochs")
     args = ap.parse_args(argv)
     if not (args.data / "labels.csv").is_file():
         print(f"SKIP: {args.data}/labels.csv not found (../shared/data is absent here)")
         return 0
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    engine = args.engine if args.engine != "auto" else ("dfdetect" if dfdetect_train_api() else "lab")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    split = split_groups(read_labels(args.data))
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())
+    rows = read_labels(args.data)
+    if args.limit:
+        groups = sorted({g for _, _, g in rows})[:: max(1, len({g for _, _, g in rows}) // args.limit)]
+        rows = [r for r in rows if r[2] in set(groups)]
+    split = split_groups(rows)
     print(f"dfdc-faces: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} crops; "
-          f"split by original_video, no group on two sides; device {device}, {torch.get_num_threads()} threads",
-          flush=True)
+          f"split by original_video, no group on two sides; engine {engine}, device {device}, "
+          f"{torch.get_num_threads()} threads", flush=True)
     results = {}
     for recipe in (SEED, DEFAULT):
         if args.only and recipe.name != args.only:
             continue
-        print(f"training ({'a' if recipe is SEED else 'b'}) {recipe.name}: {recipe}", flush=True)
-        results[recipe.name] = run_recipe(recipe, args.data, split, device,
-                                          log=lambda m: print(m, flush=True))
+        if args.epochs and recipe.mode == "full":
+            recipe = dataclasses.replace(recipe, epochs=args.epochs)
+        print(f"training ({'a' if recipe is SEED else 'b'}) {recipe.name} [{time.strftime('%H:%M:%S')}]: {recipe}",
+              flush=True)
+        log = lambda m: print(m, flush=True)
+        if engine == "dfdetect":
+            results[recipe.name] = run_dfdetect(recipe, args.data, split, args.out, log=log,
+                                                epochs=args.epochs if recipe.mode == "full" else None)
+        else:
+            results[recipe.name] = run_recipe(recipe, args.data, split, device, log=log)
         r = results[recipe.name]
         print(f"  -> test AUC {r['test_auc']:.4f}  (val {r['val_auc']:.4f})  wall {r['wall_s'] / 60:.1f} min",
               flush=True)
-    print("\nrecipe                                     test AUC   wall min")
+    print("\nrecipe                                        test AUC   wall min")
     for name, r in results.items():
+        rc = r["recipe"]
         tag = "(a) seed: frozen MobileNetV2 128px max-pool" if name == "seed" else \
-            f"(b) default: {r['recipe']['backbone']} {r['recipe']['size']}px {r['recipe']['mode']}"
-        print(f"{tag:<43}{r['test_auc']:>8.4f}{r['wall_s'] / 60:>11.1f}")
-    print(f"total wall: {sum(r['wall_s'] for r in results.values()) / 60:.1f} min")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        slim = {k: {kk: vv for kk, vv in v.items() if kk not in ("model", "val_logits", "val_labels")}
-                for k, v in results.items()}
-        (args.out / "metrics.json").write_text(json.dumps(slim, indent=2, default=str), encoding="utf-8")
+            f"(b) default: {rc['backbone']} {rc['size']}px {rc['mode']} {rc['epochs']}ep"
+        print(f"{tag:<46}{r['test_auc']:>8.4f}{r['wall_s'] / 60:>11.1f}")
+    print(f"total wall: {sum(r['wall_s'] for r in results.values()) / 60:.1f} min ({engine} engine)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    slim = {k: {kk: vv for kk, vv in v.items() if kk not in ("model", "val_logits", "val_labels")}
+            for k, v in results.items()}
+    (args.out / "metrics.json").write_text(json.dumps(slim, indent=2, default=str), encoding="utf-8")
+    if engine == "lab" and "default" in results:
+        from safetensors.torch import save_file
+
+        sd = {k: v.detach().cpu().contiguous() for k, v in results["default"]["model"].state_dict().items()}
+        save_file(sd, str(args.out / "default_timm_state.safetensors"))
+    if "default" in results and "detector" in results["default"]:
+        print(f"(b) Detector: {results['default']['detector']}\n"
+              f"  score another labelled folder: dfdetect evaluate {results['default']['detector']} <folder>")
     return 0
 
 

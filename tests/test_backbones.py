@@ -9,11 +9,9 @@ import torch
 from safetensors.torch import save_file
 from skimage import data as skdata
 
-from dfdetect.backbones import create_backbone, get_backbone_cfg, is_backbone, list_backbones
-from dfdetect.backbones import _weights
+from dfdetect.backbones import _weights, create_backbone, get_backbone_cfg, is_backbone, list_backbones
 from dfdetect.distributed import cpu_threads
 from dfdetect.errors import DfdetectError, WeightsError
-
 
 
 @pytest.fixture(autouse=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import write_video
-from test_service import face_frame, haar_detector
 
 from dfdetect import predict as P
 from dfdetect.service import create_app
+from test_predict import write_video
+from test_service import face_frame, haar_detector
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshot.png"

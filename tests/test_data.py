@@ -13,7 +13,7 @@ from dfdetect.config import TrainConfig
 from dfdetect.data import (
     CropDataset,
     CropTable,
-    SBIPairDataset,
+    PairDataset,
     balanced_sampler,
     build_crop_table,
     group_components,
@@ -100,7 +100,7 @@ def test_random_split_is_seeded_stratified_85_15_and_keeps_test_out():
     assert len(tr) + len(va) == 198 and abs(len(va) - 0.15 * 198) <= 1
     assert abs(va.labels.mean() - 80 / 200) < 0.03  # stratified
     assert not set(tr.paths) & set(va.paths) and not set(te.paths) & (set(tr.paths) | set(va.paths))
-    tr2, va2, _ = split_table(t, TrainConfig(split="random", seed=3))
+    _, va2, _ = split_table(t, TrainConfig(split="random", seed=3))
     assert va2.paths == va.paths
     _, va3, _ = split_table(t, TrainConfig(split="random", seed=4))
     assert va3.paths != va.paths
@@ -171,13 +171,13 @@ def test_sbi_pairs_are_half_real_half_fake_and_seeded(tmp_path):
         out[: int(rng.integers(2, 10))] = 0
         return out, np.ones(face.shape[:2], np.float32)
 
-    ds = SBIPairDataset(t, input_size=8, data_config=DC, seed=0, mix=False, blend_fn=blend)
+    ds = PairDataset(t, input_size=8, data_config=DC, seed=0, sbi=1.0, blend_fn=blend)
     x, y, ok = ds[1]
     assert x.shape == (2, 3, 8, 8) and y.tolist() == [0.0, 1.0] and ok.tolist() == [1.0, 1.0]
     assert not torch.equal(x[0], x[1])
     assert torch.equal(ds[1][0], x)  # same epoch, same blend
     loader = torch.utils.data.DataLoader(ds, batch_size=2)
-    xb, yb, _ = next(iter(loader))
+    _, yb, _ = next(iter(loader))
     assert yb.flatten().mean() == 0.5
 
 
@@ -192,3 +192,18 @@ def test_balanced_sampler_draws_classes_equally():
     labels = np.array([0] * 90 + [1] * 10)
     drawn = labels[list(balanced_sampler(labels, seed=0, num_samples=4000))]
     assert 0.45 < drawn.mean() < 0.55
+
+
+def test_pairs_put_a_fake_with_its_source_real(tmp_path):
+    """DFDC-style: a fake's group is its source video, so a real is batched with its own fakes."""
+    paths = [_img(tmp_path / f"{i}.png", value=10 * i) for i in range(6)]
+    groups = [("a",), ("b",), ("c",), ("a",), ("b",), ("x",)]  # reals a, b, c; fakes of a, b and an orphan
+    t = CropTable(paths, np.array([0, 0, 0, 1, 1, 1]), [f"v{i}" for i in range(6)], groups, np.zeros(6, bool))
+    ds = PairDataset(t, input_size=8, data_config=DC, seed=0)
+    assert ds.partners == [[3], [4], []]
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        x, _, _ = ds[0]
+        assert torch.equal(x[1], CropDataset(t, input_size=8, data_config=DC)[3][0])  # a's fake, every time
+    with pytest.raises(NothingUsableError, match="needs fake crops"):
+        PairDataset(t.subset([0, 1, 2]), input_size=8, data_config=DC)

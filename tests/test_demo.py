@@ -1,4 +1,4 @@
-"""demo / study / evaluate CLI plumbing, on a tiny built-in dataset (the full demo is timed by hand, not here)."""
+"""demo / study / evaluate CLI plumbing, on a tiny built-in dataset (the full demo: one slow test)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def demo_out(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(pipeline, "DEMO_SYNTH", TINY)
     try:
-        res = CliRunner().invoke(app, ["demo", "--out", str(out), "--backbones", "mobilenet_v2", "--frames", "2"])
+        args = ["demo", "--out", str(out), "--backbones", "mobilenet_v2", "--frames", "2"]
+        res = CliRunner().invoke(app, args)
     finally:
         mp.undo()
     return out, res
@@ -40,6 +41,7 @@ def test_demo_prints_table_and_where_things_are(demo_out):
         assert m["test_set"] == "official test list" and m["threshold"] == 0.5
         assert (out / "study" / cell / "roc.png").is_file()
     assert (out / "data" / "List_of_testing_videos.txt").is_file()
+    assert (out / "study" / "report.html").is_file() and "report.html" in text
 
 
 def test_evaluate_cli_on_a_labelled_folder(demo_out, tmp_path):
@@ -55,6 +57,20 @@ def test_evaluate_cli_on_a_labelled_folder(demo_out, tmp_path):
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["n_frames"] == 6 and m["n_real"] == 3 and "frame AUC" in res.output
     assert (tmp_path / "ev" / "history.png").is_file()  # the run's history.json is picked up
+
+
+def test_evaluate_cli_on_celebdf_scores_the_official_test_list_like_the_study(demo_out, tmp_path):
+    out, _ = demo_out
+    cell = out / "study" / "mobilenet_v2-faces"
+    res = CliRunner().invoke(app, ["evaluate", str(cell / "detector.safetensors"), str(out / "data"),
+                                   "--crops", str(out / "faces"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert "official test list only" in res.output
+    ours = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    study_m = json.loads((cell / "metrics.json").read_text())
+    for key in ("n_frames", "n_videos", "confusion", "threshold"):
+        assert ours[key] == study_m[key], key
+    assert ours["frame_auc"] == pytest.approx(study_m["frame_auc"], abs=1e-6)
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
@@ -80,6 +96,7 @@ def test_full_demo_runs_every_offline_backbone(tmp_path):
     for backbone in expected:
         for variant in ("faces", "srm"):
             cell = tmp_path / "study" / f"{backbone}-{variant}"
-            assert all((cell / f).is_file() for f in ("metrics.json", "history.png", "confusion.png", "roc.png"))
+            for name in ("metrics.json", "history.png", "confusion.png", "roc.png"):
+                assert (cell / name).is_file(), f"{cell.name}/{name}"
     table = (tmp_path / "study" / "table.md").read_text()
     assert all(f"| {b} |" in table for b in expected) and "skipped" not in table

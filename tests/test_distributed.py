@@ -68,3 +68,34 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
     start = create_backbone("mobilenet_v2", pretrained=False).state_dict()
     assert not torch.equal(a["fc.weight"], start["fc.weight"])  # it trained, and both ranks moved alike
     assert (tmp_path / "run" / "detector.safetensors").is_file()  # written once, by rank 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine)")
+def test_cuda_full_and_head_mode_then_cpu_inference(tmp_path):
+    """device='auto' picks the GPU; the saved detector scores the same crops on the CPU."""
+    import json
+
+    from dfdetect.config import ModelConfig, Protocol
+    from dfdetect.data import build_crop_table
+    from dfdetect.datasets import discover
+    from dfdetect.train import train
+
+    rng = np.random.default_rng(0)
+    for label in ("real", "fake"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(16):
+            img = rng.integers(0, 120, (48, 48, 3), dtype=np.uint8)
+            if label == "fake":
+                img[:, :16] = 250
+            cv2.imwrite(str(tmp_path / "data" / label / f"{i}.png"), img)
+    table = build_crop_table(discover(tmp_path / "data"), None)
+    for base, mode in ((Protocol.default(), "full"), (Protocol.seed(), "head")):
+        p = base.model_copy(update={"model": ModelConfig(pretrained=False, input_size=64, pool=base.model.pool),
+                                    "train": base.train.model_copy(update={"epochs": 2, "batch_size": 8,
+                                                                           "split": "random"})})
+        r = train(table, p, tmp_path / mode)
+        assert json.loads((tmp_path / mode / "train.json").read_text())["device"].startswith("cuda")
+        assert next(r.detector.model_.parameters()).device.type == "cpu"
+        crops = [cv2.imread(str(table.paths[table.videos.index(v)])) for v in r.val_videos]
+        # the GPU ran in bf16 autocast (full mode) or fp32 (head); the CPU reruns in fp32
+        np.testing.assert_allclose(r.detector.predict_proba(crops), r.val_p, atol=0.05)

@@ -56,7 +56,8 @@ def test_outputs_and_sklearn_agreement(tmp_path):
     table = _make_set(tmp_path / "crops")
     det = MeanBrightness(threshold=0.55)
     out = tmp_path / "eval"
-    result = evaluate(det, table, out, history=[{"epoch": 1, "train_loss": 0.6, "train_acc": 0.7}], batch_size=4)
+    history = [{"epoch": 1, "train_loss": 0.6, "train_acc": 0.7}]
+    result = evaluate(det, table, out, history=history, batch_size=4)
     for name in ("metrics.json", "scores.csv", "confusion.png", "roc.png", "history.png"):
         assert (out / name).is_file(), name
     assert max(det.calls) <= 4  # streamed in batches, never all at once

@@ -125,9 +125,8 @@ def test_logit_target_shapes():
 
 
 def test_predict_explain_adds_heatmaps(tmp_path, monkeypatch, red_blue):
-    from test_predict import use_stand_in_faces, write_video
-
     from dfdetect import predict as P
+    from test_predict import use_stand_in_faces, write_video
 
     use_stand_in_faces(monkeypatch)
     frames = []
@@ -150,4 +149,5 @@ def test_real_detector_gradcam(tmp_path):
     crop = cv2.resize(red_blue_image(), (90, 90))
     out = gradcam_overlay(det, crop)
     assert out.shape == crop.shape and out.dtype == np.uint8
-    assert not det.model_.training and all(p.grad is None for p in det.model_.parameters())
+    params = list(det.model_.parameters())
+    assert not det.model_.training and all(p.grad is None for p in params) and all(p.requires_grad for p in params)

@@ -13,14 +13,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_explain import TinyTorchDetector, tiny_cnn
 from typer.testing import CliRunner
 
 from dfdetect.config import FaceConfig, Protocol
 from dfdetect.errors import DfdetectError, WeightsError
 from dfdetect.export import OnnxDetector, export_onnx
+from test_explain import TinyTorchDetector, tiny_cnn
 
-IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
 def random_crops(n: int, seed: int = 3) -> list[np.ndarray]:
@@ -155,7 +155,7 @@ def test_onnx_scoring_and_predict_without_torch(exported, tmp_path):
         print(json.dumps({{"scores": scores.tolist(), "result": res.to_json(),
                           "torch_loaded": any(m.split(".")[0] == "torch" for m in sys.modules)}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not got["torch_loaded"]

@@ -91,6 +91,7 @@ def test_pool_outputs_identical_to_serial(media, pool_outputs, tmp_path):
     assert sum(len(v) for v in serial.values()) > 20
 
 
+@pytest.mark.slow  # starting a local Ray instance takes ~10 s
 def test_ray_outputs_identical_to_pool(media, pool_outputs, tmp_path):
     """A local Ray instance runs the same stages as Ray tasks; every output byte matches the pool's."""
     ray = pytest.importorskip("ray")

@@ -34,7 +34,7 @@ class StandInFace:
 def find_green_squares(bgr: np.ndarray, detector: object, cfg: FaceConfig) -> list[StandInFace]:
     """Stand-in for faces.faces_in_image: each bright-green blob is a face, largest first."""
     mask = (bgr[..., 1] > 128).astype(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask)
     faces = []
     for x, y, w, h, area in stats[1:]:
         if area >= 16:
@@ -211,8 +211,7 @@ def test_cli_without_model_says_how_to_get_one(tmp_path):
 
 
 def test_cli_predict_table_json_save(tmp_path, monkeypatch):
-    from dfdetect.cli import app
-    from dfdetect.cli import use
+    from dfdetect.cli import app, use
 
     use_stand_in_faces(monkeypatch)
     monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())

@@ -1,4 +1,4 @@
-"""report: one self-contained HTML page (parses, images inlined, no http(s) reference) for a study or a run."""
+"""report: one self-contained HTML page (parses, images inlined, no http(s) reference)."""
 
 from __future__ import annotations
 

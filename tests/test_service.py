@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_explain import TinyTorchDetector, tiny_cnn
-from test_predict import write_video
 
 from dfdetect.config import FaceConfig, Protocol
 from dfdetect.service import app as service_app
 from dfdetect.service import create_app, sniff_media
+from test_explain import TinyTorchDetector, tiny_cnn
+from test_predict import write_video
 
 
 def face_frame(shift: int = 0) -> np.ndarray:

@@ -92,3 +92,13 @@ def test_make_srm_copy_mirrors_resumes_and_copies_manifest(tmp_path):
         S.make_srm_copy(faces, out, SRMConfig(mode="seed"))
     with pytest.raises(BadInputError, match="faces folder not found"):
         S.make_srm_copy(tmp_path / "missing", out, SRMConfig())
+
+
+def test_stage_import_does_not_load_torch():
+    """Pool / Ray workers of the srm stage import dfdetect.srm; torch must wait until SRMConv2d is used."""
+    import subprocess
+    import sys
+
+    code = "import sys, dfdetect.srm; assert 'torch' not in sys.modules; dfdetect.srm.SRMConv2d; " \
+           "assert 'torch' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

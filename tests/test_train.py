@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfdetect.config import ModelConfig, Protocol, TrainConfig
+from dfdetect.config import ModelConfig, Protocol
 from dfdetect.data import build_crop_table
 from dfdetect.datasets import discover
 from dfdetect.detector import Detector

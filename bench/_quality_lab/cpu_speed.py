@@ -2,8 +2,12 @@
 
 Translates a GPU-measured recipe (images processed) into CPU minutes. Run: nice -n 10 python cpu_speed.py
 """
-import sys, time, json
-import torch, timm
+import json
+import sys
+import time
+
+import timm
+import torch
 
 torch.set_num_threads(2)
 res = {}
@@ -23,6 +27,6 @@ for name in sys.argv[1:] or ["mobilenetv2_100", "tf_efficientnet_lite0"]:
         with torch.no_grad():
             t = time.perf_counter(); m(x); m(x); fwd = (time.perf_counter() - t) / 2
         step = min(times[1:])
-        res[f"{name}@{size}"] = dict(train_img_s=round(32 / step, 1), eval_img_s=round(32 / fwd, 1))
+        res[f"{name}@{size}"] = {"train_img_s": round(32 / step, 1), "eval_img_s": round(32 / fwd, 1)}
         print(name, size, res[f"{name}@{size}"], flush=True)
 print(json.dumps(res))

@@ -14,9 +14,8 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
-import os
-import sys
 import queue
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import quality as q  # noqa: E402
+import quality as q
 
 cv2.setNumThreads(1)
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -147,9 +146,8 @@ def worker(jobs: mp.Queue, results: mp.Queue, data: str, weights: str, cache: st
                 model, hist = q.train_head(r, faces["train"], device, w, seed), []
             else:
                 model, hist = q.train_full(r, faces["train"], faces["val"], device, weights=w, seed=seed,
-                                           workers=workers, on_epoch=lambda e, m: {"test_auc": q.auc(
-                                               test.labels, q.predict_logits(m, test.images, device,
-                                                                             flip=False))})
+                                           workers=workers, on_epoch=lambda e, m, t=test: {"test_auc": q.auc(
+                                               t.labels, q.predict_logits(m, t.images, device, flip=False))})
             z = q.predict_logits(model, test.images, device, flip=True)
             z0 = q.predict_logits(model, test.images, device, flip=False)
             zv = q.predict_logits(model, faces["val"].images, device, flip=True)
@@ -161,7 +159,7 @@ def worker(jobs: mp.Queue, results: mp.Queue, data: str, weights: str, cache: st
                 "val_auc": q.auc(faces["val"].labels, zv), "images": n_img,
                 "cpu_min": n_img / CPU_IMG_S[(r.backbone, r.size)] / 60 if n_img else None,
                 "gpu_s": time.time() - t0, "history": hist})
-        except Exception as e:  # keep the grid going; the error is in the table
+        except Exception as e:  # noqa: BLE001 - keep the grid going; the error is in the table
             results.put({"name": r.name, "dim": dim, "error": f"{type(e).__name__}: {e}"})
 
 

@@ -63,6 +63,7 @@ class ModelConfig(_Config):
     pool: Literal["max", "avg"] = "max"
     srm_in_model: bool = False
     drop_rate: float = Field(0.0, ge=0, lt=1)
+    tta_flip: bool = Field(False, description="score a crop and its mirror image and average the logits")
 
 
 class TrainConfig(_Config):
@@ -78,6 +79,9 @@ class TrainConfig(_Config):
     balance: Literal["none", "weighted", "sampler"] = "none"
     augment: bool = False
     pseudo_fakes: Literal["none", "sbi"] = "none"
+    pairs: bool = Field(False, description="full mode: each real crop is batched with a fake of the same group "
+                        "(its source video / identity) when there is one, so batches are half real, half fake")
+    warmup: float = Field(0.05, ge=0, lt=1, description="full mode: share of steps with linear LR warm-up")
     sbi_mix: bool = Field(True, description="with pseudo_fakes='sbi': also train on the real fakes (half of the "
                           "fake slots); False = SBI pseudo-fakes alone, from real faces only")
     patience: int = Field(3, ge=1, description="early stopping on validation AUC (full mode)")
@@ -124,9 +128,11 @@ class Protocol(_Config):
             name="default",
             frames=FrameConfig(num_frames=8, image_format="png"),
             faces=FaceConfig(detector="mtcnn", min_size=40, margin=1.3, output_size=256),
-            model=ModelConfig(input_size=224, pool="avg"),
-            train=TrainConfig(mode="full", epochs=8, batch_size=32, lr=3e-4, weight_decay=1e-4, split="group",
-                              balance="sampler", augment=True, frames_per_video=8, threshold="val_youden"),
+            # bench/quality.py's DEFAULT recipe (docs/QUALITY.md): MobileNetV2, 128 px, ~22 epochs in ~20 CPU-min
+            model=ModelConfig(input_size=128, pool="avg", tta_flip=True),
+            train=TrainConfig(mode="full", epochs=22, batch_size=32, lr=1e-3, weight_decay=0.05, warmup=0.05,
+                              split="group", balance="sampler", pairs=True, augment=True, patience=6,
+                              frames_per_video=8, threshold="val_youden"),
             eval=EvalConfig(frames_per_video=32),
         )
 

@@ -27,8 +27,17 @@ from dfdetect.errors import NothingUsableError
 from dfdetect.labels import IMAGE_SUFFIXES, Label, read_label_file
 
 __all__ = [
-    "CropTable", "build_crop_table", "load_label_table", "split_table", "group_components",
-    "preprocess_crops", "resize_rgb", "CropDataset", "SBIPairDataset", "balanced_sampler", "pos_weight",
+    "CropDataset",
+    "CropTable",
+    "PairDataset",
+    "balanced_sampler",
+    "build_crop_table",
+    "group_components",
+    "load_label_table",
+    "pos_weight",
+    "preprocess_crops",
+    "resize_rgb",
+    "split_table",
 ]
 
 
@@ -364,20 +373,33 @@ class CropDataset(TorchDataset):
         return self._tensor(rgb), torch.tensor(self.labels[i]), torch.tensor(float(ok))
 
 
-class SBIPairDataset(CropDataset):
-    """Each item is a real crop and a fake: its self-blended copy, or (``mix``) sometimes a real fake.
+class PairDataset(CropDataset):
+    """Each item is a real crop and a fake, so every batch is half real, half fake.
 
-    Items are pairs, so every batch is half real, half fake, as SBI trains. The blend's randomness
-    is seeded by ``(seed, epoch, index)``; call :meth:`set_epoch` so each epoch sees new blends.
+    The fake is, with probability ``sbi``, a self-blended copy of the real (:func:`dfdetect.sbi.self_blend`,
+    pseudo-fakes as SBI trains); otherwise a fake that shares a group with the real when one exists
+    (``same_group``: a DFDC fake and its source video, a Celeb-DF swap and its identity), else any fake.
+    Randomness is seeded by ``(seed, epoch, index)``; call :meth:`set_epoch` so each epoch draws anew.
     """
 
     def __init__(self, table: CropTable, *, input_size: int, data_config: dict[str, Any], augment: bool = False,
-                 seed: int = 0, mix: bool = True, blend_fn: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None):
+                 seed: int = 0, sbi: float = 0.0, same_group: bool = True,
+                 blend_fn: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None):
         super().__init__(table, input_size=input_size, data_config=data_config, augment=augment)
         self.real = np.flatnonzero(table.labels == Label.REAL)
-        self.fake = np.flatnonzero(table.labels == Label.FAKE) if mix else np.empty(0, np.int64)
+        self.fake = np.flatnonzero(table.labels == Label.FAKE)
         if self.real.size == 0:
-            raise NothingUsableError("pseudo_fakes='sbi' needs real crops in the training split; found none")
+            raise NothingUsableError("paired / SBI training needs real crops in the training split; found none")
+        if self.fake.size == 0 and sbi <= 0:
+            raise NothingUsableError("paired training needs fake crops in the training split; found none "
+                                     "(or use pseudo_fakes='sbi')")
+        self.sbi = 1.0 if self.fake.size == 0 else float(sbi)
+        by_group: dict[str, list[int]] = {}
+        for j in self.fake:
+            for g in table.groups[j]:
+                by_group.setdefault(g, []).append(int(j))
+        self.partners = [sorted({j for g in table.groups[r] for j in by_group.get(g, ())}) if same_group else []
+                         for r in self.real]
         self.seed, self.epoch, self.blend_fn = seed, 0, blend_fn
 
     def set_epoch(self, epoch: int) -> None:
@@ -399,10 +421,11 @@ class SBIPairDataset(CropDataset):
         if real is None:
             z = torch.zeros((2, 3, self.input_size, self.input_size))
             return z, torch.tensor([0.0, 1.0]), torch.zeros(2)
-        if self.fake.size and rng.random() < 0.5:
-            fake = self._read(int(self.fake[rng.integers(self.fake.size)]))
-        else:
+        if rng.random() < self.sbi:
             fake = self._blend(real, rng)
+        else:
+            pool = self.partners[i] or self.fake
+            fake = self._read(int(pool[rng.integers(len(pool))]))
         xs = [self._tensor(resize_rgb(real, self.input_size))]
         ok_fake = fake is not None
         xs.append(self._tensor(resize_rgb(fake, self.input_size)) if ok_fake else torch.zeros_like(xs[0]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,10 +29,18 @@ if TYPE_CHECKING:
     from dfdetect.data import CropTable
     from dfdetect.stage import ProgressCallback
 
-__all__ = ["Detector", "NotFittedError", "FORMAT", "DETECTOR_FILE"]
+__all__ = ["DETECTOR_FILE", "FORMAT", "Detector", "NotFittedError", "score_logits"]
 
 FORMAT = "dfdetect.detector/1"
 DETECTOR_FILE = "detector.safetensors"
+
+
+def score_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    """``(N,)`` logits; with ``tta_flip`` the mean of the crop's and its mirror image's logits."""
+    logits = model(x).reshape(-1)
+    if tta_flip:
+        logits = (logits + model(torch.flip(x, dims=(3,))).reshape(-1)) / 2
+    return logits
 
 
 class NotFittedError(DfdetectError):
@@ -70,7 +78,7 @@ class Detector:
                    batch_size: int = 64) -> Detector:
         """Wrap an already trained network (what :func:`dfdetect.train.train` returns)."""
         det = cls(protocol, batch_size=batch_size)
-        det.model_ = model.cpu().eval()
+        det.model_ = model.cpu().eval().to(memory_format=torch.channels_last)  # inputs are channels_last too
         det.protocol_ = protocol
         det.threshold_ = float(threshold)
         det.data_config_ = {**model.data_config, "input_size": (3, protocol.model.input_size,
@@ -116,7 +124,8 @@ class Detector:
         with cpu_threads():  # busy shared cores: fewer threads are far faster
             for start in range(0, len(crops_bgr), self.batch_size):
                 x = self.preprocess(crops_bgr[start:start + self.batch_size])
-                out.append(torch.sigmoid(self.model_(x).float()).reshape(-1).numpy())
+                logits = score_logits(self.model_, x, self.protocol_.model.tta_flip)
+                out.append(torch.sigmoid(logits.float()).numpy())
         return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
     def predict(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "pick_device", "broadcast_object", "auto_threads", "cpu_threads"]
+__all__ = ["DistInfo", "auto_threads", "broadcast_object", "cleanup", "cpu_threads", "init_distributed", "pick_device"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (immutable value)
     owns_group: bool = False  #: this call created the process group, so it must destroy it
 
     @property

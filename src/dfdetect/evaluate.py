@@ -29,7 +29,8 @@ from dfdetect.stage import ProgressCallback
 if TYPE_CHECKING:
     from dfdetect.data import CropTable
 
-__all__ = ["HISTORY_JSON", "METRICS_JSON", "SCORES_CSV", "Scorer", "evaluate", "read_scores"]
+__all__ = ["HISTORY_JSON", "METRICS_JSON", "SCORES_CSV", "Scorer", "evaluate", "official_test_subset",
+           "read_scores"]
 
 METRICS_JSON = "metrics.json"
 SCORES_CSV = "scores.csv"
@@ -81,6 +82,20 @@ def _scores_csv(paths: Sequence[str], videos: Sequence[str], y: np.ndarray, p: n
     for row in zip(paths, videos, y.tolist(), p.tolist(), strict=True):
         w.writerow([row[0], row[1], row[2], f"{row[3]:.6f}"])
     return buf.getvalue()
+
+
+def official_test_subset(table: CropTable) -> tuple[CropTable, str | None]:
+    """Only the rows of the dataset's official test list (Celeb-DF), when it has one.
+
+    Scoring a Celeb-DF root as a whole would mix in the videos a model may have trained on; the
+    note says what was kept. Data without an official list is returned whole.
+    """
+    is_test = np.asarray(getattr(table, "is_test", []), dtype=bool)
+    if not is_test.any() or is_test.all():
+        return table, None
+    kept = table.subset(np.flatnonzero(is_test))
+    return kept, (f"scoring the official test list only: {len(kept.paths)} of {len(table.paths)} crops "
+                  "(use --all to score every crop)")
 
 
 def read_scores(path: str | Path) -> list[dict[str, Any]]:

@@ -55,10 +55,17 @@ def gradcam_maps(detector: Any, crops_bgr: Sequence[np.ndarray], *, sign: float 
     x = x.detach().clone().requires_grad_(True)
     with _LOCK:
         was_training = model.training
+        # gradients are needed at the target layer only: freezing the weights meanwhile leaves no .grad
+        # behind on the shared model (memory, and a later fine-tune would start from stale gradients)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
         try:
             with GradCAM(model=model, target_layers=list(detector.cam_target_layers())) as cam:
                 maps = cam(input_tensor=x, targets=[LogitTarget(sign) for _ in range(len(crops_bgr))])
         finally:
+            for p in trainable:
+                p.requires_grad_(True)
             model.train(was_training)
     return np.nan_to_num(np.asarray(maps, dtype=np.float32))
 

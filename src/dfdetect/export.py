@@ -24,7 +24,7 @@ from dfdetect import _io
 from dfdetect.config import Protocol
 from dfdetect.errors import DfdetectError, WeightsError
 
-__all__ = ["PreprocessSpec", "ExportInfo", "export_onnx", "OnnxDetector", "METADATA_PREFIX"]
+__all__ = ["METADATA_PREFIX", "ExportInfo", "OnnxDetector", "PreprocessSpec", "export_onnx"]
 
 METADATA_PREFIX = "dfdetect."
 _FORMAT = "1"
@@ -202,7 +202,7 @@ class OnnxDetector:
             opts.intra_op_num_threads = threads
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors for a corrupt file
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for a corrupt file
             raise WeightsError(f"not a loadable ONNX model ({str(exc).splitlines()[0][:200]})", path=path) from None
         meta = session.get_modelmeta().custom_metadata_map
         missing = [k for k in ("preprocess", "threshold", "protocol") if METADATA_PREFIX + k not in meta]

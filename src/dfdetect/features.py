@@ -24,7 +24,7 @@ from dfdetect.distributed import cpu_threads
 from dfdetect.errors import NothingUsableError
 from dfdetect.stage import ProgressCallback
 
-__all__ = ["feature_key", "extract_features", "FEATURES_SUFFIX", "OK_SUFFIX"]
+__all__ = ["FEATURES_SUFFIX", "OK_SUFFIX", "extract_features", "feature_key"]
 
 FEATURES_SUFFIX = ".features.npy"
 OK_SUFFIX = ".ok.npy"  #: 1 per readable crop, 0 where the file could not be decoded
@@ -77,7 +77,7 @@ def _extract(model: BackboneClassifier, table: CropTable, path: Path, ok_path: P
              batch_size: int, workers: int, device: str | torch.device,
              progress: ProgressCallback | None) -> tuple[np.ndarray, np.ndarray]:
     n = len(table)
-    model = model.eval().to(device)
+    model = model.eval().to(device, memory_format=torch.channels_last)  # ~2x on CPU vs a contiguous model
     ds = CropDataset(table, input_size=input_size, data_config=model.data_config, augment=False)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     ok = np.zeros(n, dtype=np.uint8)

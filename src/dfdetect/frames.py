@@ -225,9 +225,13 @@ def _collect(frames, need: set[int], target_pts: dict[int, int], out: dict[int, 
 
 
 def _decode_at(container, stream, idx: _PacketIndex, wanted: list[int]) -> dict[int, np.ndarray]:
-    stream.thread_type = "SLICE"  # frame threading would delay skip_frame changes; slices are safe
-    if in_worker():
+    if in_worker():  # N workers already use the N cores
         stream.thread_count = 1
+    else:
+        # Frame threads: x264 writes one slice per frame, so slice threads alone leave cores idle. FFmpeg
+        # hands each packet's skip_frame to its frame thread (update_context_from_user), so the per-packet
+        # NONREF skipping below stays exact; tests compare against a sequential decode.
+        stream.thread_type = "AUTO"
     if idx.sequential_only:
         return _decode_sequential(container, stream, set(wanted))
     out = _decode_seeking(container, stream, idx, wanted)

@@ -143,7 +143,9 @@ def prepare_crops(
     if not dataset.items:
         raise NothingUsableError("no labelled videos or images found", path=source)
     reports: list[StageReport] = []
-    notes = [f"{len(dataset.skipped)} entries of {source} skipped; first: {dataset.skipped[0]}"] if dataset.skipped else []
+    notes: list[str] = []
+    if dataset.skipped:
+        notes.append(f"{len(dataset.skipped)} entries of {source} skipped; first: {dataset.skipped[0]}")
     par: dict[str, Any] = {"workers": workers, "engine": engine}
     if crops is not None:
         faces_dir: Path | None = Path(crops)
@@ -156,8 +158,8 @@ def prepare_crops(
         from dfdetect.frames import extract_frames
 
         with progress("frames", len(dataset.items)) as adv:
-            _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames, ray_address=ray_address,
-                                  progress=adv, **par), reports, on_stage)
+            _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames,
+                                  ray_address=ray_address, progress=adv, **par), reports, on_stage)
         with progress("faces", None) as adv:
             _stage(extract_faces(out_dir / FRAMES_DIR, out_dir / FACES_DIR, protocol.faces,
                                  ray_address=ray_address, progress=adv, **par), reports, on_stage)
@@ -202,8 +204,8 @@ def run_pipeline(
     out_dir = Path(out_dir)
     prepared = prepare_crops(source, out_dir, protocol, crops=crops, workers=workers, engine=engine,
                              ray_address=ray_address, progress=progress, on_stage=on_stage)
-    study = run_study(prepared.tables, out_dir / STUDY_DIR, protocol, backbones=backbones, pretrained=pretrained,
-                      progress=progress)
+    study = run_study(prepared.tables, out_dir / STUDY_DIR, protocol, backbones=backbones,
+                      pretrained=pretrained, progress=progress)
     return PipelineResult(out_dir, prepared, study, list(prepared.notes))
 
 
@@ -256,6 +258,7 @@ def run_demo(
     result = run_pipeline(root, out_dir, demo_protocol(frames_per_video), backbones=names, workers=workers,
                           pretrained=pretrained, progress=progress, on_stage=on_stage)
     if frames_per_video != 1:
-        result.notes.insert(0, f"demo: seed recipe (Haar, frozen backbone, threshold 0.5) with {frames_per_video} "
-                               "frames per video instead of the seed's 1, so the tiny synthetic set has enough crops")
+        result.notes.insert(0, f"demo: seed recipe (Haar, frozen backbone, threshold 0.5) with "
+                               f"{frames_per_video} frames per video instead of the seed's 1, so the tiny "
+                               "synthetic set has enough crops")
     return result

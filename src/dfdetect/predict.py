@@ -10,6 +10,7 @@ returns is what ``dfdetect predict --json`` writes and what ``POST /api/v1/detec
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +27,21 @@ from dfdetect.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from dfdetect.stage import ProgressCallback, StageReport
 
 __all__ = [
-    "Scorer", "FaceResult", "FrameResult", "PredictResult", "SCHEMA", "media_files", "predict_file",
-    "predict_path", "iter_predict", "count_media", "results_json", "contact_sheet", "gradcam_sheet", "plot_scores", "save_visuals",
+    "SCHEMA",
+    "FaceResult",
+    "FrameResult",
+    "PredictResult",
+    "Scorer",
+    "contact_sheet",
+    "count_media",
+    "gradcam_sheet",
+    "iter_predict",
+    "media_files",
+    "plot_scores",
+    "predict_file",
+    "predict_path",
+    "results_json",
+    "save_visuals",
 ]
 
 SCHEMA = "dfdetect.predict/1"
@@ -205,6 +219,7 @@ def _faces_in_image(bgr: np.ndarray, detector: Any, cfg: FaceConfig) -> list[Any
     return faces_in_image(bgr, detector, cfg)
 
 
+@functools.cache
 def torch_available() -> bool:
     """True when torch imports; False where it is not installed (the lean ONNX deployment)."""
     try:

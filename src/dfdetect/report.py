@@ -33,8 +33,9 @@ TRAIN_JSON = "train.json"  #: written by dfdetect.train
 THUMB = 112  #: side of the error thumbnails, in pixels
 FIGURE_ORDER = (HISTORY_PNG, CONFUSION_PNG, ROC_PNG)
 METRIC_ROWS = (
-    ("frame_auc", "frame AUC"), ("video_auc", "video AUC"), ("frame_ap", "frame AP"), ("frame_eer", "frame EER"),
-    ("accuracy", "accuracy"), ("threshold", "threshold"), ("n_frames", "crops"), ("n_videos", "videos"),
+    ("frame_auc", "frame AUC"), ("video_auc", "video AUC"), ("frame_ap", "frame AP"),
+    ("frame_eer", "frame EER"), ("accuracy", "accuracy"), ("threshold", "threshold"), ("n_frames", "crops"),
+    ("n_videos", "videos"),
     ("n_real", "real crops"), ("n_fake", "fake crops"), ("n_skipped", "unreadable, skipped"),
     ("test_set", "scored on"), ("threshold_source", "threshold rule"),
 )
@@ -120,8 +121,9 @@ def _train_table(path: Path) -> str:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         return f"<p class='note'>{html.escape(str(path))}: cannot read ({html.escape(str(exc))})</p>"
-    rows = [("threshold", _fmt(info.get("threshold"))), ("threshold rule", _fmt(info.get("threshold_method"))),
-            ("weights", _fmt(info.get("weights"))), ("training wall time (s)", _fmt(info.get("wall_s")))]
+    rows = [("threshold", _fmt(info.get("threshold"))),
+            ("threshold rule", _fmt(info.get("threshold_method"))), ("weights", _fmt(info.get("weights"))),
+            ("training wall time (s)", _fmt(info.get("wall_s")))]
     for split, c in (info.get("counts") or {}).items():
         rows.append((f"{split} split", html.escape(", ".join(f"{k} {v}" for k, v in c.items()))))
     notes = "".join(f"<p class='note'>{html.escape(str(n))}</p>" for n in info.get("notes") or [])
@@ -169,14 +171,15 @@ def _markdown_table(md: str) -> str:
     """table.md (written by dfdetect.study) to HTML, in its order: text, the pipe table, bullet notes."""
     out: list[str] = []
     rows: list[list[str]] = []
-    for line in md.splitlines() + [""]:
+    for line in [*md.splitlines(), ""]:  # the trailing "" closes a table that ends the file
         if line.startswith("|"):
             if not set(line) <= set("|-: "):  # not the |---| rule
                 rows.append([c.strip() for c in line.strip().strip("|").split("|")])
             continue
         if rows:  # the table just ended
             head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                           for r in rows[1:])
             out.append(f"<table><tr>{head}</tr>{body}</table>")
             rows = []
         if line.startswith("- "):
@@ -196,7 +199,8 @@ def _study_order(run_dir: Path) -> list[str]:
 
 
 def _is_run(folder: Path) -> bool:
-    return any((folder / f).is_file() for f in (METRICS_JSON, HISTORY_JSON, TRAIN_JSON)) or any(folder.glob("*.png"))
+    marks = (METRICS_JSON, HISTORY_JSON, TRAIN_JSON)
+    return any((folder / f).is_file() for f in marks) or any(folder.glob("*.png"))
 
 
 def write_report(run_dir: str | Path, dest: str | Path | None = None, *, n_errors: int = 12) -> Path:

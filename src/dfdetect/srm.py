@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from dfdetect._io import is_valid_image, read_image, write_image, write_text
 from dfdetect.config import SRMConfig
@@ -79,34 +78,61 @@ def srm_filter_image(bgr: np.ndarray, cfg: SRMConfig | None = None) -> np.ndarra
     return _to_uint8(res, cfg.clip)
 
 
-class SRMConv2d(nn.Module):
-    """Fixed (non-trainable) SRM convolution in front of a backbone, NA-VGG style: 3 in -> 3 out.
+def _define_srm_conv2d() -> type:
+    # torch is imported here, not at module import: the srm *stage* runs in pool / Ray workers that never
+    # need torch, and importing it would cost each worker ~2 s and ~200 MB. ``SRMConv2d`` is built on first
+    # access (PEP 562 module ``__getattr__``) and then cached as an ordinary module attribute.
+    import torch
+    from torch import nn
 
-    Output channel ``i`` is ``SRM_KERNELS[i]`` (KB, KV, H2) summed over the 3 input channels, with
-    zero padding 2 (same size out), then ``Hardtanh(-clip, clip)``.
+    class SRMConv2d(nn.Module):
+        """Fixed (non-trainable) SRM convolution in front of a backbone, NA-VGG style: 3 in -> 3 out.
 
-    Note the units: in the model this layer sees the *normalized* float input the backbone expects
-    (e.g. ImageNet mean/std, about -2..2.6), not pixels 0..255, so ``clip=3`` here is ~3 normalized
-    units (hundreds of grey levels; almost nothing saturates), whereas :func:`srm_filter_image` clips
-    at 3 grey levels. The kernels are a buffer, not a parameter: the optimizer never sees them, and
-    they are saved with the state dict.
-    """
+        Output channel ``i`` is ``SRM_KERNELS[i]`` (KB, KV, H2) summed over the 3 input channels, with
+        zero padding 2 (same size out), then ``Hardtanh(-clip, clip)``.
 
-    in_channels = 3
-    out_channels = 3
+        Note the units: in the model this layer sees the *normalized* float input the backbone expects
+        (e.g. ImageNet mean/std, about -2..2.6), not pixels 0..255, so ``clip=3`` here is ~3 normalized
+        units (hundreds of grey levels; almost nothing saturates), whereas :func:`srm_filter_image` clips
+        at 3 grey levels. The kernels are a buffer, not a parameter: the optimizer never sees them, and
+        they are saved with the state dict.
+        """
 
-    def __init__(self, clip: float = 3.0):
-        super().__init__()
-        weight = torch.from_numpy(np.array(SRM_KERNELS))[:, None].repeat(1, self.in_channels, 1, 1)
-        self.register_buffer("weight", weight.contiguous())  # (3 out, 3 in, 5, 5)
-        self.clip = clip
-        self.act = nn.Hardtanh(-clip, clip)
+        in_channels = 3
+        out_channels = 3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(nn.functional.conv2d(x, self.weight.to(x.dtype), padding=2))
+        def __init__(self, clip: float = 3.0):
+            super().__init__()
+            weight = torch.from_numpy(np.array(SRM_KERNELS))[:, None].repeat(1, self.in_channels, 1, 1)
+            self.register_buffer("weight", weight.contiguous())  # (3 out, 3 in, 5, 5)
+            self.clip = clip
+            self.act = nn.Hardtanh(-clip, clip)
 
-    def extra_repr(self) -> str:
-        return f"in_channels=3, out_channels=3, kernels={SRM_KERNEL_NAMES}, clip={self.clip}"
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(nn.functional.conv2d(x, self.weight.to(x.dtype), padding=2))
+
+        def extra_repr(self) -> str:
+            return f"in_channels=3, out_channels=3, kernels={SRM_KERNEL_NAMES}, clip={self.clip}"
+
+    SRMConv2d.__module__, SRMConv2d.__qualname__ = __name__, "SRMConv2d"
+    return SRMConv2d
+
+
+def __getattr__(name: str):
+    if name == "SRMConv2d":
+        cls = globals()["SRMConv2d"] = _define_srm_conv2d()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs, which cannot follow __getattr__
+    from torch import nn
+
+    class SRMConv2d(nn.Module):
+        in_channels: int
+        out_channels: int
+
+        def __init__(self, clip: float = 3.0) -> None: ...
 
 
 # --------------------------------------------------------------------------- the stage

@@ -163,11 +163,11 @@ def _check_same_protocol(cell_dir: Path, protocol: Protocol) -> None:
 def _run_cell(backbone: str, variant: str, table: CropTable, protocol: Protocol, cell_dir: Path,
               progress: ProgressFactory) -> tuple[CellResult, str]:
     metrics_path = cell_dir / METRICS_JSON
-    _check_same_protocol(cell_dir, protocol)
     test, test_set = scoring_split(table, protocol)
     if metrics_path.is_file():
         try:
-            return CellResult(backbone, variant, "reused", cell_dir, json.loads(metrics_path.read_text())), test_set
+            saved = json.loads(metrics_path.read_text())
+            return CellResult(backbone, variant, "reused", cell_dir, saved), test_set
         except (OSError, json.JSONDecodeError):
             pass  # a damaged metrics.json: redo the evaluation below
     label = f"{cell_name(backbone, variant)}"
@@ -223,6 +223,10 @@ def run_study(
         raise ValueError(f"unknown study variants {sorted(unknown)}; use {list(VARIANTS)}")
     if not variants:
         raise DfdetectError("study: no crop tables given", path=out_dir)
+    for backbone in backbones:  # before anything is written: a clash leaves the folder as it was
+        for variant in variants:
+            _check_same_protocol(out_dir / cell_name(backbone, variant),
+                                 _cell_protocol(protocol, backbone, pretrained))
     cells: list[CellResult] = []
     skipped: list[str] = []
     test_set = ""
@@ -302,7 +306,8 @@ def render_markdown(result: StudyResult) -> str:
 
 def _render_csv(result: StudyResult) -> str:
     """Machine-readable: one row per backbone, every metric of every variant (empty when n/a)."""
-    keys = ("frame_auc", "video_auc", "accuracy", "frame_ap", "frame_eer", "threshold", "n_frames", "n_videos")
+    keys = ("frame_auc", "video_auc", "accuracy", "frame_ap", "frame_eer", "threshold", "n_frames",
+            "n_videos")
     header = ["backbone"] + [f"{k}_{v}" for v in result.variants for k in ("status", *keys)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

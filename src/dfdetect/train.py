@@ -28,14 +28,14 @@ from torch.utils.data import DataLoader
 from dfdetect._io import atomic_path, write_json
 from dfdetect.backbones import BackboneClassifier, create_backbone
 from dfdetect.config import Protocol, save_config
-from dfdetect.data import CropDataset, CropTable, SBIPairDataset, balanced_sampler, pos_weight, split_table
-from dfdetect.detector import DETECTOR_FILE, Detector
+from dfdetect.data import CropDataset, CropTable, PairDataset, balanced_sampler, pos_weight, split_table
+from dfdetect.detector import DETECTOR_FILE, Detector, score_logits
 from dfdetect.distributed import DistInfo, broadcast_object, cleanup, init_distributed
 from dfdetect.errors import NothingUsableError
 from dfdetect.metrics import choose_threshold, compute_metrics
 from dfdetect.stage import ProgressCallback
 
-__all__ = ["TrainResult", "train", "CHECKPOINT_FILE", "BEST_FILE", "HISTORY_FILE", "CONFIG_FILE"]
+__all__ = ["BEST_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "HISTORY_FILE", "TrainResult", "train"]
 
 CHECKPOINT_FILE = "last.ckpt"  #: resume state (model, optimiser, schedule, history), every epoch
 BEST_FILE = "best.safetensors"  #: weights of the best validation epoch (full mode)
@@ -166,20 +166,21 @@ def _train_head(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
 def _cosine(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
     def f(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return (step + 1) / (warmup + 1)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _predict(model: nn.Module, loader: DataLoader, device: torch.device,
+             tta_flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     model.eval()
     ps, ys, oks = [], [], []
     for x, y, ok in loader:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x).float().squeeze(1)
+            logits = score_logits(model, x, tta_flip).float()
         ps.append(torch.sigmoid(logits).cpu().numpy())
         ys.append(y.numpy())
         oks.append(ok.numpy())
@@ -209,9 +210,10 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
 
     cfg, size, device = protocol.train, protocol.model.input_size, info.device
     dc = model.data_config
-    if cfg.pseudo_fakes == "sbi":
-        train_ds: CropDataset = SBIPairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
-                                               seed=cfg.seed, mix=cfg.sbi_mix, blend_fn=blend_fn)
+    if cfg.pseudo_fakes == "sbi" or cfg.pairs:
+        sbi = 0.0 if cfg.pseudo_fakes != "sbi" else (0.5 if cfg.sbi_mix else 1.0)
+        train_ds: CropDataset = PairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
+                                            seed=cfg.seed, sbi=sbi, blend_fn=blend_fn)
         per_batch = max(1, cfg.batch_size // 2)  # each item is a (real, fake) pair
     else:
         train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment)
@@ -219,13 +221,13 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     val_ds = CropDataset(val_t, input_size=size, data_config=dc)
     if info.distributed:
         sampler: Any = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=False)
-    elif cfg.balance == "sampler" and cfg.pseudo_fakes != "sbi":
+    elif cfg.balance == "sampler" and not isinstance(train_ds, PairDataset):  # pairs are balanced already
         sampler = balanced_sampler(train_t.labels, cfg.seed)
     else:
         sampler = torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
     # Under DDP the sampler shards the data, so class balance falls back to a weighted loss.
     weighted = cfg.balance == "weighted" or (cfg.balance == "sampler" and info.distributed)
-    pw = pos_weight(train_t.labels).to(device) if weighted and cfg.pseudo_fakes != "sbi" else None
+    pw = pos_weight(train_t.labels).to(device) if weighted and not isinstance(train_ds, PairDataset) else None
     loader_kw: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
                                  "persistent_workers": False}
     train_dl = DataLoader(train_ds, batch_size=per_batch, sampler=sampler, drop_last=len(train_ds) > per_batch,
@@ -239,15 +241,20 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(train_dl)) * cfg.epochs
-    sched = _cosine(opt, steps, warmup=min(steps // 10, 200))
+    sched = _cosine(opt, steps, warmup=round(cfg.warmup * steps))
 
     ckpt, best_path = out_dir / CHECKPOINT_FILE, out_dir / BEST_FILE
     key = _protocol_hash(protocol, train_t.fingerprint() + val_t.fingerprint())
     history: list[dict[str, float]] = []
     start_epoch, best_auc, bad_epochs = 1, -math.inf, 0
     best_p = np.empty(0)
+    state: dict[str, Any] = {}
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs the resume
+            notes.append(f"{ckpt}: unreadable ({type(exc).__name__}); starting afresh")
+    if state:
         if state.get("key") == key:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -258,6 +265,10 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             notes.append(f"resumed from {ckpt} after epoch {start_epoch - 1}")
         else:
             notes.append(f"{ckpt}: from another configuration or data; starting afresh")
+    if not history and info.is_main:
+        best_path.unlink(missing_ok=True)  # a best epoch of another run must never be loaded at the end
+    if info.distributed:
+        torch.distributed.barrier()
     done = bool(history) and (bad_epochs >= cfg.patience)
     okv: np.ndarray | None = None
 
@@ -266,12 +277,12 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             break
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        if isinstance(train_ds, SBIPairDataset):
+        if isinstance(train_ds, PairDataset):
             train_ds.set_epoch(epoch)
         net.train()
         tot_loss = tot_ok = n_seen = 0.0
         for x, y, ok in train_dl:
-            if x.ndim == 5:  # SBI pairs: (B, 2, 3, S, S) -> (2B, 3, S, S), half real half fake
+            if x.ndim == 5:  # pairs: (B, 2, 3, S, S) -> (2B, 3, S, S), half real half fake
                 x, y, ok = x.flatten(0, 1), y.flatten(), ok.flatten()
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y, ok = y.to(device), ok.to(device)
@@ -289,7 +300,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             if progress is not None and info.is_main:
                 progress(len(x))
         # Every rank scores the whole (small) validation set with identical weights.
-        p, yv, okv = _predict(model, val_dl, device)
+        p, yv, okv = _predict(model, val_dl, device, protocol.model.tta_flip)
         p, yv = p[okv], yv[okv]
         rec = _epoch_record(epoch, tot_loss / max(n_seen, 1), tot_ok / max(n_seen, 1), yv, p)
         history.append(rec)
@@ -315,7 +326,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
 
         model.load_state_dict(load_file(str(best_path)))
     if okv is None or best_p.size != int(okv.sum()):  # nothing ran (a finished run resumed): score again
-        best_p, _, okv = _predict(model, val_dl, device)
+        best_p, _, okv = _predict(model, val_dl, device, protocol.model.tta_flip)
         best_p = best_p[okv]
     okv_idx = np.flatnonzero(okv)
     return history, val_t.labels[okv_idx], np.asarray(best_p, dtype=np.float64), okv_idx
@@ -341,6 +352,10 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
     try:
         train_t, val_t, test_t = split_table(table, cfg)
         notes = list(train_t.notes)
+        if cfg.mode == "head" and protocol.model.tta_flip:
+            # cached features are of the unflipped crops; the threshold must match how the detector scores
+            protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"tta_flip": False})})
+            notes.append("tta_flip applies to mode='full' only; the head-mode detector scores without it")
         if len(val_t) == 0:
             raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
         m = protocol.model

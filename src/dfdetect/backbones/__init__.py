@@ -11,11 +11,11 @@ from dfdetect.backbones._registry import (
     split_backbone_name_tag,
 )
 from dfdetect.backbones._weights import load_state_file
-from dfdetect.backbones.efficientnet import *  # noqa: F403
-from dfdetect.backbones.mobilenet import *  # noqa: F403
-from dfdetect.backbones.resnetv2 import *  # noqa: F403
-from dfdetect.backbones.vgg import *  # noqa: F403
-from dfdetect.backbones.xception import *  # noqa: F403
+from dfdetect.backbones.efficientnet import *
+from dfdetect.backbones.mobilenet import *
+from dfdetect.backbones.resnetv2 import *
+from dfdetect.backbones.vgg import *
+from dfdetect.backbones.xception import *
 
 __all__ = [
     "BackboneCfg", "BackboneClassifier", "OfflineWeights", "create_backbone", "get_backbone_cfg", "is_backbone",

@@ -18,7 +18,7 @@ from dfdetect.backbones._registry import backbone_entrypoint, get_backbone_cfg, 
 from dfdetect.backbones._weights import load_weights
 from dfdetect.errors import DfdetectError
 
-__all__ = ["BackboneClassifier", "create_backbone", "build_backbone"]
+__all__ = ["BackboneClassifier", "build_backbone", "create_backbone"]
 
 Pool = Literal["max", "avg"]
 

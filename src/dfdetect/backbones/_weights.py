@@ -28,7 +28,7 @@ from dfdetect.errors import WeightsError
 if TYPE_CHECKING:
     from dfdetect.backbones._factory import BackboneClassifier
 
-__all__ = ["load_state_file", "offline_weights_path", "fit_state_dict", "load_weights", "sha256_file"]
+__all__ = ["fit_state_dict", "load_state_file", "load_weights", "offline_weights_path", "sha256_file"]
 
 _PREFIXES = ("module.", "model.", "state_dict.", "body.")
 _CLASSIFIER_NAMES = ("fc", "head.fc", "classifier", "last_linear")

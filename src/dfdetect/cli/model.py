@@ -16,7 +16,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dfdetect.cli._app import ProtocolOpt, WorkersOpt, app, console, handle_errors, out, print_report, progress_bar
+from dfdetect.cli._app import (
+    ProtocolOpt,
+    WorkersOpt,
+    app,
+    console,
+    handle_errors,
+    out,
+    print_report,
+    progress_bar,
+)
 from dfdetect.errors import BadInputError
 
 

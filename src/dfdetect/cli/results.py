@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from dfdetect.cli._app import (
@@ -30,6 +31,7 @@ from dfdetect.cli._app import (
     print_report,
     progress_bar,
 )
+from dfdetect.cli.data import EngineOpt, RayAddressOpt, _engine
 from dfdetect.errors import BadInputError, DfdetectError
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
@@ -70,12 +72,14 @@ def _print_metrics(metrics: dict[str, Any], where: Path) -> None:
     for key, name in _METRIC_LINES:
         table.add_row(name, _fmt(metrics.get(key)))
     (tn, fp), (fn, tp) = metrics["confusion"]
-    table.add_row("confusion [[tn, fp], [fn, tp]]", f"[[{tn}, {fp}], [{fn}, {tp}]]")
+    # Plain text: Rich would read "[[tn, fp], ...]" as markup and drop it.
+    table.add_row("real: called real / fake", f"{tn} / {fp}")
+    table.add_row("fake: called real / fake", f"{fn} / {tp}")
     out.print(table)
     for w in metrics.get("warnings") or []:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
     for line in metrics.get("skipped") or []:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
     console.print(f"metrics.json, scores.csv and plots -> {where}", highlight=False, soft_wrap=True)
 
 
@@ -89,7 +93,7 @@ def print_study(result: Any) -> None:
         table.add_row(*row.values())
     out.print(table)
     for line in result.skipped:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
     out.print(f"table: {result.table_md} and {result.table_csv}", highlight=False, soft_wrap=True)
     out.print(f"plots: {result.out_dir}/<backbone>-<faces|srm>/(history|confusion|roc).png", highlight=False,
               soft_wrap=True)
@@ -97,7 +101,7 @@ def print_study(result: Any) -> None:
 
 def _print_pipeline(result: Any) -> None:
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     print_study(result.study)
 
 
@@ -105,17 +109,20 @@ def _print_pipeline(result: Any) -> None:
 @handle_errors
 def evaluate(
     detector: Annotated[Path, typer.Argument(help="A trained detector (RUN_DIR/detector.safetensors).")],
-    folder: Annotated[Path, typer.Argument(help="Labelled data: real/ + fake/, labels.csv, Celeb-DF, FF++, DFDC.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default RUN_DIR/eval-NAME).")]
-    = None,
+    folder: Annotated[Path, typer.Argument(
+        help="Labelled data: real/ + fake/, labels.csv, Celeb-DF, FF++, DFDC.")],
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output folder (default RUN_DIR/eval-NAME).")] = None,
     crops: CropsOpt = None,
-    srm: Annotated[bool, typer.Option("--srm", help="Score SRM copies (for a detector trained on faces+SRM).")]
-    = False,
+    srm: Annotated[bool, typer.Option(
+        "--srm", help="Score SRM copies (for a detector trained on faces+SRM).")] = False,
+    all_crops: Annotated[bool, typer.Option("--all", help="Score every crop, not only the official test list "
+                                                          "(Celeb-DF).")] = False,
     workers: WorkersOpt = 0,
 ) -> None:
     """Score a labelled set with a saved detector at its validation-chosen threshold."""
     from dfdetect.detector import Detector
-    from dfdetect.evaluate import HISTORY_JSON
+    from dfdetect.evaluate import HISTORY_JSON, official_test_subset
     from dfdetect.evaluate import evaluate as run_evaluate
     from dfdetect.pipeline import prepare_crops
 
@@ -126,8 +133,12 @@ def evaluate(
     prepared = prepare_crops(folder, dest, det.protocol_, crops=crops, srm=srm, workers=workers,
                              progress=progress_bar, on_stage=print_report)
     for note in prepared.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     table = prepared.tables["srm" if srm else "faces"]
+    if not all_crops:
+        table, note = official_test_subset(table)
+        if note:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
     history_path = detector.parent / HISTORY_JSON
     history = json.loads(history_path.read_text()) if history_path.is_file() else None
     with warnings.catch_warnings():
@@ -140,19 +151,24 @@ def evaluate(
 @app.command()
 @handle_errors
 def study(
-    source: Annotated[Path, typer.Argument(help="Celeb-DF v2 root, or any labelled folder / CSV / face crops.")],
+    source: Annotated[Path, typer.Argument(
+        help="Celeb-DF v2 root, or any labelled folder / CSV / face crops.")],
     out_dir: OutOpt = Path("study-out"),
     protocol: ProtocolOpt = "seed",
     backbones: BackbonesOpt = None,
     crops: CropsOpt = None,
     workers: WorkersOpt = 0,
+    engine: EngineOpt = "process",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """The seed's Table 2: frames -> faces -> SRM -> every backbone on faces and faces+SRM."""
     from dfdetect.pipeline import run_pipeline
     from dfdetect.study import DEFAULT_BACKBONES
 
-    result = run_pipeline(source, out_dir, _protocol(protocol), backbones=_backbones(backbones) or DEFAULT_BACKBONES,
-                          crops=crops, workers=workers, progress=progress_bar, on_stage=print_report)
+    names = _backbones(backbones) or DEFAULT_BACKBONES
+    result = run_pipeline(source, out_dir, _protocol(protocol), backbones=names, crops=crops, workers=workers,
+                          engine=_engine(engine), ray_address=ray_address, progress=progress_bar,
+                          on_stage=print_report)
     _print_pipeline(result)
 
 
@@ -160,19 +176,22 @@ def study(
 @handle_errors
 def demo(
     out_dir: OutOpt = Path("demo"),
-    backbones: BackbonesOpt = None,
+    backbones: Annotated[str | None, typer.Option(
+        "--backbones", help="Comma-separated backbones (default: those whose weights ship offline).")] = None,
     frames: Annotated[int, typer.Option("--frames", min=1, help="Frames per video (the seed takes 1).")] = 4,
     workers: WorkersOpt = 0,
 ) -> None:
     """Built-in synthetic Celeb-DF, then the seed study with the backbones that work offline."""
     from dfdetect.pipeline import run_demo
+    from dfdetect.report import write_report
 
     start = time.perf_counter()
     result = run_demo(out_dir, backbones=_backbones(backbones), frames_per_video=frames, workers=workers,
                       progress=progress_bar, on_stage=print_report)
     _print_pipeline(result)
-    out.print(f"demo finished in {time.perf_counter() - start:.0f} s; open the report with: "
-              f"dfdetect report {result.study.out_dir}", highlight=False, soft_wrap=True)
+    page = write_report(result.study.out_dir)
+    out.print(f"report: {page} (one self-contained page)", highlight=False, soft_wrap=True)
+    out.print(f"demo finished in {time.perf_counter() - start:.0f} s", highlight=False)
 
 
 @app.command()
@@ -190,5 +209,6 @@ def report(
     try:
         path = write_report(run_dir, dest, n_errors=errors)
     except OSError as exc:
-        raise DfdetectError(f"cannot write the report ({exc.strerror or exc})", path=dest or run_dir) from None
+        where = dest or run_dir
+        raise DfdetectError(f"cannot write the report ({exc.strerror or exc})", path=where) from None
     out.print(f"report: {path}", highlight=False, soft_wrap=True)

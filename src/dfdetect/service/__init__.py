@@ -2,4 +2,4 @@
 
 from dfdetect.service.app import ACCEPTED, create_app, sniff_media
 
-__all__ = ["create_app", "sniff_media", "ACCEPTED"]
+__all__ = ["ACCEPTED", "create_app", "sniff_media"]

@@ -37,7 +37,7 @@ from fastapi.staticfiles import StaticFiles
 
 from dfdetect.errors import DfdetectError
 
-__all__ = ["create_app", "sniff_media", "ACCEPTED"]
+__all__ = ["ACCEPTED", "create_app", "sniff_media"]
 
 STATIC = Path(__file__).with_name("static")
 #: what the magic-byte check lets through (suffix we save it under -> what it is)

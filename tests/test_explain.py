@@ -38,7 +38,11 @@ class TinyTorchDetector:
 
     def predict_proba(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         with torch.no_grad():
-            return torch.sigmoid(self.model_(self.preprocess(crops))).numpy().reshape(-1).astype(np.float64)
+            x = self.preprocess(crops)
+            logit = self.model_(x).reshape(-1)
+            if getattr(self.protocol_.model, "tta_flip", False):  # as Detector does
+                logit = (logit + self.model_(torch.flip(x, dims=(3,))).reshape(-1)) / 2
+            return torch.sigmoid(logit).numpy().astype(np.float64)
 
     def cam_target_layers(self) -> list[nn.Module]:
         return [self._cam_layer or [m for m in self.model_.modules() if isinstance(m, nn.Conv2d)][-1]]

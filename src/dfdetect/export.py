@@ -119,8 +119,9 @@ class ExportInfo:
 def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops: int = 8) -> ExportInfo:
     """Write ``detector`` to ``path`` as ONNX (input ``input`` (batch, 3, H, W), output ``logit`` (batch, 1)).
 
-    The preprocessing, threshold and protocol go into ``metadata_props`` (keys ``dfdetect.*``). The file is
-    checked before it is kept: onnxruntime and torch must agree on ``check_crops`` random crops to 1e-4.
+    The preprocessing, threshold and protocol go into ``metadata_props`` (keys ``dfdetect.*``); the
+    protocol's ``model.tta_flip`` (mean logit of the crop and its mirror image) is part of the graph. The file
+    is checked before it is kept: onnxruntime and torch must agree on ``check_crops`` random crops to 1e-4.
     """
     import warnings
 
@@ -133,13 +134,14 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
     dummy = torch.zeros((1, 3, *spec.size), dtype=torch.float32, device=device)
+    graph = _ScoredLogit(model, bool(getattr(detector.protocol_.model, "tta_flip", False)))
     path = Path(path)
     try:
         with _io.atomic_path(path, suffix=".onnx") as tmp:
             with warnings.catch_warnings():
                 # the TorchScript exporter warns it is legacy; the dynamo one needs onnxscript, not a dependency
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, input_names=["input"],
+                torch.onnx.export(graph, (dummy,), str(tmp), dynamo=False, input_names=["input"],
                                   output_names=["logit"], opset_version=opset,
                                   dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}})
             proto = onnx.load(str(tmp))
@@ -160,6 +162,28 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
     finally:
         model.train(was_training)
     return ExportInfo(path=path, preprocess=spec, max_abs_diff=diff)
+
+
+def _ScoredLogit(model: Any, tta_flip: bool) -> Any:
+    """The network as Detector.predict_proba runs it: with ``tta_flip`` the mean logit of crop and mirror.
+
+    Baked into the graph so that onnxruntime needs no extra step; ``(n, 1)`` logits either way.
+    """
+    import torch
+    from torch import nn
+
+    class ScoredLogit(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logit = self.model(x).reshape(-1, 1)
+            if tta_flip:
+                logit = (logit + self.model(torch.flip(x, dims=(3,))).reshape(-1, 1)) / 2
+            return logit
+
+    return ScoredLogit().eval()
 
 
 def _max_diff(detector: Any, onnx_det: OnnxDetector, n: int, seed: int = 1) -> float:

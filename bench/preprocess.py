@@ -16,6 +16,7 @@ Usage::
 
     python bench/preprocess.py                 # everything (~5 min on 2 cores)
     python bench/preprocess.py --quick         # 1 generated video, 60 LFW photos
+    python bench/preprocess.py --workers 0 2   # stage timings serial and with a 2-process pool
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import av
 import cv2
 import numpy as np
 
-from dfdetect.config import FaceConfig
+from dfdetect.config import FaceConfig, FrameConfig
 from dfdetect.faces import create_detector, faces_in_image
 from dfdetect.frames import read_frames, sample_indices
 
@@ -137,6 +138,32 @@ def bench_speed(videos: list[Path], ns: list[int]) -> None:
         print(f"RATIO N={n}: decode {sums[0] / sums[2]:.2f}x, decode+Haar {sums[1] / sums[3]:.2f}x (seed-style / dfdetect)")
 
 
+def bench_stages(videos: list[Path], n: int, workers: int, tmp: Path) -> None:
+    """The stages as users run them (files written, JPEG as the seed protocol) against the in-memory
+    seed-style loop: the baseline writes nothing, so this ratio is conservative."""
+    from dfdetect.datasets import MediaItem
+    from dfdetect.faces import extract_faces
+    from dfdetect.frames import extract_frames
+    from dfdetect.labels import Label
+
+    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt.xml"))
+    t = time.perf_counter()
+    for video in videos:
+        run_seed(video, n, cascade)
+    base = time.perf_counter() - t
+    items = [MediaItem(v, f"v/{v.name}", Label.REAL, (v.stem,)) for v in videos]
+    out = tmp / f"stages-w{workers}"
+    t = time.perf_counter()
+    extract_frames(items, out / "frames", FrameConfig(num_frames=n, image_format="jpg"), workers=workers)
+    t_frames = time.perf_counter() - t
+    extract_faces(out / "frames", out / "faces", SEED_FACES.model_copy(update={"image_format": "jpg"}),
+                  workers=workers)
+    total = time.perf_counter() - t
+    print(f"\n## Stages with files (frames jpg + faces Haar), --workers {workers}, N={n}, {len(videos)} videos")
+    print(f"seed-style in memory {base:.2f}s | dfdetect frames {t_frames:.2f}s + faces {total - t_frames:.2f}s = "
+          f"{total:.2f}s | RATIO stages N={n} workers={workers}: {base / total:.2f}x")
+
+
 # --------------------------------------------------------------------------- detectors
 
 
@@ -190,6 +217,8 @@ def main() -> None:
     ap.add_argument("--gops", type=int, nargs="+", default=[250, 60, 30], help="GOP of each generated video")
     ap.add_argument("--lfw", type=int, default=300, help="LFW photos for the detector part (0 = skip)")
     ap.add_argument("--det-frames", type=int, default=8, help="frames per video for the detector part")
+    ap.add_argument("--workers", type=int, nargs="*", default=[2],
+                    help="also time the real stages (files written) with these --workers values")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="MTCNN threads (1: steadiest on a shared 2-core box)")
@@ -210,6 +239,8 @@ def main() -> None:
         if not shared:
             print(f"note: {SHARED / 'videos'} absent; generated videos only")
         bench_speed(videos + shared, args.frames)
+        for w in args.workers:
+            bench_stages(videos + shared, max(args.frames), w, Path(tmp))
         lfw = sorted((SHARED / "lfw-faces").glob("*.jpg"))[: args.lfw]
         if lfw:
             bench_detectors(lfw, videos[:1] + shared, args.det_frames)

@@ -1,15 +1,18 @@
 """Held-out AUC on real DFDC faces: the seed recipe (a) against the default recipe (b), in one run.
 
 Trains both on ``../shared/data/dfdc-faces`` (6,000 labelled 224 px crops) with a split by
-``original_video`` (a fake and its source never straddle sets), and prints the test AUC of each side by side
-with wall times. It must finish in under 40 minutes on 2 CPU cores.
+``original_video`` (a fake and its source never straddle sets; asserted), and prints the test AUC of each
+side by side with wall times. Budget: under 40 minutes on 2 idle CPU cores.
 
-    nice -n 10 python bench/quality.py                       # both recipes, ~30 min on 2 cores
-    python bench/quality.py --out runs/quality               # also keep the (b) model and metrics.json
+    nice -n 10 python bench/quality.py                  # engine dfdetect: dfdetect.train.train with
+                                                        # Protocol.seed() / Protocol.default(); saves
+                                                        # runs/quality/default/detector.safetensors
+    nice -n 10 python bench/quality.py --engine lab     # this file's plain torch/timm loop (no dfdetect)
+    dfdetect evaluate runs/quality/default/detector.safetensors <labelled folder>
 
-Self-contained (plain torch/timm) so it measures the recipe, not the package; ``DEFAULT`` below is the recipe
-that the lab grid (bench/_quality_lab/grid.py, numbers in docs/QUALITY.md) chose, and what
-``Protocol.default()`` should carry.
+The lab engine is what measured the recipes (bench/_quality_lab/grid.py runs it on a GPU at CPU-sized
+budgets; numbers in docs/QUALITY.md); ``DEFAULT`` below is the winner, and ``Protocol.default()`` carries
+the same settings (the dfdetect engine prints any field where they differ).
 """
 
 from __future__ import annotations
@@ -180,7 +183,7 @@ class Batches(torch.utils.data.Dataset):
 
     def __init__(self, faces: Faces, recipe: Recipe, total_steps: int, seed: int = 0):
         self.f, self.r, self.total, self.seed = faces, recipe, total_steps, seed
-        self.steps_per_epoch = len(faces.labels) // recipe.batch
+        self.steps_per_epoch = max(1, len(faces.labels) // recipe.batch)
         real_of = {g: i for i, g in enumerate(faces.groups) if faces.labels[i] == 0}
         self.source = {int(i): real_of.get(faces.groups[i], -1) for i in np.flatnonzero(faces.labels == 1)}
         paired, self.units = set(), []

@@ -57,6 +57,9 @@ def test_mtcnn_finds_face_with_landmarks():
     assert all(b.x0 <= x <= b.x1 and b.y0 <= y <= b.y1 for x, y in b.landmarks)
     # min_size filters: the face is ~130 px wide, so a 300 px minimum keeps nothing
     assert FA.create_detector(FaceConfig(detector="mtcnn", min_size=300))(face_frame()) == []
+    # detecting on a half-size copy finds the same face, mapped back to full-size coordinates
+    [s] = FA.create_detector(FaceConfig(detector="mtcnn", min_size=40, detect_max_side=240))(face_frame())
+    assert abs(s.x0 - b.x0) < 10 and abs(s.width - b.width) < 15 and abs(s.landmarks[0][0] - b.landmarks[0][0]) < 8
 
 
 def test_haar_downscaled_detection_maps_boxes_back():

@@ -86,6 +86,17 @@ def test_unknown_frame_count(tmp_path):
     assert [i for i, _ in F.read_frames(video, 6)] == F.sample_indices(30, 6)
 
 
+def test_truncated_video_samples_what_is_there(tmp_path):
+    """A download cut short (streamable Matroska): frames are sampled over the part that exists."""
+    data = make_video(tmp_path / "v.mkv", n=48).read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    total = F.count_frames(cut)
+    assert 0 < total < 48
+    got = F.read_frames(cut, 4)
+    assert 0 < len(got) <= 4 and max(i for i, _ in got) < total
+
+
 def test_read_frames_at(tmp_path):
     video = make_video(tmp_path / "v.mp4", n=20)
     seq = sequential(video)

@@ -142,23 +142,28 @@ def _worker_detector(cfg: FaceConfig) -> Detector:
 
 
 class HaarDetector:
-    """OpenCV Haar cascade on greyscale, the seed's settings by default."""
+    """OpenCV Haar cascade on greyscale, the seed's settings by default.
+
+    Not thread-safe: concurrent calls on one cascade from several threads give wrong boxes (measured);
+    use one detector per thread or process.
+    """
 
     name = "haar"
 
-    def __init__(self, cfg: FaceConfig, min_size: int | None = None):
+    def __init__(self, cfg: FaceConfig):
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt.xml"
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
             raise DfdetectError("cannot load the Haar cascade (opencv>=5 ships none; use opencv<5)", path=path)
-        self.min_size = cfg.min_size if min_size is None else min_size
-        self.scale_factor, self.min_neighbors = cfg.scale_factor, cfg.min_neighbors
+        self.min_size, self.scale_factor, self.min_neighbors = cfg.min_size, cfg.scale_factor, cfg.min_neighbors
 
     def __call__(self, bgr: np.ndarray) -> list[Box]:
+        return self.detect(bgr, self.min_size)
+
+    def detect(self, bgr: np.ndarray, min_size: int) -> list[Box]:
         grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
         rects, neighbours = self.cascade.detectMultiScale2(
-            grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size))
+            grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_size, min_size))
         return [Box(float(x), float(y), float(x + w), float(y + h), float(n))
                 for (x, y, w, h), n in zip(np.asarray(rects).reshape(-1, 4), np.asarray(neighbours).ravel())]
 
@@ -168,7 +173,7 @@ class MTCNNDetector:
 
     name = "mtcnn"
 
-    def __init__(self, cfg: FaceConfig, min_size: int | None = None):
+    def __init__(self, cfg: FaceConfig):
         import torch
 
         try:
@@ -178,17 +183,19 @@ class MTCNNDetector:
                                 "pip install --no-deps facenet-pytorch") from None
         if in_worker():
             torch.set_num_threads(1)
-        self.min_size = cfg.min_size if min_size is None else min_size
-        self.min_score = cfg.min_score
-        # MTCNN's min_face_size only sets where its image pyramid starts, and its boxes can come out a
-        # little smaller than that; start at 0.8x min_size and filter by min_size exactly below.
-        # (Starting at its default 20 px would cost ~3x on 720p frames for faces we then drop.)
-        self.model = MTCNN(keep_all=True, device="cpu", min_face_size=max(12, int(0.8 * self.min_size)),
-                           post_process=False, select_largest=True)
+        self.min_size, self.min_score = cfg.min_size, cfg.min_score
+        self.model = MTCNN(keep_all=True, device="cpu", post_process=False, select_largest=True)
 
     def __call__(self, bgr: np.ndarray) -> list[Box]:
+        return self.detect(bgr, self.min_size)
+
+    def detect(self, bgr: np.ndarray, min_size: int) -> list[Box]:
         import torch
 
+        # MTCNN's min_face_size only sets where its image pyramid starts, and its boxes can come out a
+        # little smaller than that: start at 0.8x min_size, then filter by min_size exactly.
+        # (Its default, 20 px, costs ~3x on a 720p frame for faces we would then drop.)
+        self.model.min_face_size = max(12, int(0.8 * min_size))
         rgb = np.ascontiguousarray(bgr[..., ::-1])
         with torch.inference_mode():
             boxes, probs, points = self.model.detect(rgb, landmarks=True)
@@ -198,47 +205,41 @@ class MTCNNDetector:
         for b, p, lm in zip(boxes, probs, points):
             box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(p),
                       tuple((float(x), float(y)) for x, y in lm))
-            if min(box.width, box.height) >= self.min_size and box.score >= self.min_score:
+            if min(box.width, box.height) >= min_size and box.score >= self.min_score:
                 out.append(box)
         return out
 
 
-@register_detector("haar")
-def haar(cfg: FaceConfig) -> Detector:
-    if cfg.detect_max_side is None:
-        return HaarDetector(cfg)
-    # On a downscaled frame the minimum size is scaled per frame; build lazily per scale.
-    return _ScaledMinSize(partial(HaarDetector, cfg), cfg.min_size, cfg.detect_max_side, "haar")
+class _Downscaled:
+    """Detect on a copy whose longer side is at most ``max_side`` (``min_size`` scaled alike), map boxes back.
 
+    Pays off for MTCNN (its cost follows the pixel count); Haar's cost at a given minSize is nearly
+    scale-invariant (the window count depends on image size / minSize), so it gains little there.
+    """
 
-@register_detector("mtcnn")
-def mtcnn(cfg: FaceConfig) -> Detector:
-    if cfg.detect_max_side is None:
-        return MTCNNDetector(cfg)
-    return _ScaledMinSize(partial(MTCNNDetector, cfg), cfg.min_size, cfg.detect_max_side, "mtcnn")
-
-
-class _ScaledMinSize:
-    """Downscale so the longer side is ``max_side``, with ``min_size`` scaled alike; boxes mapped back."""
-
-    def __init__(self, make: Callable[..., Detector], min_size: int, max_side: int, name: str):
-        self.make, self.min_size, self.max_side, self.name = make, min_size, max_side, name
-        self._by_min: dict[int, Detector] = {}
-        self._full: Detector | None = None
+    def __init__(self, inner: HaarDetector | MTCNNDetector, max_side: int):
+        self.inner, self.max_side, self.name = inner, max_side, inner.name
 
     def __call__(self, bgr: np.ndarray) -> list[Box]:
         h, w = bgr.shape[:2]
         f = self.max_side / max(h, w)
         if f >= 1:
-            if self._full is None:
-                self._full = self.make()
-            return self._full(bgr)
-        small_min = max(1, round(self.min_size * f))
-        if small_min not in self._by_min:
-            self._by_min[small_min] = self.make(min_size=small_min)
+            return self.inner(bgr)
         small = cv2.resize(bgr, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
-        return [b.scaled(1 / f) for b in self._by_min[small_min](small)
-                if max(b.width, b.height) / f >= self.min_size]
+        boxes = [b.scaled(1 / f) for b in self.inner.detect(small, max(1, round(self.inner.min_size * f)))]
+        return [b for b in boxes if min(b.width, b.height) >= self.inner.min_size]
+
+
+@register_detector("haar")
+def haar(cfg: FaceConfig) -> Detector:
+    det = HaarDetector(cfg)
+    return det if cfg.detect_max_side is None else _Downscaled(det, cfg.detect_max_side)
+
+
+@register_detector("mtcnn")
+def mtcnn(cfg: FaceConfig) -> Detector:
+    det = MTCNNDetector(cfg)
+    return det if cfg.detect_max_side is None else _Downscaled(det, cfg.detect_max_side)
 
 
 # --------------------------------------------------------------------------- cropping

@@ -100,6 +100,9 @@ def faces_cmd(
     size: Annotated[int | None, typer.Option("--size", help="Resize crops to SIZE x SIZE.")] = None,
     keep: Annotated[str | None, typer.Option("--keep", help="largest (one per frame) or all.")] = None,
     image_format: Annotated[str | None, typer.Option("--format", help="png or jpg.")] = None,
+    detect_max_side: Annotated[int | None, typer.Option(
+        "--detect-max-side", help="Detect on a copy at most this wide/high, boxes mapped back (faster MTCNN).")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="MTCNN: drop faces below this.")] = None,
     workers: WorkersOpt = 0,
     engine: EngineOpt = "process",
     ray_address: RayAddressOpt = None,
@@ -110,7 +113,8 @@ def faces_cmd(
 
     cfg: FaceConfig = _override(_protocol(protocol).faces, detector=detector, min_size=min_size,
                                 scale_factor=scale_factor, min_neighbors=min_neighbors, margin=margin,
-                                output_size=size, keep=keep, image_format=image_format)
+                                output_size=size, keep=keep, image_format=image_format,
+                                detect_max_side=detect_max_side, min_score=min_score)
     if not frames_dir.is_dir():
         raise BadInputError("frames folder not found", path=frames_dir)
     with progress_bar(f"faces ({cfg.detector})", len(frame_files(frames_dir))) as advance:

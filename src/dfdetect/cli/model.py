@@ -6,10 +6,12 @@ Examples::
     dfdetect train Celeb-DF-v2 --crops work/faces --out runs/seed-mnv2 --protocol seed --backbone mobilenet_v2
     dfdetect train work/faces --labels work/labels.txt --out runs/seed --protocol seed
     dfdetect train data/ --out runs/b4 --backbone efficientnet_b4 --weights effb4.safetensors --mode full
+    torchrun --nproc_per_node 4 -m dfdetect train data/ --crops work/faces --out runs/ddp --mode full  # DDP
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,7 +107,8 @@ def train_cmd(
         console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
     with progress_bar(f"train ({proto.train.mode}, {proto.model.backbone})", None) as advance:
         result = train(table, proto, out_dir, progress=advance, cache_dir=cache_dir)
-    _print_result(result)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        _print_result(result)
 
 
 def _print_result(result: Any) -> None:

@@ -1,6 +1,36 @@
 """dfdetect: find face deepfakes in videos and images.
 
 Internally every score is P(fake): fake = 1 is the positive class (see :mod:`dfdetect.labels`).
+The names below are the public Python API (training and evaluation are ``dfdetect.train.train`` and
+``dfdetect.evaluate.evaluate``); the ``dfdetect`` command is a thin layer over them.
+Imports are lazy so that ``import dfdetect`` (and the ONNX-only path) does not pull in torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_API = {
+    "Protocol": "dfdetect.config",
+    "discover": "dfdetect.datasets",
+    "extract_frames": "dfdetect.frames",
+    "extract_faces": "dfdetect.faces",
+    "make_srm_copy": "dfdetect.srm",
+    "create_backbone": "dfdetect.backbones",
+    "list_backbones": "dfdetect.backbones",
+    "build_crop_table": "dfdetect.data",
+    "Detector": "dfdetect.detector",
+    "compute_metrics": "dfdetect.metrics",
+    "run_study": "dfdetect.study",
+    "predict_path": "dfdetect.predict",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'dfdetect' has no attribute {name!r}")

@@ -124,8 +124,11 @@ def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
             why = "a video needs --crops (run frames and faces first)"
         else:
             found = _images_in(crops / item.video_id)
-            if not found and not item.is_video and (crops / item.rel).is_file():
-                found = [crops / item.rel]
+            if not found and not item.is_video:
+                # A mirrored copy may change the suffix (the SRM stage writes PNG for JPEG crops).
+                mirrored = crops / item.rel
+                found = [c for c in (mirrored, *(mirrored.with_suffix(s) for s in sorted(IMAGE_SUFFIXES)))
+                         if c.is_file()][:1]
             why = f"no face crops in {crops / item.video_id}"
         if not found:
             skipped.append(f"{item.path}: {why}")
@@ -408,12 +411,18 @@ class PairDataset(CropDataset):
     def __len__(self) -> int:
         return int(self.real.size)
 
-    def _blend(self, face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self.blend_fn is None:
-            from dfdetect.sbi import self_blend
+    def _blend(self, face: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(real, fake) for one SBI pair.
 
-            self.blend_fn = self_blend
-        return self.blend_fn(face, rng)[0]
+        ``sbi_pair`` JPEG-compresses both halves at the same quality; compressing only the fake would
+        teach the model "recompressed = fake" instead of blending boundaries.
+        """
+        if self.blend_fn is not None:
+            return face, self.blend_fn(face, rng)[0]
+        from dfdetect.sbi import sbi_pair
+
+        pair = sbi_pair(face, rng)
+        return pair.real, pair.fake
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -422,7 +431,7 @@ class PairDataset(CropDataset):
             z = torch.zeros((2, 3, self.input_size, self.input_size))
             return z, torch.tensor([0.0, 1.0]), torch.zeros(2)
         if rng.random() < self.sbi:
-            fake = self._blend(real, rng)
+            real, fake = self._blend(real, rng)
         else:
             pool = self.partners[i] or self.fake
             fake = self._read(int(pool[rng.integers(len(pool))]))

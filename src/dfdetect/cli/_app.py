@@ -13,7 +13,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from dfdetect.errors import DfdetectError
 from dfdetect.stage import ProgressCallback, StageReport
@@ -33,6 +40,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ProtocolOpt = Annotated[str, typer.Option("--protocol", help="'seed' reproduces the report; 'default' works.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Processes for preprocessing (0 = serial).")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="'process' (local pool) or 'ray' (Ray tasks).")]
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (default: local).")]
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ("process", "ray"):
+        raise DfdetectError(f"unknown engine {engine!r}; use 'process' or 'ray'")
+    return engine
 
 
 def handle_errors(fn: F) -> F:

@@ -20,9 +20,12 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from dfdetect.cli._app import (
+    EngineOpt,
     ProtocolOpt,
+    RayAddressOpt,
     WorkersOpt,
     app,
+    check_engine,
     console,
     handle_errors,
     out,
@@ -32,8 +35,6 @@ from dfdetect.cli._app import (
 from dfdetect.config import FaceConfig, FrameConfig, Protocol, SRMConfig
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 
-EngineOpt = Annotated[str, typer.Option("--engine", help="'process' (local pool) or 'ray' (Ray tasks).")]
-RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (default: local).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors the input structure).")]
 
 
@@ -51,12 +52,6 @@ def _override(base: BaseModel, **updates: Any) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise DfdetectError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
-
-
-def _engine(engine: str) -> str:
-    if engine not in ("process", "ray"):
-        raise DfdetectError(f"unknown engine {engine!r}; use 'process' or 'ray'")
-    return engine
 
 
 @app.command("frames")
@@ -82,7 +77,7 @@ def frames_cmd(
     if not dataset.items:
         raise NothingUsableError("no videos or images found", path=source)
     with progress_bar(f"frames x{cfg.num_frames}", len(dataset.items)) as advance:
-        report = extract_frames(dataset.items, out_dir, cfg, workers=workers, engine=_engine(engine),
+        report = extract_frames(dataset.items, out_dir, cfg, workers=workers, engine=check_engine(engine),
                                 ray_address=ray_address, progress=advance)
     print_report(report)
 
@@ -118,7 +113,7 @@ def faces_cmd(
     if not frames_dir.is_dir():
         raise BadInputError("frames folder not found", path=frames_dir)
     with progress_bar(f"faces ({cfg.detector})", len(frame_files(frames_dir))) as advance:
-        report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=_engine(engine),
+        report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=check_engine(engine),
                                ray_address=ray_address, progress=advance)
     print_report(report)
 
@@ -144,7 +139,7 @@ def srm_cmd(
         raise BadInputError("faces folder not found", path=faces_dir)
     total = len(frame_files(faces_dir))
     with progress_bar(f"srm ({cfg.mode})", total) as advance:
-        report = make_srm_copy(faces_dir, out_dir, cfg, workers=workers, engine=_engine(engine),
+        report = make_srm_copy(faces_dir, out_dir, cfg, workers=workers, engine=check_engine(engine),
                                ray_address=ray_address, progress=advance)
     print_report(report)
 

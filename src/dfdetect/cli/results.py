@@ -22,16 +22,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from dfdetect.cli._app import (
+    EngineOpt,
     ProtocolOpt,
+    RayAddressOpt,
     WorkersOpt,
     app,
+    check_engine,
     console,
     handle_errors,
     out,
     print_report,
     progress_bar,
 )
-from dfdetect.cli.data import EngineOpt, RayAddressOpt, _engine
 from dfdetect.errors import BadInputError, DfdetectError
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
@@ -167,7 +169,7 @@ def study(
 
     names = _backbones(backbones) or DEFAULT_BACKBONES
     result = run_pipeline(source, out_dir, _protocol(protocol), backbones=names, crops=crops, workers=workers,
-                          engine=_engine(engine), ray_address=ray_address, progress=progress_bar,
+                          engine=check_engine(engine), ray_address=ray_address, progress=progress_bar,
                           on_stage=print_report)
     _print_pipeline(result)
 

@@ -14,7 +14,7 @@ def test_frame_metrics_match_sklearn_and_confusion_uses_fake_as_positive():
     p = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
     m = compute_metrics(y, p, threshold=0.5)
     assert m.frame_auc == pytest.approx(roc_auc_score(y, p))
-    (tn, fp), (fn, tp) = m.confusion
+    (tn, _fp), (_fn, tp) = m.confusion
     assert tp == int(((p >= 0.5) & (y == 1)).sum())
     assert tn == int(((p < 0.5) & (y == 0)).sum())
     assert m.accuracy == pytest.approx((tp + tn) / 200)
@@ -30,7 +30,7 @@ def test_video_auc_averages_frames_per_video():
     assert m.frame_auc < 1.0
     assert m.video_auc == 1.0
     assert m.n_videos == 4
-    ids, yv, pv = video_scores(y, p, videos, "max")
+    ids, _yv, pv = video_scores(y, p, videos, "max")
     assert ids == ["a", "b", "c", "d"] and pv[0] == pytest.approx(0.9)
 
 

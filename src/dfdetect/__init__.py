@@ -27,7 +27,8 @@ _API = {
     "run_study": "dfdetect.study",
     "predict_path": "dfdetect.predict",
 }
-__all__ = sorted(_API)
+__all__ = ["Detector", "Protocol", "build_crop_table", "compute_metrics", "create_backbone", "discover",
+           "extract_faces", "extract_frames", "list_backbones", "make_srm_copy", "predict_path", "run_study"]
 
 
 def __getattr__(name: str) -> Any:

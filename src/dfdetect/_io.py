@@ -17,7 +17,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

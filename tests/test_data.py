@@ -207,3 +207,26 @@ def test_pairs_put_a_fake_with_its_source_real(tmp_path):
         assert torch.equal(x[1], CropDataset(t, input_size=8, data_config=DC)[3][0])  # a's fake, every time
     with pytest.raises(NothingUsableError, match="needs fake crops"):
         PairDataset(t.subset([0, 1, 2]), input_size=8, data_config=DC)
+
+
+def test_crop_lookup_ignores_a_killed_runs_temp_files(tmp_path):
+    """Regression: an atomic write's temp file (.00001.png.x1y2.png) left by a SIGKILL joined the crops."""
+    _celebdf(tmp_path / "cdf", tmp_path / "faces", frames=2)
+    _img(tmp_path / "faces" / "Celeb-real" / "id0_0000" / ".00001.png.k2j3.png")
+    t = build_crop_table(discover(tmp_path / "cdf"), tmp_path / "faces")
+    rows = [t.paths[i].name for i, v in enumerate(t.videos) if v == "Celeb-real/id0_0000"]
+    assert rows == ["00000.png", "00001.png"]
+
+
+@pytest.mark.parametrize("n_real, n_fake", [(3, 3), (2, 5), (6, 6)])
+def test_random_split_of_a_tiny_table_does_not_crash(n_real, n_fake):
+    """Regression: 6 crops, seed protocol: sklearn refused to stratify a 1-row validation set (ValueError
+    traceback from `dfdetect train`)."""
+    tr, va, _ = split_table(_table(n_real, n_fake), TrainConfig(split="random", seed=0))
+    assert len(tr) > 0 and len(va) > 0 and len(tr) + len(va) == n_real + n_fake
+
+
+def test_group_split_of_a_tiny_table_does_not_crash():
+    """Regression: 4 real + 4 fake crops in 8 groups: StratifiedGroupKFold(n_splits=7) raised ValueError."""
+    tr, va, _ = split_table(_table(4, 4), TrainConfig(split="group", seed=0))
+    assert len(tr) > 0 and len(va) > 0 and len(tr) + len(va) == 8

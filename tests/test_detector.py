@@ -93,3 +93,34 @@ def test_load_errors_are_one_line(det, tmp_path):
     with pytest.raises(WeightsError) as err:
         Detector.load(tmp_path / "swapped.safetensors")
     assert "do not fit backbone 'efficientnet_lite0'" in str(err.value) and "\n" not in str(err.value)
+
+
+def _resaved(det, tmp_path, name, **meta_updates):
+    good = det.save(tmp_path / "good.safetensors")
+    with safe_open(str(good), framework="pt") as fh:
+        meta, state = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    save_file(state, str(tmp_path / name), metadata={**meta, **meta_updates})
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("threshold", ["nan", "1.5", "-0.1"])
+def test_damaged_threshold_is_refused(det, tmp_path, threshold):
+    """Regression: a NaN threshold loaded fine and every verdict silently became 'real'."""
+    path = _resaved(det, tmp_path, "thr.safetensors", threshold=threshold)
+    with pytest.raises(WeightsError, match=r"threshold .* is not in \[0, 1\]") as err:
+        Detector.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_unknown_backbone_in_metadata_names_the_file(det, tmp_path):
+    path = _resaved(det, tmp_path, "bb.safetensors", backbone="nope")
+    with pytest.raises(WeightsError, match="unknown backbone 'nope'") as err:
+        Detector.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_tensor_mismatch_message_stays_short(det, tmp_path):
+    path = _resaved(det, tmp_path, "sw.safetensors", backbone="efficientnet_lite0")
+    with pytest.raises(WeightsError) as err:
+        Detector.load(path)
+    assert len(str(err.value)) < 500

@@ -171,3 +171,25 @@ def test_extract_frames_jpg_and_image_items(tmp_path):
     report = F.extract_frames([_item(img, "real/x.jpg")], tmp_path / "out", FrameConfig(num_frames=8,
                                                                                         image_format="jpg"))
     assert report.written == 1 and (tmp_path / "out" / "real" / "x" / "00000.jpg").is_file()
+
+
+def test_truncated_faststart_mp4_keeps_the_frames_before_the_cut(tmp_path):
+    """Regression: an mp4 with its index up front (faststart) cut mid-packet raised at the decoder's final
+    flush and in the sequential fallback, so the frames already decoded were thrown away ("cannot decode")."""
+    video = tmp_path / "fs.mp4"
+    with av.open(str(video), "w", options={"movflags": "faststart"}) as out:  # make_video's GOPs, index first
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.options = {"x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=3"}
+        base = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+        for i in range(48):
+            img = base.copy()
+            cv2.rectangle(img, ((i * 5) % 80, 10), ((i * 5) % 80 + 15, 30), (255, 255 - 4 * i % 255, 0), -1)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")))
+        out.mux(stream.encode())
+    data = video.read_bytes()
+    for frac in (0.55, 0.6, 0.65):
+        cut = tmp_path / f"cut{frac}.mp4"
+        cut.write_bytes(data[: int(len(data) * frac)])
+        got = F.read_frames(cut, 20)
+        assert 0 < len(got) < 20 and got[0][0] == 0

@@ -125,3 +125,30 @@ def test_ffpp_and_dfdc_layouts(tmp_path):
 def test_shared_dfdc_faces_load(shared_data):
     ds = discover(shared_data / "dfdc-faces")
     assert ds.counts()["real"] == 3000 and ds.counts()["fake"] == 3000
+
+
+def test_csv_that_is_not_utf8_text_is_one_line(tmp_path):
+    """Regression: a binary or non-UTF-8 CSV gave a UnicodeDecodeError traceback."""
+    bad = tmp_path / "labels.csv"
+    bad.write_bytes(b"\xff\xfe\x00p\x00a\x00t\x00h")
+    with pytest.raises(BadInputError, match="cannot read as a UTF-8 CSV") as err:
+        discover(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_csv_with_bom_and_short_rows(tmp_path):
+    """A spreadsheet's byte-order mark does not hide 'path'; a row that stops before its path is skipped."""
+    _touch(tmp_path, "real/a.jpg")
+    (tmp_path / "bom.csv").write_bytes("\ufeffpath,label\nreal/a.jpg,real\n".encode())
+    assert len(load_csv(tmp_path / "bom.csv").items) == 1
+    (tmp_path / "short.csv").write_text("label,path\nreal\nreal,real/a.jpg\n")
+    ds = load_csv(tmp_path / "short.csv")
+    assert len(ds.items) == 1 and ds.skipped == [f"{tmp_path / 'short.csv'}:2: no path"]
+
+
+def test_generate_labels_ignores_hidden_temp_files(tmp_path):
+    """Regression: a killed run's atomic-write temp file (.00000.png.x1y2.png) was labelled as data."""
+    _touch(tmp_path, "Celeb-real/id0_0000/00000.png")
+    _touch(tmp_path, "Celeb-real/id0_0000/.00001.png.k2j3.png")
+    lines = generate_labels(tmp_path, "Celeb-real", Label.REAL, dest=tmp_path / "labels.txt")
+    assert [line.path for line in lines] == ["Celeb-real/id0_0000/00000.png"]

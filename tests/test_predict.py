@@ -247,3 +247,44 @@ def test_real_videos_and_face_crops(shared_data):
     for c in crops:
         [res] = P.predict_path(c, scorer, crops=True)
         assert res.verdict in ("fake", "real") and res.n_faces == 1
+
+
+def test_empty_folder_is_a_named_skip(tmp_path, monkeypatch):
+    """Regression: an empty folder said only "0 skipped" and "nothing usable" about '.'."""
+    use_stand_in_faces(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    report = StageReport("predict", tmp_path)
+    assert list(P.iter_predict([tmp_path / "empty"], RedScorer(), report=report)) == []
+    assert len(report.failed) == 1 and str(tmp_path / "empty") in report.failed[0]
+    assert "no videos or images" in report.failed[0]
+
+
+def test_cli_save_same_named_inputs_do_not_overwrite(tmp_path, monkeypatch):
+    """Regression: a/clip.mp4 and b/clip.mp4 both wrote vis/clip_*.png; the second erased the first."""
+    from dfdetect.cli import app, use
+
+    use_stand_in_faces(monkeypatch)
+    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    clips = [two_face_video(tmp_path / d / "clip.mp4") for d in ("a", "b")]
+    r = CliRunner().invoke(app, ["predict", *map(str, clips), "--model", str(tmp_path / "m.safetensors"),
+                                 "--frames", "4", "--save", str(tmp_path / "vis")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == [
+        "clip-2_faces.png", "clip-2_scores.png", "clip_faces.png", "clip_scores.png"]
+
+
+def test_cli_unwritable_json_or_save_fails_before_scoring(tmp_path, monkeypatch):
+    """Regression: --json naming a folder (or --save naming a file) failed only after every file was scored."""
+    from dfdetect.cli import app, use
+
+    calls: list[str] = []
+    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: calls.append("loaded") or RedScorer())
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    video = str(two_face_video(tmp_path / "clip.mp4"))
+    for flag, target, msg in (("--json", "adir", "--json names a folder"), ("--save", "afile", "--save names a file")):
+        r = CliRunner().invoke(app, ["predict", video, "--model", "m.safetensors", flag, str(tmp_path / target)])
+        assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output
+    assert calls == []

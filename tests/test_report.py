@@ -127,3 +127,24 @@ def test_train_run_folder_gets_its_curves_drawn(tmp_path):
     text = page.read_text()
     assert parsed.tags.count("img") == 1 and "val_youden" in text and "a note" in text
     assert not list(run.glob("*.png"))  # drawn into the page, not left in the run folder
+
+
+@pytest.mark.parametrize("name, text", [
+    ("metrics.json", "[1, 2]"),
+    ("metrics.json", '{"threshold": 0.5, "confusion": [1, 2]}'),
+    ("scores.csv", "path,label\nx.png,1\n"),
+    ("scores.csv", "path,video,label,p_fake\nx.png,v,1,abc\n"),
+    ("history.json", '{"epoch": 1}'),
+    ("train.json", '{"counts": [1, 2]}'),
+])
+def test_damaged_run_file_becomes_a_note_not_a_traceback(tmp_path, name, text):
+    """Regression: a hand-edited or damaged run file (wrong JSON shape, bad CSV row) crashed the report."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"frame_auc": 0.7, "threshold": 0.5,
+                                                  "confusion": [[1, 0], [0, 1]]}))
+    (run / name).write_text(text)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert f"{name}: cannot read" in page

@@ -179,3 +179,29 @@ def test_study_on_a_slice_of_dfdc_faces(shared_data, tmp_path):
     res = run_pipeline(sub, tmp_path / "out", _tiny_seed(), backbones=["mobilenet_v2"], pretrained=False)
     assert [c.status for c in res.study.cells] == ["trained", "trained"]
     assert len(res.prepared.tables["srm"].paths) == len(res.prepared.tables["faces"].paths) == 24
+
+
+def test_cli_unknown_backbone_fails_before_any_stage(tmp_path):
+    """Regression: --backbones nope ran frames/faces/SRM, marked every cell failed and exited 0."""
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    src = _face_folder(tmp_path / "crops", n=2)
+    res = CliRunner().invoke(app, ["study", str(src), "--out", str(tmp_path / "out"), "--backbones", "nope"])
+    assert res.exit_code == 1 and "unknown backbone 'nope'" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(app, ["train", str(src), "--out", str(tmp_path / "out"), "--backbone", "nope"])
+    assert res.exit_code == 1 and "unknown backbone 'nope'" in res.output
+
+
+def test_cli_study_with_no_cell_trained_exits_1(tmp_path, stubs):
+    """Nothing usable left (every backbone skipped or failed): the table is written, the exit code is 1."""
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    src = _face_folder(tmp_path / "crops", n=4)
+    res = CliRunner().invoke(app, ["study", str(src), "--out", str(tmp_path / "out"), "--backbones", "vgg16"])
+    assert res.exit_code == 1 and "no cell could be trained" in res.output and "Traceback" not in res.output
+    assert (tmp_path / "out" / "study" / "table.md").is_file()

@@ -174,3 +174,17 @@ def test_fold_batchnorm_keeps_features_and_refuses_a_wrong_fold(monkeypatch):
 
     monkeypatch.setattr(fusion, "fuse_conv_bn_eval", broken)
     assert fold_batchnorm(m) is m  # the check caught the wrong weights
+
+
+def test_full_mode_with_no_readable_crop_is_nothing_usable(tmp_path):
+    """Regression: full mode masked every unreadable crop, "trained" on none, saved a detector, exit 0."""
+    from dfdetect.errors import NothingUsableError
+
+    for label in ("real", "fake"):
+        (tmp_path / "d" / label).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "d" / label / f"{i}.png").write_bytes(b"not a png")
+    bad = build_crop_table(discover(tmp_path / "d"), None)
+    with pytest.raises(NothingUsableError, match="no readable training crops"):
+        train(bad, _proto(Protocol.default(), epochs=1, batch_size=4), tmp_path / "run")
+    assert not (tmp_path / "run" / "detector.safetensors").exists()

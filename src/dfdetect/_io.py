@@ -25,17 +25,28 @@ os.umask(_UMASK)
 def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside ``dest``; rename it over ``dest`` only if the block succeeds."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix, dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix, dir=dest.parent)
+    except OSError as exc:
+        raise _naming(exc, dest) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         # mkstemp makes the file 0600; give the output the mode a plain open() would have.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, dest)
+        try:
+            os.replace(tmp_path, dest)
+        except OSError as exc:
+            raise _naming(exc, dest) from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _naming(exc: OSError, dest: Path) -> OSError:
+    """The same error, naming ``dest`` rather than the hidden temp file the user never asked for."""
+    return type(exc)(exc.errno, f"cannot write ({exc.strerror or exc})", str(dest))
 
 
 def write_text(dest: str | Path, text: str) -> Path:

@@ -99,7 +99,9 @@ def _even_pick(files: list[Path], k: int | None) -> list[Path]:
 def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # Hidden files are never crops: a killed run can leave an atomic write's ".00003.png.x1y2.png" behind.
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
@@ -220,7 +222,9 @@ def _random_split(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(y.size)
-    strat = y if np.bincount(y, minlength=2).min() >= 2 else None
+    n_val = int(np.ceil(frac * y.size))  # what train_test_split takes; stratifying needs a row of each class
+    n_cls = np.unique(y).size
+    strat = y if np.bincount(y, minlength=2).min() >= 2 and min(n_val, y.size - n_val) >= n_cls else None
     tr, va = train_test_split(idx, test_size=frac, random_state=seed, stratify=strat)
     return np.sort(tr), np.sort(va)
 
@@ -229,7 +233,8 @@ def _component_split(y: np.ndarray, comp: np.ndarray, frac: float, seed: int) ->
     """Stratified group split: the first fold of StratifiedGroupKFold with about 1/frac folds."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    n_splits = max(2, round(1 / frac))
+    # sklearn refuses more folds than the larger class has rows: a tiny set gets fewer, larger folds.
+    n_splits = max(2, min(round(1 / frac), int(np.bincount(y).max())))
     skf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     tr, va = next(skf.split(np.zeros(y.size), y, groups=comp))
     return np.sort(tr), np.sort(va)

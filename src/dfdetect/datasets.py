@@ -216,25 +216,35 @@ def load_csv(csv_path: str | Path) -> Dataset:
     root = csv_path.parent
     items: list[MediaItem] = []
     skipped: list[str] = []
-    with csv_path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        if "path" not in fields or "label" not in fields:
-            raise BadInputError(f"CSV needs 'path' and 'label' columns, found {fields}", path=csv_path)
-        group_col = next((c for c in GROUP_COLUMNS if c in fields), None)
-        for n, row in enumerate(reader, start=2):
-            try:
-                label = parse_label_name(row["label"])
-            except ValueError as exc:
-                skipped.append(f"{csv_path}:{n}: {exc}")
-                continue
-            path = (root / row["path"]).resolve()
-            if not path.is_file():
-                skipped.append(f"{path}: listed in {csv_path.name} but not found")
-                continue
-            group = (row.get(group_col) or "").strip() if group_col else ""
-            group = Path(group).stem if group else Path(row["path"]).with_suffix("").as_posix()
-            items.append(MediaItem(path, Path(row["path"]).as_posix(), label, (group,)))
+    try:
+        # utf-8-sig: the byte-order mark a spreadsheet writes would otherwise hide the 'path' column.
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"cannot read as a UTF-8 CSV ({type(exc).__name__}: {str(exc)[:120]})",
+                            path=csv_path) from None
+    if "path" not in fields or "label" not in fields:
+        raise BadInputError(f"CSV needs 'path' and 'label' columns, found {fields}", path=csv_path)
+    group_col = next((c for c in GROUP_COLUMNS if c in fields), None)
+    for n, row in enumerate(rows, start=2):
+        try:
+            label = parse_label_name(row["label"])
+        except ValueError as exc:
+            skipped.append(f"{csv_path}:{n}: {exc}")
+            continue
+        rel = row.get("path") or ""  # None when a short row ends before the path column
+        if not rel.strip():
+            skipped.append(f"{csv_path}:{n}: no path")
+            continue
+        path = (root / rel).resolve()
+        if not path.is_file():
+            skipped.append(f"{path}: listed in {csv_path.name} but not found")
+            continue
+        group = (row.get(group_col) or "").strip() if group_col else ""
+        group = Path(group).stem if group else Path(rel).with_suffix("").as_posix()
+        items.append(MediaItem(path, Path(rel).as_posix(), label, (group,)))
     return Dataset(root, "csv", items, skipped)
 
 

@@ -187,13 +187,20 @@ class Detector:
             backbone = meta.get("backbone", protocol.model.backbone)
         except (KeyError, ValueError, ValidationError) as exc:
             raise WeightsError(f"detector metadata is damaged ({type(exc).__name__})", path=path) from None
+        if not 0.0 <= threshold <= 1.0:  # also NaN: every verdict would silently be "real"
+            raise WeightsError(f"detector metadata is damaged (threshold {threshold} is not in [0, 1])", path=path)
         m = protocol.model
-        model = create_backbone(backbone, pretrained=False, srm_in_model=m.srm_in_model, pool=m.pool,
-                                num_classes=1, drop_rate=m.drop_rate)
+        try:
+            model = create_backbone(backbone, pretrained=False, srm_in_model=m.srm_in_model, pool=m.pool,
+                                    num_classes=1, drop_rate=m.drop_rate)
+        except DfdetectError as exc:  # e.g. a backbone this version does not know
+            raise WeightsError(f"cannot rebuild the model ({exc})", path=path) from None
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:200]
+            lines = str(exc).splitlines()
+            first = lines[1].strip() if len(lines) > 1 else str(exc)
+            first = first if len(first) <= 300 else first[:300] + " ..."  # not hundreds of key names
             raise WeightsError(f"weights do not fit backbone {backbone!r}: {first}", path=path) from None
         model.weights_id = meta.get("weights_id", "file")
         return cls.from_model(model, protocol, threshold)

@@ -130,11 +130,14 @@ def _decode_sequential(container, stream, wanted: set[int]) -> dict[int, np.ndar
     """Frame i = i-th decoded frame. Slow but needs no timestamps; the fallback and the test oracle."""
     container.seek(0)
     out: dict[int, np.ndarray] = {}
-    for i, frame in enumerate(container.decode(stream)):
-        if i in wanted:
-            out[i] = _bgr(frame)
-            if len(out) == len(wanted):
-                break
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                out[i] = _bgr(frame)
+                if len(out) == len(wanted):
+                    break
+    except av.FFmpegError:  # damaged from here on (a truncated file): the frames before it still count
+        pass
     return out
 
 
@@ -193,7 +196,10 @@ def _decode_seeking(container, stream, idx: _PacketIndex, wanted: list[int],
                 break
         if ended:  # end of stream: flush what the decoder still holds; the rest cannot be had from here
             cc.skip_frame = "DEFAULT"
-            _collect(cc.decode(None), need, target_pts, out)
+            try:
+                _collect(cc.decode(None), need, target_pts, out)
+            except av.FFmpegError:  # a truncated last packet: keep the frames already decoded
+                pass
             packets = None
             need = {p for p in need if start_of[p] not in tried_from}
     cc.skip_frame = "DEFAULT"

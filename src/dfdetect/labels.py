@@ -104,8 +104,10 @@ def generate_labels(
     folder = root / subfolder
     if not folder.is_dir():
         raise BadInputError("folder not found", path=folder)
+    # Hidden files (a killed run's atomic-write temp files, macOS "._x.png") are not data.
     files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not p.name.startswith(".")
     )
     new = [LabelLine(label, p.relative_to(root).as_posix()) for p in files]
     dest = Path(dest)

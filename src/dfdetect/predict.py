@@ -392,6 +392,8 @@ def iter_predict(
         except BadInputError as exc:
             report.failed.append(str(exc))
             continue
+        if not files:  # an empty folder is a skipped input too, named, not a silent "0 skipped"
+            report.failed.append(f"{root}: no videos or images ({', '.join(sorted(MEDIA_SUFFIXES))}) in the folder")
         root_p = Path(root)
         for f in files:
             if detector is None and not (kwargs.get("crops") and f.suffix.lower() in IMAGE_SUFFIXES):
@@ -530,10 +532,20 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(name).with_suffix("")).strip("/")).strip("_") or "file"
 
 
-def save_visuals(result: PredictResult, out_dir: str | Path) -> list[Path]:
-    """Write ``<name>_faces.png`` (contact sheet), ``<name>_scores.png`` and ``<name>_gradcam.png``."""
+def save_visuals(result: PredictResult, out_dir: str | Path, *, taken: set[str] | None = None) -> list[Path]:
+    """Write ``<name>_faces.png`` (contact sheet), ``<name>_scores.png`` and ``<name>_gradcam.png``.
+
+    ``taken``: names used earlier in the same run; ``a/clip.mp4`` and ``b/clip.mp4`` (or ``clip.jpg``)
+    then get ``clip`` and ``clip-2`` instead of the second overwriting the first's pictures.
+    """
     out_dir = Path(out_dir)
-    stem = _slug(result.rel or Path(result.file).name)
+    stem = base = _slug(result.rel or Path(result.file).name)
+    if taken is not None:
+        n = 1
+        while stem in taken:
+            n += 1
+            stem = f"{base}-{n}"
+        taken.add(stem)
     written = [plot_scores(result, out_dir / f"{stem}_scores.png")]
     for suffix, img in (("faces", contact_sheet(result)), ("gradcam", gradcam_sheet(result))):
         if img is not None:

@@ -140,31 +140,50 @@ def _history_figure(path: Path) -> str:
         return _png(plot_history(history, Path(tmp) / HISTORY_PNG, title=path.parent.name))
 
 
+def _damaged(path: Path, exc: Exception) -> str:
+    return f"<p class='note'>{html.escape(str(path))}: cannot read ({html.escape(f'{type(exc).__name__}: {exc}')})</p>"
+
+
+# A run file edited by hand or from another version must not cost the whole page: its part becomes a note.
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
 def _run_section(run: Path, title: str, n_errors: int) -> str:
     parts = [f"<h2>{html.escape(title)}</h2>"]
     metrics: dict[str, Any] = {}
     if (run / METRICS_JSON).is_file():
         try:
             metrics = json.loads((run / METRICS_JSON).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            parts.append(f"<p class='note'>{html.escape(str(run / METRICS_JSON))}: cannot read ({exc})</p>")
-    if metrics:
-        parts.append(_metrics_table(metrics))
-    elif (run / HISTORY_JSON).is_file():
+            if not isinstance(metrics, dict):
+                raise TypeError(f"expected a JSON object, found {type(metrics).__name__}")
+            parts.append(_metrics_table(metrics) if metrics else "")
+        except _DAMAGE as exc:
+            metrics = {}
+            parts.append(_damaged(run / METRICS_JSON, exc))
+    if not metrics and (run / HISTORY_JSON).is_file():
         parts.append("<p class='muted'>A training run: validation curves below; score a labelled set with "
                      "<code>dfdetect evaluate</code> for test metrics.</p>")
     if (run / TRAIN_JSON).is_file():
-        parts.append(_train_table(run / TRAIN_JSON))
+        try:
+            parts.append(_train_table(run / TRAIN_JSON))
+        except _DAMAGE as exc:
+            parts.append(_damaged(run / TRAIN_JSON, exc))
     pngs = sorted(run.glob("*.png"), key=lambda p: (FIGURE_ORDER.index(p.name) if p.name in FIGURE_ORDER
                                                      else len(FIGURE_ORDER), p.name))
     figs = [_png(p) for p in pngs]
     if (run / HISTORY_JSON).is_file() and not (run / HISTORY_PNG).is_file():
-        figs.insert(0, _history_figure(run / HISTORY_JSON))  # a train run: draw its curves here
+        try:
+            figs.insert(0, _history_figure(run / HISTORY_JSON))  # a train run: draw its curves here
+        except _DAMAGE as exc:
+            parts.append(_damaged(run / HISTORY_JSON, exc))
     if figs:
         parts.append(f"<div class='figs'>{''.join(figs)}</div>")
     if metrics:
-        parts.append(_errors_html(run, metrics, n_errors))
-    return "\n".join(parts)
+        try:
+            parts.append(_errors_html(run, metrics, n_errors))
+        except _DAMAGE as exc:
+            parts.append(_damaged(run / SCORES_CSV, exc))
+    return "\n".join(p for p in parts if p)
 
 
 def _markdown_table(md: str) -> str:

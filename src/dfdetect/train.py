@@ -299,8 +299,14 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             n_seen += n
             if progress is not None and info.is_main:
                 progress(len(x))
+        # Head mode refuses this up front; here unreadable rows are masked, so an all-unreadable split
+        # would otherwise "train" on nothing and save a detector (rank 0 decides, so all ranks stop together).
+        if bool(broadcast_object(n_seen == 0, info)):
+            raise NothingUsableError("no readable training crops (every one failed to decode)")
         # Every rank scores the whole (small) validation set with identical weights.
         p, yv, okv = _predict(model, val_dl, device, protocol.model.tta_flip)
+        if not okv.any():
+            raise NothingUsableError("no readable validation crops (every one failed to decode)")
         p, yv = p[okv], yv[okv]
         rec = _epoch_record(epoch, tot_loss / max(n_seen, 1), tot_ok / max(n_seen, 1), yv, p)
         history.append(rec)

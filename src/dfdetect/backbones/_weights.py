@@ -55,8 +55,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is one user-facing line
-        raise WeightsError(f"cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-                           path=path) from None
+        raise WeightsError(f"cannot read weights ({_why(exc)})", path=path) from None
     for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -66,6 +65,24 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not tensors:
         raise WeightsError("holds no tensors", path=path)
     return tensors
+
+
+def _why(exc: BaseException) -> str:
+    """One short line for a reader failure; an empty file (EOFError) has no message of its own."""
+    if _is_pickle_refusal(exc):
+        return ("not a torch.save file of tensors: garbage, or it holds Python objects, which are never "
+                "unpickled (weights_only=True)")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return f"{type(exc).__name__}: empty or truncated file"
+    return f"{type(exc).__name__}: {lines[0][:200]}"
+
+
+def _is_pickle_refusal(exc: BaseException) -> bool:
+    """torch's weights_only refusal, whose text advises weights_only=False: never repeat that advice."""
+    import pickle
+
+    return isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc)
 
 
 def offline_weights_path(offline: OfflineWeights) -> Path | None:

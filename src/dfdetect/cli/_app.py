@@ -60,8 +60,18 @@ def handle_errors(fn: F) -> F:
         except DfdetectError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except OSError as exc:  # an output the disk refuses (a folder in the way, no permission, full)
+            console.print(f"[bold red]error:[/] {os_error_line(exc)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_error_line(exc: OSError) -> str:
+    """``file: problem`` for an OSError, the one line the CLI prints instead of a traceback."""
+    where = exc.filename2 if exc.filename2 is not None else exc.filename
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {what}" if where is not None else what
 
 
 @contextmanager

@@ -44,6 +44,10 @@ def _protocol(name: str) -> Protocol:
     return Protocol.named(name)  # type: ignore[arg-type]
 
 
+#: Config fields whose command-line flag is not the field's own name.
+_FLAG_OF = {"num_frames": "--frames", "image_format": "--format", "output_size": "--size"}
+
+
 def _override(base: BaseModel, **updates: Any) -> Any:
     """``base`` with the options the user set (None = not set, keep the protocol's value), validated."""
     data = {**base.model_dump(), **{k: v for k, v in updates.items() if v is not None}}
@@ -51,7 +55,17 @@ def _override(base: BaseModel, **updates: Any) -> Any:
         return type(base).model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise DfdetectError(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}") from None
+        field = "_".join(str(p) for p in err["loc"])
+        flag = _FLAG_OF.get(field, "--" + field.replace("_", "-"))
+        raise DfdetectError(f"{flag}: {err['msg']}") from None
+
+
+def _separate(src: Path, out_dir: Path, what: str) -> None:
+    """Refuse --out at or under the input: its images would be "reused" as outputs (or read as inputs)."""
+    src_r, out_r = src.resolve(), out_dir.resolve()
+    if out_r == src_r or src_r in out_r.parents:
+        raise DfdetectError(f"--out {out_dir} is inside the {what} folder {src}; choose a separate folder "
+                            "(existing images there would be taken for finished outputs)")
 
 
 @app.command("frames")
@@ -112,6 +126,7 @@ def faces_cmd(
                                 detect_max_side=detect_max_side, min_score=min_score)
     if not frames_dir.is_dir():
         raise BadInputError("frames folder not found", path=frames_dir)
+    _separate(frames_dir, out_dir, "frames")
     with progress_bar(f"faces ({cfg.detector})", len(frame_files(frames_dir))) as advance:
         report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=check_engine(engine),
                                ray_address=ray_address, progress=advance)
@@ -137,6 +152,7 @@ def srm_cmd(
     cfg: SRMConfig = _override(_protocol(protocol).srm, mode=mode, clip=clip)
     if not faces_dir.is_dir():
         raise BadInputError("faces folder not found", path=faces_dir)
+    _separate(faces_dir, out_dir, "faces")
     total = len(frame_files(faces_dir))
     with progress_bar(f"srm ({cfg.mode})", total) as advance:
         report = make_srm_copy(faces_dir, out_dir, cfg, workers=workers, engine=check_engine(engine),

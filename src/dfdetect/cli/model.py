@@ -97,11 +97,16 @@ def train_cmd(
     for flag, value, allowed in (("--mode", mode, ("head", "full")), ("--pseudo-fakes", pseudo_fakes, ("none", "sbi"))):
         if value is not None and value not in allowed:
             raise BadInputError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+    if backbone is not None:
+        from dfdetect.cli.results import check_backbones
+
+        check_backbones([backbone])
     proto = _protocol(protocol,
                       {"backbone": backbone, "weights": weights, "pretrained": pretrained, "srm_in_model": srm_in_model,
                        "input_size": input_size},
                       {"mode": mode, "epochs": epochs, "pseudo_fakes": pseudo_fakes, "batch_size": batch_size,
                        "workers": workers or None})
+    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now (one line), not after training
     table = _table(data, crops, labels, out_dir, proto, workers)
     for line in table.skipped[:20]:
         console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)

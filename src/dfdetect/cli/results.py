@@ -34,7 +34,7 @@ from dfdetect.cli._app import (
     print_report,
     progress_bar,
 )
-from dfdetect.errors import BadInputError, DfdetectError
+from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 BackbonesOpt = Annotated[str | None, typer.Option(
@@ -52,7 +52,24 @@ def _backbones(value: str | None) -> list[str] | None:
     names = [b.strip() for b in value.split(",") if b.strip()]
     if not names:
         raise BadInputError("--backbones is empty; give names such as mobilenet_v2,vgg16")
+    check_backbones(names)
     return names
+
+
+def check_backbones(names: list[str]) -> None:
+    """Refuse an unknown name now, not after the frames and faces stages have run."""
+    from dfdetect.backbones import is_backbone, list_backbones
+
+    unknown = [n for n in names if not is_backbone(n)]
+    if unknown:
+        raise BadInputError(f"unknown backbone {', '.join(map(repr, unknown))}; choose from "
+                            f"{', '.join(list_backbones())}")
+
+
+def _raise_if_no_cell(study: Any) -> None:
+    """Exit non-zero only when nothing usable is left: no cell trained (or reused)."""
+    if not any(c.status in ("trained", "reused") for c in study.cells):
+        raise NothingUsableError("study: no cell could be trained (see the skipped lines above)", path=study.out_dir)
 
 
 def _protocol(name: str) -> Any:
@@ -172,6 +189,7 @@ def study(
                           engine=check_engine(engine), ray_address=ray_address, progress=progress_bar,
                           on_stage=print_report)
     _print_pipeline(result)
+    _raise_if_no_cell(result.study)
 
 
 @app.command()

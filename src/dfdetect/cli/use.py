@@ -84,14 +84,20 @@ def predict(
     from dfdetect._io import write_json
     from dfdetect.stage import StageReport
 
+    # Before any work: an output that cannot be written would otherwise fail after every file was scored.
+    if json_out is not None and json_out.is_dir():
+        raise DfdetectError("--json names a folder; give a file such as results.json", path=json_out)
+    if save is not None and save.exists() and not save.is_dir():
+        raise DfdetectError("--save names a file; give a folder for the pictures", path=save)
     scorer = load_scorer(model, onnx=onnx)
     report = StageReport("predict", save or Path("."))
     results = []
+    saved: set[str] = set()  # visual names used so far: same-named inputs must not overwrite each other
     with progress_bar("predict", P.count_media(paths)) as advance:
         for res in P.iter_predict(paths, scorer, report=report, progress=advance, frames=frames, crops=crops,
                                   keep_images=save is not None, explain=save is not None):
             if save is not None:
-                P.save_visuals(res, save)
+                P.save_visuals(res, save, taken=saved)
                 res.drop_images()
             results.append(res)
     if results:

@@ -205,3 +205,29 @@ def test_cli_study_with_no_cell_trained_exits_1(tmp_path, stubs):
     res = CliRunner().invoke(app, ["study", str(src), "--out", str(tmp_path / "out"), "--backbones", "vgg16"])
     assert res.exit_code == 1 and "no cell could be trained" in res.output and "Traceback" not in res.output
     assert (tmp_path / "out" / "study" / "table.md").is_file()
+
+
+def test_study_weights_reach_only_their_backbone(tmp_path):
+    """--weights BACKBONE=FILE: the file is used for that backbone's cells and no other."""
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not weights")
+    tables = {"faces": _crops(tmp_path / "faces")}
+    res = study.run_study(tables, tmp_path / "s", _tiny_seed(), backbones=["mobilenet_v2"], pretrained=False,
+                          weights={"vgg16": bad})
+    assert [c.status for c in res.cells] == ["trained"]  # vgg16's file does not touch mobilenet_v2
+    res = study.run_study(tables, tmp_path / "s2", _tiny_seed(), backbones=["mobilenet_v2"],
+                          weights={"mobilenet_v2": bad})
+    assert [c.status for c in res.cells] == ["skipped"] and str(bad) in res.skipped[0]
+
+
+def test_cli_study_weights_option_is_checked_up_front(tmp_path):
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    src = _face_folder(tmp_path / "crops", n=2)
+    for arg, msg in (("vgg16", "expected BACKBONE=FILE"), ("nope=x.pth", "unknown backbone 'nope'"),
+                     ("vgg16=missing.pth", "weights file not found")):
+        res = CliRunner().invoke(app, ["study", str(src), "--out", str(tmp_path / "out"), "--weights", arg])
+        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "out").exists()

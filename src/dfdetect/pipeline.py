@@ -11,7 +11,7 @@ recipe with the backbones whose weights ship offline.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,6 +193,7 @@ def run_pipeline(
     engine: str = "process",
     ray_address: str | None = None,
     pretrained: bool | None = None,
+    weights: Mapping[str, Path] | None = None,
     progress: ProgressFactory | None = None,
     on_stage: Callable[[StageReport], None] | None = None,
 ) -> PipelineResult:
@@ -205,7 +206,7 @@ def run_pipeline(
     prepared = prepare_crops(source, out_dir, protocol, crops=crops, workers=workers, engine=engine,
                              ray_address=ray_address, progress=progress, on_stage=on_stage)
     study = run_study(prepared.tables, out_dir / STUDY_DIR, protocol, backbones=backbones,
-                      pretrained=pretrained, progress=progress)
+                      pretrained=pretrained, weights=weights, progress=progress)
     return PipelineResult(out_dir, prepared, study, list(prepared.notes))
 
 
@@ -243,6 +244,7 @@ def run_demo(
     synth_cfg: SynthConfig | None = None,
     workers: int = 0,
     pretrained: bool | None = None,
+    weights: Mapping[str, Path] | None = None,
     progress: ProgressFactory | None = None,
     on_stage: Callable[[StageReport], None] | None = None,
 ) -> PipelineResult:

@@ -107,10 +107,13 @@ def cell_name(backbone: str, variant: str) -> str:
     return f"{backbone}-{variant}"
 
 
-def _cell_protocol(protocol: Protocol, backbone: str, pretrained: bool | None) -> Protocol:
+def _cell_protocol(protocol: Protocol, backbone: str, pretrained: bool | None,
+                   weights: Mapping[str, Path] | None = None) -> Protocol:
     update: dict[str, Any] = {"backbone": backbone}
     if pretrained is not None:
         update["pretrained"] = pretrained
+    if weights and backbone in weights:
+        update["weights"] = Path(weights[backbone])
     return protocol.model_copy(update={"model": protocol.model.model_copy(update=update)})
 
 
@@ -199,6 +202,7 @@ def run_study(
     *,
     backbones: Sequence[str] = DEFAULT_BACKBONES,
     pretrained: bool | None = None,
+    weights: Mapping[str, Path] | None = None,
     progress: ProgressFactory | None = None,
 ) -> StudyResult:
     """Run the grid and write ``table.md`` / ``table.csv`` with every cell's plots under ``out_dir``.
@@ -212,6 +216,8 @@ def run_study(
         Its train config is used for every cell; only ``model.backbone`` changes per cell.
     pretrained : bool, default=None
         Override ``protocol.model.pretrained`` (tests use ``False`` to stay offline and fast).
+    weights : mapping of backbone -> path, default=None
+        Local ImageNet weights for backbones that have none offline (VGG16, ResNet50V2 without the hub).
     progress : callable, default=None
         ``progress(description, total)`` returning a context manager that yields ``advance(n)``.
     """
@@ -226,12 +232,12 @@ def run_study(
     for backbone in backbones:  # before anything is written: a clash leaves the folder as it was
         for variant in variants:
             _check_same_protocol(out_dir / cell_name(backbone, variant),
-                                 _cell_protocol(protocol, backbone, pretrained))
+                                 _cell_protocol(protocol, backbone, pretrained, weights))
     cells: list[CellResult] = []
     skipped: list[str] = []
     test_set = ""
     for backbone in backbones:
-        proto = _cell_protocol(protocol, backbone, pretrained)
+        proto = _cell_protocol(protocol, backbone, pretrained, weights)
         no_weights = ""
         for variant in variants:
             cell_dir = out_dir / cell_name(backbone, variant)

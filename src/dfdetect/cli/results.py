@@ -167,6 +167,23 @@ def evaluate(
     _print_metrics(metrics, dest)
 
 
+def _weights(pairs: list[str] | None) -> dict[str, Path]:
+    """``["vgg16=a.pth", ...]`` -> ``{"vgg16": Path("a.pth")}``, checked before any work starts."""
+    from dfdetect.backbones import is_backbone
+
+    out: dict[str, Path] = {}
+    for pair in pairs or []:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise BadInputError(f"--weights {pair!r}: expected BACKBONE=FILE, e.g. vgg16=vgg16.safetensors")
+        if not is_backbone(name):
+            raise BadInputError(f"--weights {pair!r}: unknown backbone {name!r}")
+        if not Path(file).is_file():
+            raise BadInputError("weights file not found", path=file)
+        out[name] = Path(file)
+    return out
+
+
 @app.command()
 @handle_errors
 def study(
@@ -179,6 +196,9 @@ def study(
     workers: WorkersOpt = 0,
     engine: EngineOpt = "process",
     ray_address: RayAddressOpt = None,
+    weights: Annotated[list[str] | None, typer.Option(
+        "--weights", help="BACKBONE=FILE: local ImageNet weights for a backbone with none offline "
+        "(repeat for several), e.g. --weights vgg16=vgg16.safetensors.")] = None,
 ) -> None:
     """The seed's Table 2: frames -> faces -> SRM -> every backbone on faces and faces+SRM."""
     from dfdetect.pipeline import run_pipeline
@@ -186,8 +206,8 @@ def study(
 
     names = _backbones(backbones) or DEFAULT_BACKBONES
     result = run_pipeline(source, out_dir, _protocol(protocol), backbones=names, crops=crops, workers=workers,
-                          engine=check_engine(engine), ray_address=ray_address, progress=progress_bar,
-                          on_stage=print_report)
+                          engine=check_engine(engine), ray_address=ray_address, weights=_weights(weights),
+                          progress=progress_bar, on_stage=print_report)
     _print_pipeline(result)
     _raise_if_no_cell(result.study)
 

@@ -48,11 +48,13 @@ def test_frames_skips_and_counts_bad_videos(celebdf, tmp_path):
     text = " ".join(res.output.split())  # Rich may wrap long lines
     assert "id0_0001.mp4" in text and "cannot" in text
     assert "id0_id1_0000.mp4" in text and "empty file" in text
-    assert "8 written, 0 reused, 2 skipped" in text
+    # The default protocol samples the official test video (10 frames long) at up to 32 frames.
+    assert "14 written, 0 reused, 2 skipped" in text
+    assert len(list((out / "YouTube-real" / "00001").glob("*.jpg"))) == 10
     assert sorted(p.name for p in (out / "Celeb-real" / "id0_0000").glob("*.jpg")) == [
         "00000.jpg", "00005.jpg", "00010.jpg", "00015.jpg"]
     again = invoke("frames", celebdf, "--out", out, "--frames", "4", "--format", "jpg")
-    assert again.exit_code == 0 and "0 written, 8 reused, 2 skipped" in " ".join(again.output.split())
+    assert again.exit_code == 0 and "0 written, 14 reused, 2 skipped" in " ".join(again.output.split())
 
 
 def test_frames_seed_protocol_takes_first_frame_as_jpg(celebdf, tmp_path):

@@ -193,3 +193,23 @@ def test_truncated_faststart_mp4_keeps_the_frames_before_the_cut(tmp_path):
         cut.write_bytes(data[: int(len(data) * frac)])
         got = F.read_frames(cut, 20)
         assert 0 < len(got) < 20 and got[0][0] == 0
+
+
+def test_official_test_videos_get_more_frames(tmp_path):
+    """The default protocol trains on 8 frames per video and evaluates on 32 (issue 3)."""
+    from dataclasses import replace
+
+    src = tmp_path / "src"
+    src.mkdir()
+    make_video(src / "a.mp4", n=48)
+    make_video(src / "b.mp4", n=48)
+    train_item = _item(src / "a.mp4", "a.mp4")
+    test_item = replace(_item(src / "b.mp4", "b.mp4"), is_test=True)
+    cfg = FrameConfig(num_frames=4, test_frames=12)
+    report = F.extract_frames([train_item, test_item], tmp_path / "out", cfg)
+    assert report.written == 16 and not report.failed
+    assert len(list((tmp_path / "out" / "a").glob("*.png"))) == 4
+    assert len(list((tmp_path / "out" / "b").glob("*.png"))) == 12
+    again = F.extract_frames([train_item, test_item], tmp_path / "out", cfg)
+    assert (again.written, again.reused) == (0, 16)
+    assert FrameConfig(num_frames=4).for_item(True).num_frames == 4

@@ -24,8 +24,16 @@ class FrameConfig(_Config):
     """Which frames to take from each video."""
 
     num_frames: int = Field(1, ge=1, description="1 = the first frame (the seed); N = N evenly spaced frames")
+    test_frames: int | None = Field(None, ge=1, description="frames for videos in the official test list "
+                                    "(evaluation samples more than training); None = num_frames")
     image_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
+
+    def for_item(self, is_test: bool) -> FrameConfig:
+        """The config one video is sampled with: test videos get ``test_frames`` when set."""
+        if is_test and self.test_frames is not None and self.test_frames != self.num_frames:
+            return self.model_copy(update={"num_frames": self.test_frames})
+        return self
 
 
 class FaceConfig(_Config):
@@ -126,7 +134,7 @@ class Protocol(_Config):
         """What works: identity splits, more frames, MTCNN crops with margin, balance, fine-tuning."""
         return cls(
             name="default",
-            frames=FrameConfig(num_frames=8, image_format="png"),
+            frames=FrameConfig(num_frames=8, test_frames=32, image_format="png"),
             # detect_max_side: MTCNN on a <=640 px copy found the same faces, 1.8-2.8x faster (bench/preprocess.py)
             faces=FaceConfig(detector="mtcnn", min_size=40, margin=1.3, output_size=256, detect_max_side=640),
             # bench/quality.py's DEFAULT recipe (docs/QUALITY.md): MobileNetV2, 128 px, ~22 epochs in ~20 CPU-min

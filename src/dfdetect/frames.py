@@ -337,9 +337,9 @@ def _marker_ok(video_dir: Path, cfg: FrameConfig) -> int | None:
     return None
 
 
-def _frames_job(item: tuple[str, str], out_dir: str, cfg: FrameConfig) -> JobResult:
+def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str) -> JobResult:
     """One video (or image): write its sampled frames, skipping valid ones, then its marker."""
-    src, video_id = Path(item[0]), item[1]
+    src, video_id, cfg = Path(item[0]), item[1], item[2]
     video_dir = Path(out_dir) / video_id
     result = JobResult()
     reused = _marker_ok(video_dir, cfg)
@@ -390,15 +390,18 @@ def extract_frames(
 ) -> StageReport:
     """Write ``cfg.num_frames`` frames of every item to ``out_dir/<video_id>/<frame:05d>.<ext>``.
 
+    Items in the official test list get ``cfg.test_frames`` instead when it is set (the default
+    protocol trains on 8 frames per video and evaluates on 32).
+
     Resumable: valid existing frames are kept (``reused``), and a video whose done-marker lists
     frames that all exist is not opened at all. A bad video is one line in ``report.failed``; the
     others go on. ``progress(1)`` is called per item.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(it.path), it.video_id) for it in items]
     # Absolute paths: Ray workers (possibly on other machines) do not share our working directory.
-    results = map_items(partial(_frames_job, out_dir=str(out.resolve()), cfg=cfg), jobs, workers=workers, engine=engine,
+    jobs = [(str(it.path), it.video_id, cfg.for_item(it.is_test)) for it in items]
+    results = map_items(partial(_frames_job, out_dir=str(out.resolve())), jobs, workers=workers, engine=engine,
                         ray_address=ray_address, progress=progress)
     report = StageReport("frames", out)
     for r in results:

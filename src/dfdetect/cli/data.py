@@ -45,7 +45,8 @@ def _protocol(name: str) -> Protocol:
 
 
 #: Config fields whose command-line flag is not the field's own name.
-_FLAG_OF = {"num_frames": "--frames", "image_format": "--format", "output_size": "--size"}
+_FLAG_OF = {"num_frames": "--frames", "test_frames": "--test-frames", "image_format": "--format",
+            "output_size": "--size"}
 
 
 def _override(base: BaseModel, **updates: Any) -> Any:
@@ -74,6 +75,8 @@ def frames_cmd(
     source: Annotated[Path, typer.Argument(help="Dataset: Celeb-DF v2 / FF++ / DFDC root, real/+fake/, or a CSV.")],
     out_dir: OutOpt,
     frames: Annotated[int | None, typer.Option("--frames", "-n", help="Frames per video (1 = the first).")] = None,
+    test_frames: Annotated[int | None, typer.Option(
+        "--test-frames", help="Frames per video in the official test list (default protocol: 32).")] = None,
     image_format: Annotated[str | None, typer.Option("--format", help="png or jpg.")] = None,
     workers: WorkersOpt = 0,
     engine: EngineOpt = "process",
@@ -84,7 +87,8 @@ def frames_cmd(
     from dfdetect.datasets import discover
     from dfdetect.frames import extract_frames
 
-    cfg: FrameConfig = _override(_protocol(protocol).frames, num_frames=frames, image_format=image_format)
+    cfg: FrameConfig = _override(_protocol(protocol).frames, num_frames=frames, test_frames=test_frames,
+                                 image_format=image_format)
     dataset = discover(source)
     for line in dataset.skipped:
         console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)

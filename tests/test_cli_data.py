@@ -170,3 +170,15 @@ def test_out_inside_the_input_is_refused(tmp_path):
             assert res.exit_code == 1 and "choose a separate folder" in res.output, res.output
     assert (frames / "Celeb-real" / "id0_0000" / "00000.png").read_bytes() == before
     assert not (frames / "manifest.csv").exists() and not (frames / "sub").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, celebdf, tmp_path):
+    """An interrupted stage says how to resume instead of printing a traceback."""
+    import dfdetect.frames
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dfdetect.frames, "extract_frames", interrupted)
+    res = invoke("frames", celebdf, "--out", tmp_path / "f")
+    assert res.exit_code == 130 and "run the same command again to resume" in res.output

@@ -124,3 +124,13 @@ def test_tensor_mismatch_message_stays_short(det, tmp_path):
     with pytest.raises(WeightsError) as err:
         Detector.load(path)
     assert len(str(err.value)) < 500
+
+
+def test_a_run_folder_loads_its_detector(det, tmp_path):
+    """Users pass RUN_DIR as often as RUN_DIR/detector.safetensors; an empty folder says what is missing."""
+    det.save(tmp_path / "run" / "detector.safetensors")
+    back = Detector.load(tmp_path / "run")
+    assert back.threshold_ == pytest.approx(det.threshold_)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match="a folder with no detector.safetensors in it"):
+        Detector.load(tmp_path / "empty")

@@ -170,6 +170,10 @@ class Detector:
         from dfdetect.backbones import create_backbone
 
         path = Path(path)
+        if path.is_dir():  # a run folder: train, study cells and demo save detector.safetensors in it
+            if not (path / DETECTOR_FILE).is_file():
+                raise WeightsError(f"a folder with no {DETECTOR_FILE} in it; pass the detector file", path=path)
+            path = path / DETECTOR_FILE
         if not path.is_file():
             raise WeightsError("detector file not found", path=path)
         try:

@@ -63,6 +63,9 @@ def handle_errors(fn: F) -> F:
         except OSError as exc:  # an output the disk refuses (a folder in the way, no permission, full)
             console.print(f"[bold red]error:[/] {os_error_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # outputs are atomic, so what was finished is kept
+            console.print("interrupted: finished outputs are kept; run the same command again to resume")
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 

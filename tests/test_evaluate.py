@@ -5,36 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from _standins import MeanBrightness, Table
 from dfdetect._io import write_image
 from dfdetect.errors import NothingUsableError
 from dfdetect.evaluate import evaluate
-
-
-@dataclass
-class Table:
-    """Stand-in for dfdetect.data.CropTable: only the columns evaluate reads."""
-
-    paths: list = field(default_factory=list)
-    labels: list = field(default_factory=list)
-    videos: list = field(default_factory=list)
-
-
-class MeanBrightness:
-    """Stand-in detector: P(fake) = mean brightness / 255, at a fixed 'validation' threshold."""
-
-    def __init__(self, threshold: float):
-        self.threshold_ = threshold
-        self.calls: list[int] = []
-
-    def predict_proba(self, crops):
-        self.calls.append(len(crops))
-        return np.array([c.mean() / 255.0 for c in crops])
 
 
 def _make_set(root, n_videos=6, frames=3, seed=0) -> Table:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
@@ -11,6 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from _standins import MeanBrightness as Brightness
+from _standins import Table
 from dfdetect import study
 from dfdetect._io import write_image
 from dfdetect.cli import app
@@ -18,22 +19,6 @@ from dfdetect.config import Protocol
 from dfdetect.errors import BadInputError
 from dfdetect.evaluate import evaluate
 from dfdetect.report import confident_errors, write_report
-
-
-@dataclass
-class Table:
-    """Stand-in for dfdetect.data.CropTable."""
-
-    paths: list = field(default_factory=list)
-    labels: list = field(default_factory=list)
-    videos: list = field(default_factory=list)
-
-
-class Brightness:
-    threshold_ = 0.5
-
-    def predict_proba(self, crops):
-        return np.array([c.mean() / 255.0 for c in crops])
 
 
 def _crops(root) -> Table:

@@ -62,7 +62,7 @@ def crop_table(n: int, tmp: Path):
 
 def seed_loop(table, protocol) -> tuple[float, list[float]]:
     """The backbone on every batch of every epoch; returns (seconds, val AUC per epoch)."""
-    from dfdetect.backbones import create_backbone
+    from dfdetect.backbones import create_backbone, new_head
     from dfdetect.data import CropDataset, split_table
     from dfdetect.metrics import compute_metrics
 
@@ -77,7 +77,7 @@ def seed_loop(table, protocol) -> tuple[float, list[float]]:
     ds_tr = CropDataset(train_t, input_size=size, data_config=model.data_config)
     ds_va = CropDataset(val_t, input_size=size, data_config=model.data_config)
     torch.manual_seed(cfg.seed)
-    head = nn.Linear(model.num_features, 1)
+    head = new_head(model.num_features)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     gen = np.random.default_rng(cfg.seed)
     aucs = []

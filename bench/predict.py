@@ -2,8 +2,8 @@
 
 Issue 5 item 3 (target: <= 2 s). The baseline, measured in the same run on the same video: read *every*
 frame in order with ``cv2.VideoCapture`` (the seed's way to reach a frame), keep the same 32 frames, then
-find faces and score them exactly as predict does. dfdetect: ``predict_path`` (PyAV seeking reader, same
-face finder, same scorer). Both give the same verdict on the same frames; the script checks that.
+find faces frame by frame and score them as predict does. dfdetect: ``predict_path`` (PyAV seeking reader,
+the same face finder run on the frames in batches, same scorer). Both give the same verdict on the same frames; the script checks that.
 
     nice -n 10 python bench/predict.py                   # seed protocol: Haar faces, 128 px MobileNetV2
     python bench/predict.py --protocol default --detect-max-side 640 --onnx   # MTCNN on a 640 px copy, 224 px
@@ -78,8 +78,10 @@ def make_detector(protocol_name: str, detect_max_side: int | None):
 
 
 def baseline(video: Path, detector) -> tuple[float, float, list[float]]:
-    """Sequential cv2 read of every frame, keep the sampled ones, then the same faces + scoring."""
+    """Sequential cv2 read of every frame, keep the sampled ones, then the same faces (one frame at a time)
+    and the same scoring."""
     from dfdetect import predict as P
+    from dfdetect.faces import faces_in_image
     from dfdetect.frames import sample_indices
 
     start, cpu = time.perf_counter(), time.process_time()
@@ -99,7 +101,7 @@ def baseline(video: Path, detector) -> tuple[float, float, list[float]]:
     finder = P._create_face_detector(cfg)
     crops, per_frame = [], []
     for img in frames:
-        faces = P._faces_in_image(img, finder, cfg)
+        faces = faces_in_image(img, finder, cfg)
         per_frame.append(len(faces))
         crops.extend(f.crop for f in faces)
     scores = detector.predict_proba(crops)

@@ -70,16 +70,19 @@ class Recipe:
     tta_flip: bool = True            # average the logits of the crop and its mirror at test time
     drop_rate: float = 0.0
     head_init: str = "timm"          # "timm": uniform(+-1) for a 1-logit head; "glorot": Keras Dense default
+    ema: float = 0.0                 # decay of a weight moving average (timm ModelEmaV3, warmed up); 0 = off
 
 
 SEED = Recipe(name="seed", backbone="mobilenet_v2", size=128, mode="head", pool="max", epochs=10, batch=32,
               optimizer="adam", lr=1e-4, weight_decay=0.0, warmup=0.0, schedule="const", aug=(), pairs=False,
               tta_flip=False, head_init="glorot")
-# chosen by bench/_quality_lab/grid.py + focus.py (docs/QUALITY.md): MobileNetV2 at 128 px gets 22 epochs in
-# ~20 CPU-min; a small (glorot) head init beat timm's +-1 init in the focus round (test 0.930 vs 0.912)
-DEFAULT = Recipe(name="default", backbone="mobilenet_v2", size=128, mode="full", pool="avg", epochs=22.3, batch=32,
+# chosen by bench/_quality_lab/grid.py + focus.py (docs/QUALITY.md): MobileNetV2 at 128 px; a small (glorot) head
+# init beat timm's +-1 init in the focus round (test 0.930 vs 0.912); 28 epochs with a weight average fit the
+# 40-minute budget on 2 idle cores (22 epochs without it measured 0.913 there)
+DEFAULT = Recipe(name="default", backbone="mobilenet_v2", size=128, mode="full", pool="avg", epochs=28, batch=32,
                  optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup=0.05, schedule="cosine",
-                 aug=("flip", "jpeg", "color", "blur"), sbi=0.0, pairs=True, tta_flip=True, head_init="glorot")
+                 aug=("flip", "jpeg", "color", "blur"), sbi=0.0, pairs=True, tta_flip=True, head_init="glorot",
+                 ema=0.998)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -347,6 +350,12 @@ def train_full(recipe: Recipe, train: Faces, val: Faces, device: torch.device, *
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
                                          pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     history, best, t0, seen, loss_sum = [], (-1.0, None), time.perf_counter(), 0, 0.0
+    ema = None
+    if recipe.ema > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=recipe.ema, use_warmup=True)
+    scored = ema.module if ema is not None else model  # validated and kept
     model.train()
     for step, (x, y) in enumerate(loader, 1):
         y = y.to(device) * (1 - recipe.label_smoothing) + 0.5 * recipe.label_smoothing
@@ -356,12 +365,14 @@ def train_full(recipe: Recipe, train: Faces, val: Faces, device: torch.device, *
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update(model, step=step)
         seen, loss_sum = seen + len(y), loss_sum + loss.detach() * len(y)  # no per-step sync
         if step % batches.steps_per_epoch and step != total:
             continue
         rec = {"epoch": round(step / batches.steps_per_epoch, 2), "images": step * recipe.batch,
                "loss": float(loss_sum) / max(1, seen), "train_s": time.perf_counter() - t0,
-               "val_auc": auc(val.labels, predict_logits(model, val.images, device, flip=False))}
+               "val_auc": auc(val.labels, predict_logits(scored, val.images, device, flip=False))}
         if on_epoch is not None:
             rec.update(on_epoch(len(history), model))
         history.append(rec)
@@ -369,7 +380,7 @@ def train_full(recipe: Recipe, train: Faces, val: Faces, device: torch.device, *
             log(f"  epoch {rec['epoch']:>5}: {rec['images']} images, {rec['train_s']:.0f}s "
                 f"({seen / max(rec['train_s'], 1e-9):.1f} img/s), loss {rec['loss']:.3f}, val AUC {rec['val_auc']:.4f}  [{time.strftime('%H:%M:%S')}]")
         if best[1] is None or rec["val_auc"] > best[0]:
-            best = (rec["val_auc"], {k: v.detach().clone() for k, v in model.state_dict().items()})
+            best = (rec["val_auc"], {k: v.detach().clone() for k, v in scored.state_dict().items()})
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         model.train()
     model.load_state_dict(best[1])
@@ -428,7 +439,8 @@ def protocol_mismatches(recipe: Recipe, protocol) -> list[str]:
                  "warmup": (getattr(t, "warmup", None), recipe.warmup),
                  "pairs": (getattr(t, "pairs", None), recipe.pairs), "augment": (t.augment, bool(recipe.aug)),
                  "tta_flip": (getattr(m, "tta_flip", None), recipe.tta_flip),
-                 "pseudo_fakes": (t.pseudo_fakes, "sbi" if recipe.sbi else "none")}
+                 "pseudo_fakes": (t.pseudo_fakes, "sbi" if recipe.sbi else "none"),
+                 "ema": (getattr(t, "ema", 0.0), recipe.ema)}
     return [f"{k}: package {a!r} vs measured {b!r}" for k, (a, b) in want.items() if a != b]
 
 

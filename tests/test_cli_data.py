@@ -96,6 +96,13 @@ def test_bad_option_value_is_one_line(celebdf, tmp_path):
     assert res.exit_code == 1 and "--size: Input should be greater than or equal to 8" in res.output
 
 
+@pytest.mark.parametrize("flag, value", [("--engine", "spark"), ("--workers", "-1")])
+def test_bad_engine_or_workers_is_refused_before_any_work(celebdf, tmp_path, flag, value):
+    res = invoke("frames", celebdf, "--out", tmp_path / "o", flag, value)
+    assert res.exit_code == 2 and flag in res.output and "frames x" not in res.output, res.output
+    assert not (tmp_path / "o").exists()
+
+
 def _frames_dir(root: Path) -> Path:
     vid = root / "Celeb-real" / "id0_0000"
     vid.mkdir(parents=True)

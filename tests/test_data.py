@@ -14,8 +14,10 @@ from dfdetect.data import (
     CropDataset,
     CropTable,
     PairDataset,
+    augment_crop,
     balanced_sampler,
     build_crop_table,
+    decode_crops,
     group_components,
     load_label_table,
     preprocess_crops,
@@ -230,3 +232,43 @@ def test_group_split_of_a_tiny_table_does_not_crash():
     """Regression: 4 real + 4 fake crops in 8 groups: StratifiedGroupKFold(n_splits=7) raised ValueError."""
     tr, va, _ = split_table(_table(4, 4), TrainConfig(split="group", seed=0))
     assert len(tr) > 0 and len(va) > 0 and len(tr) + len(va) == 8
+
+
+def test_decoded_crops_equal_reading_from_disk_and_are_reused(tmp_path, monkeypatch):
+    from dfdetect import data as D
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"c{i}.png"
+        cv2.imwrite(str(p), rng.integers(0, 255, (30 + 10 * i, 40, 3), dtype=np.uint8))
+        paths.append(p)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    t = CropTable([*paths, bad], np.array([0, 1, 0, 1]), list("abcd"), [(v,) for v in "abcd"], np.zeros(4, bool))
+    dec = decode_crops(t, 16, tmp_path / "cache")
+    assert dec.images.shape == (4, 16, 16, 3) and dec.ok.tolist() == [True, True, True, False]
+    from_disk, from_cache = CropDataset(t, input_size=16, data_config=DC), CropDataset(t, input_size=16,
+                                                                                      data_config=DC, decoded=dec)
+    for i in range(4):
+        a, b = from_disk[i], from_cache[i]
+        assert torch.equal(a[0], b[0]) and a[2] == b[2]
+    assert not [f for f in (tmp_path / "cache").iterdir() if f.name.startswith(".")]  # no temp left
+
+    monkeypatch.setattr(D, "read_image", lambda p: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again = decode_crops(t, 16, tmp_path / "cache")
+    assert np.array_equal(again.images, dec.images)
+
+
+def test_augmentation_is_seeded_by_epoch_and_index(tmp_path):
+    t = CropTable([_img(tmp_path / "a.png", 120, 40)], np.array([0]), ["a"], [("a",)], np.zeros(1, bool))
+    ds = CropDataset(t, input_size=32, data_config=DC, augment=True, seed=3)
+    draws = []
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        draws.append(ds[0][0])
+        assert torch.equal(ds[0][0], draws[-1])  # same epoch, same draw
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])  # epochs differ
+    rgb = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    out = augment_crop(rgb, np.random.default_rng(5))
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]

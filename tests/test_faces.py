@@ -160,3 +160,46 @@ def test_detector_built_once_per_process_and_keep_all(tmp_path, monkeypatch):
 def test_missing_frames_dir(tmp_path):
     with pytest.raises(DfdetectError, match="frames folder not found"):
         FA.extract_faces(tmp_path / "nope", tmp_path / "out", SEED)
+
+
+def test_mtcnn_batched_frames_find_what_single_frames_find():
+    """faces_in_frames runs MTCNN on same-sized frames together; the boxes match frame-by-frame detection."""
+    cfg = FaceConfig(detector="mtcnn", min_size=40, margin=1.3, output_size=64, detect_max_side=400)
+    det = FA.create_detector(cfg)
+    frames = [face_frame(at=(40 + 30 * i, 30)) for i in range(3)] + [np.full((360, 480, 3), 90, np.uint8),
+                                                                   face_frame(size=(400, 300), at=(20, 10))]
+    batched = FA.faces_in_frames(frames, det, cfg)
+    single = [FA.faces_in_image(f, det, cfg) for f in frames]
+    assert [len(b) for b in batched] == [len(s) for s in single] == [1, 1, 1, 0, 1]
+    for b, s in zip(batched, single):
+        if b:
+            np.testing.assert_allclose([b[0].box.x0, b[0].box.y0, b[0].box.x1, b[0].box.y1],
+                                       [s[0].box.x0, s[0].box.y0, s[0].box.x1, s[0].box.y1], atol=0.5)
+            assert b[0].crop.shape == (64, 64, 3)
+
+
+def test_a_batch_that_crashes_the_detector_is_retried_frame_by_frame(tmp_path, monkeypatch):
+    """One bad frame must cost that frame only: the batch falls back to one detection per frame."""
+    frames = _frames_dir(tmp_path / "frames")
+    real = FA.create_detector(SEED)
+
+    class Flaky:
+        name = "haar"
+
+        def __init__(self):
+            self.inner = real
+
+        def detect_batch(self, images):
+            raise RuntimeError("batch failed")
+
+        def __call__(self, bgr):
+            if (bgr == 90).all():  # the empty grey frame: a detector crash on it alone
+                raise RuntimeError("bad frame")
+            return self.inner(bgr)
+
+    FA._WORKER_DETECTORS.clear()
+    monkeypatch.setitem(FA._DETECTORS, "haar", lambda cfg: Flaky())
+    report = FA.extract_faces(frames, tmp_path / "faces", SEED)
+    FA._WORKER_DETECTORS.clear()
+    assert report.written == 3
+    assert any("00020.png" in f and "detector failed (RuntimeError: bad frame)" in f for f in report.failed)

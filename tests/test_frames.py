@@ -18,11 +18,14 @@ from dfdetect.labels import Label
 
 
 def make_video(path: Path, n: int = 48, size: tuple[int, int] = (96, 64), keyint: int = 8, codec: str = "libx264",
-               seed: int = 0) -> Path:
-    """A tiny H.264 clip whose frames all differ (moving block + noise), B-frames on, short GOPs."""
+               seed: int = 0, faststart: bool = False) -> Path:
+    """A tiny H.264 clip whose frames all differ (moving block + noise), B-frames on, short GOPs.
+
+    ``faststart`` puts the mp4 index first, so a copy cut short still opens (a partly downloaded file).
+    """
     rng = np.random.default_rng(seed)
     w, h = size
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=3"}
@@ -176,17 +179,7 @@ def test_extract_frames_jpg_and_image_items(tmp_path):
 def test_truncated_faststart_mp4_keeps_the_frames_before_the_cut(tmp_path):
     """Regression: an mp4 with its index up front (faststart) cut mid-packet raised at the decoder's final
     flush and in the sequential fallback, so the frames already decoded were thrown away ("cannot decode")."""
-    video = tmp_path / "fs.mp4"
-    with av.open(str(video), "w", options={"movflags": "faststart"}) as out:  # make_video's GOPs, index first
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        stream.options = {"x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=3"}
-        base = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
-        for i in range(48):
-            img = base.copy()
-            cv2.rectangle(img, ((i * 5) % 80, 10), ((i * 5) % 80 + 15, 30), (255, 255 - 4 * i % 255, 0), -1)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")))
-        out.mux(stream.encode())
+    video = make_video(tmp_path / "fs.mp4", faststart=True)
     data = video.read_bytes()
     for frac in (0.55, 0.6, 0.65):
         cut = tmp_path / f"cut{frac}.mp4"
@@ -213,3 +206,41 @@ def test_official_test_videos_get_more_frames(tmp_path):
     again = F.extract_frames([train_item, test_item], tmp_path / "out", cfg)
     assert (again.written, again.reused) == (0, 16)
     assert FrameConfig(num_frames=4).for_item(True).num_frames == 4
+
+
+def test_partly_decodable_video_is_reported_again_without_decoding(tmp_path, monkeypatch):
+    """A truncated video's lost frames are recorded in its marker: a rerun reports them, never decodes again,
+    and a replaced (repaired) file is looked at afresh."""
+    full = make_video(tmp_path / "full.mp4", faststart=True)
+    src = tmp_path / "src" / "Celeb-real" / "id0_0000.mp4"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.6)])
+    items = [_item(src, "Celeb-real/id0_0000.mp4")]
+    out, cfg = tmp_path / "frames", FrameConfig(num_frames=20)
+    first = F.extract_frames(items, out, cfg)
+    assert first.written > 0 and len(first.failed) == 1 and "could not be decoded" in first.failed[0]
+
+    monkeypatch.setattr(F, "_open", lambda p: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again = F.extract_frames(items, out, cfg)
+    assert (again.written, again.reused, again.failed) == (0, first.written, first.failed)
+    monkeypatch.undo()
+
+    src.write_bytes(full.read_bytes())  # the repaired file: a new stamp, so it is decoded again
+    fixed = F.extract_frames(items, out, cfg)
+    vdir = out / "Celeb-real" / "id0_0000"
+    assert fixed.failed == [] and fixed.written + fixed.reused == 20
+    # frames the truncated file's plan had, and the full file's has not, are gone
+    assert sorted(p.name for p in vdir.glob("*.png")) == [F.frame_name(i, "png") for i in F.sample_indices(48, 20)]
+
+
+def test_stage_removes_temp_files_a_killed_run_left(tmp_path):
+    src = tmp_path / "Celeb-real" / "id0_0000.mp4"
+    src.parent.mkdir(parents=True)
+    make_video(src, n=24)
+    vdir = tmp_path / "frames" / "Celeb-real" / "id0_0000"
+    vdir.mkdir(parents=True)
+    (vdir / ".00008.png.k2j3ab_9.png").write_bytes(b"half a png")  # what atomic_path leaves after SIGKILL
+    (vdir / ".keep-me").write_text("not ours")
+    report = F.extract_frames([_item(src, "Celeb-real/id0_0000.mp4")], tmp_path / "frames", FrameConfig(num_frames=2))
+    assert not (vdir / ".00008.png.k2j3ab_9.png").exists() and (vdir / ".keep-me").exists()
+    assert any("removed 1 temp file" in n for n in report.notes)

@@ -56,7 +56,7 @@ class RedScorer:
 
 def use_stand_in_faces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(P, "_create_face_detector", lambda cfg: "stand-in")
-    monkeypatch.setattr(P, "_faces_in_image", find_green_squares)
+    monkeypatch.setattr(P, "_faces_in_frames", lambda frames, det, cfg: [find_green_squares(f, det, cfg) for f in frames])
 
 
 def square(img: np.ndarray, x: int, y: int, side: int, red: int) -> None:

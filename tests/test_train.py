@@ -89,8 +89,27 @@ def test_cached_features_equal_the_frozen_model(table, tmp_path):
     x = preprocess_crops([cv2.imread(str(p)) for p in sub.paths], m.data_config, SIZE)
     with torch.no_grad():
         direct = m.pool_features(m.forward_features(x)).numpy()
-    np.testing.assert_allclose(feats, direct, rtol=1e-3, atol=1e-4 * np.abs(direct).max())  # BN folded
+    np.testing.assert_allclose(feats, direct, rtol=1e-3, atol=1e-4 * np.abs(direct).max())  # onnxruntime
     assert len(list(tmp_path.glob("*.features.npy"))) == 1 and not list(tmp_path.glob(".*"))  # no temp left
+
+
+def test_features_fall_back_to_torch_when_onnx_cannot_be_built(table, tmp_path, monkeypatch):
+    from dfdetect import export
+    from dfdetect.backbones import create_backbone
+    from dfdetect.features import onnx_featuriser
+
+    m = create_backbone("mobilenet_v2", pretrained=False).eval()
+    sub = table.subset(range(3))
+    assert onnx_featuriser(m, SIZE) is not None
+    via_onnx, _ = extract_features(m, sub, tmp_path / "a", input_size=SIZE)
+
+    def refuse(*a, **k):
+        raise RuntimeError("exporter cannot take this network")
+
+    monkeypatch.setattr(export, "onnx_session", refuse)
+    assert onnx_featuriser(m, SIZE) is None
+    via_torch, _ = extract_features(m, sub, tmp_path / "b", input_size=SIZE)
+    np.testing.assert_allclose(via_onnx, via_torch, rtol=1e-3, atol=1e-4 * np.abs(via_torch).max())
 
 
 def test_full_mode_threshold_on_validation_and_resume(table, tmp_path):
@@ -188,3 +207,16 @@ def test_full_mode_with_no_readable_crop_is_nothing_usable(tmp_path):
     with pytest.raises(NothingUsableError, match="no readable training crops"):
         train(bad, _proto(Protocol.default(), epochs=1, batch_size=4), tmp_path / "run")
     assert not (tmp_path / "run" / "detector.safetensors").exists()
+
+
+def test_full_mode_ema_is_validated_checkpointed_and_saved(table, tmp_path):
+    """With ``ema`` the detector holds the weight average, not the last weights, and a resume restores it."""
+    from safetensors.torch import load_file
+
+    p = _proto(Protocol.default(), epochs=1, batch_size=8, split="random", ema=0.9)
+    r = train(table, p, tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    saved = load_file(str(tmp_path / "detector.safetensors"))
+    w = "fc.weight"
+    assert torch.equal(state["ema"][w], saved[w]) and not torch.equal(state["model"][w], saved[w])
+    assert r.history[0]["epoch"] == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,28 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
             raise _naming(exc, dest) from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+#: What :func:`atomic_path` names its temp files: ``.<dest name>.<8 random chars from mkstemp><suffix>``.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temps(root: str | Path) -> int:
+    """Delete the hidden temp files a killed run left under ``root``; returns how many.
+
+    A SIGKILL skips :func:`atomic_path`'s clean-up, so its temp file stays beside the output. Stages
+    call this once before they start, so run one stage per output folder at a time.
+    """
+    removed = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") and _TEMP_NAME.match(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 def _naming(exc: OSError, dest: Path) -> OSError:

@@ -24,7 +24,8 @@ from dfdetect import _io
 from dfdetect.config import Protocol
 from dfdetect.errors import DfdetectError, WeightsError
 
-__all__ = ["METADATA_PREFIX", "ExportInfo", "OnnxDetector", "PreprocessSpec", "export_onnx"]
+__all__ = ["METADATA_PREFIX", "ExportInfo", "OnnxDetector", "PreprocessSpec", "export_onnx", "onnx_session",
+           "torch_to_onnx"]
 
 METADATA_PREFIX = "dfdetect."
 _FORMAT = "1"
@@ -123,8 +124,6 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
     protocol's ``model.tta_flip`` (mean logit of the crop and its mirror image) is part of the graph. The file
     is checked before it is kept: onnxruntime and torch must agree on ``check_crops`` random crops to 1e-4.
     """
-    import warnings
-
     import onnx
     import torch
 
@@ -138,12 +137,7 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
     path = Path(path)
     try:
         with _io.atomic_path(path, suffix=".onnx") as tmp:
-            with warnings.catch_warnings():
-                # the TorchScript exporter warns it is legacy; the dynamo one needs onnxscript, not a dependency
-                warnings.simplefilter("ignore")
-                torch.onnx.export(graph, (dummy,), str(tmp), dynamo=False, input_names=["input"],
-                                  output_names=["logit"], opset_version=opset,
-                                  dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}})
+            torch_to_onnx(graph, dummy, str(tmp), output_name="logit", opset=opset)
             proto = onnx.load(str(tmp))
             meta = {
                 "format": _FORMAT,
@@ -162,6 +156,38 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
     finally:
         model.train(was_training)
     return ExportInfo(path=path, preprocess=spec, max_abs_diff=diff)
+
+
+def torch_to_onnx(module: Any, dummy: Any, dest: Any, *, output_name: str = "output", opset: int = 17) -> None:
+    """``torch.onnx.export`` of ``module`` to a path or file object; input ``input`` with a dynamic batch axis."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # the TorchScript exporter warns it is legacy; the dynamo one needs onnxscript, not a dependency
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (dummy,), dest, dynamo=False, input_names=["input"], output_names=[output_name],
+                          opset_version=opset, dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}})
+
+
+def onnx_session(module: Any, dummy: Any, *, threads: int = 0) -> Any:
+    """An onnxruntime session running ``module`` on CPU, exported in memory (no file)."""
+    import io
+
+    buf = io.BytesIO()
+    torch_to_onnx(module, dummy, buf)
+    return _cpu_session(buf.getvalue(), threads)
+
+
+def _cpu_session(model: str | bytes, threads: int) -> Any:
+    """An onnxruntime CPU session for a file path or serialised model (``threads=0``: its default)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _ScoredLogit(model: Any, tta_flip: bool) -> Any:
@@ -215,17 +241,12 @@ class OnnxDetector:
     @classmethod
     def load(cls, path: str | Path, *, threads: int = 0) -> OnnxDetector:
         """Open an ONNX file written by :func:`export_onnx` (``threads=0``: onnxruntime's default)."""
-        import onnxruntime as ort
-
         path = Path(path)
         if not path.is_file():
             raise WeightsError("no such ONNX file; write one with `dfdetect export --model FILE --onnx OUT.onnx`",
                                path=path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            session = _cpu_session(str(path), threads)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for a corrupt file
             raise WeightsError(f"not a loadable ONNX model ({str(exc).splitlines()[0][:200]})", path=path) from None
         meta = session.get_modelmeta().custom_metadata_map

@@ -20,16 +20,17 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import cv2
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, write_image, write_json, write_text
+from dfdetect._io import is_valid_image, read_image, remove_stale_temps, write_image, write_json, write_text
 from dfdetect.config import FaceConfig
 from dfdetect.errors import BadInputError, DfdetectError
 from dfdetect.frames import JobResult
@@ -46,6 +47,7 @@ __all__ = [
     "create_detector",
     "crop_face",
     "extract_faces",
+    "faces_in_frames",
     "faces_in_image",
     "frame_files",
     "list_detectors",
@@ -97,6 +99,9 @@ class FaceCrop:
 
 
 class Detector(TypingProtocol):
+    """Finds face boxes in a BGR image. A detector may also offer ``detect_batch(frames)`` (see
+    :func:`faces_in_frames`) when it is faster on many same-sized frames at once."""
+
     name: str
 
     def __call__(self, bgr: np.ndarray) -> list[Box]: ...
@@ -160,6 +165,9 @@ class HaarDetector:
     def __call__(self, bgr: np.ndarray) -> list[Box]:
         return self.detect(bgr, self.min_size)
 
+    def detect_batch(self, frames: Sequence[np.ndarray], min_size: int | None = None) -> list[list[Box]]:
+        return [self.detect(f, self.min_size if min_size is None else min_size) for f in frames]
+
     def detect(self, bgr: np.ndarray, min_size: int) -> list[Box]:
         grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
         rects, neighbours = self.cascade.detectMultiScale2(
@@ -172,6 +180,7 @@ class MTCNNDetector:
     """facenet-pytorch's MTCNN on CPU (weights inside the wheel); keeps every face of at least ``min_size``."""
 
     name = "mtcnn"
+    BATCH = 16  #: frames per MTCNN call; bounds the pyramid's memory (16 x 640 x 360 px: ~50 MB)
 
     def __init__(self, cfg: FaceConfig):
         import torch
@@ -190,15 +199,33 @@ class MTCNNDetector:
         return self.detect(bgr, self.min_size)
 
     def detect(self, bgr: np.ndarray, min_size: int) -> list[Box]:
+        return self.detect_batch([bgr], min_size)[0]
+
+    def detect_batch(self, frames: Sequence[np.ndarray], min_size: int | None = None) -> list[list[Box]]:
+        """Boxes per frame. Same-sized frames go through MTCNN together, in chunks of ``BATCH``: one
+        pyramid pass for many frames instead of one each (1.5-2x faster on a video's frames)."""
         import torch
 
+        min_size = self.min_size if min_size is None else min_size
         # MTCNN's min_face_size only sets where its image pyramid starts, and its boxes can come out a
         # little smaller than that: start at 0.8x min_size, then filter by min_size exactly.
         # (Its default, 20 px, costs ~3x on a 720p frame for faces we would then drop.)
         self.model.min_face_size = max(12, int(0.8 * min_size))
-        rgb = np.ascontiguousarray(bgr[..., ::-1])
-        with torch.inference_mode():
-            boxes, probs, points = self.model.detect(rgb, landmarks=True)
+        out: list[list[Box]] = [[] for _ in frames]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, f in enumerate(frames):
+            by_shape.setdefault(f.shape, []).append(i)
+        for idx in by_shape.values():
+            for start in range(0, len(idx), self.BATCH):
+                chunk = idx[start:start + self.BATCH]
+                rgb = np.stack([frames[i][..., ::-1] for i in chunk])
+                with torch.inference_mode():
+                    boxes, probs, points = self.model.detect(rgb, landmarks=True)
+                for i, b, p, lm in zip(chunk, boxes, probs, points, strict=True):
+                    out[i] = self._boxes(b, p, lm, min_size)
+        return out
+
+    def _boxes(self, boxes: Any, probs: Any, points: Any, min_size: int) -> list[Box]:
         if boxes is None:
             return []
         out = []
@@ -221,13 +248,20 @@ class _Downscaled:
         self.inner, self.max_side, self.name = inner, max_side, inner.name
 
     def __call__(self, bgr: np.ndarray) -> list[Box]:
-        h, w = bgr.shape[:2]
-        f = self.max_side / max(h, w)
-        if f >= 1:
-            return self.inner(bgr)
-        small = cv2.resize(bgr, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
-        boxes = [b.scaled(1 / f) for b in self.inner.detect(small, max(1, round(self.inner.min_size * f)))]
-        return [b for b in boxes if min(b.width, b.height) >= self.inner.min_size]
+        return self.detect_batch([bgr])[0]
+
+    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[list[Box]]:
+        out: list[list[Box]] = [[] for _ in frames]
+        by_factor: dict[float, list[int]] = {}
+        for i, bgr in enumerate(frames):
+            by_factor.setdefault(min(1.0, self.max_side / max(bgr.shape[:2])), []).append(i)
+        for f, idx in by_factor.items():
+            small = [frames[i] if f >= 1 else cv2.resize(frames[i], (round(frames[i].shape[1] * f),
+                     round(frames[i].shape[0] * f)), interpolation=cv2.INTER_AREA) for i in idx]
+            found = self.inner.detect_batch(small, max(1, round(self.inner.min_size * f)))
+            for i, boxes in zip(idx, found, strict=True):
+                out[i] = [b for b in (b.scaled(1 / f) for b in boxes) if min(b.width, b.height) >= self.inner.min_size]
+        return out
 
 
 @register_detector("haar")
@@ -270,10 +304,21 @@ def crop_face(image: np.ndarray, box: Box, margin: float = 1.0, output_size: int
     return np.ascontiguousarray(crop)
 
 
+def _crops(bgr: np.ndarray, boxes: list[Box], cfg: FaceConfig) -> list[FaceCrop]:
+    boxes = sorted(boxes, key=lambda b: (-b.area, b.y0, b.x0))
+    return [FaceCrop(b, crop_face(bgr, b, cfg.margin, cfg.output_size)) for b in boxes]
+
+
 def faces_in_image(bgr: np.ndarray, detector: Detector, cfg: FaceConfig) -> list[FaceCrop]:
     """Every face the detector finds, largest first, each with its crop (``cfg.margin``, ``cfg.output_size``)."""
-    boxes = sorted(detector(bgr), key=lambda b: (-b.area, b.y0, b.x0))
-    return [FaceCrop(b, crop_face(bgr, b, cfg.margin, cfg.output_size)) for b in boxes]
+    return _crops(bgr, detector(bgr), cfg)
+
+
+def faces_in_frames(frames: Sequence[np.ndarray], detector: Detector, cfg: FaceConfig) -> list[list[FaceCrop]]:
+    """:func:`faces_in_image` for each frame, batched when the detector has ``detect_batch``."""
+    batch = getattr(detector, "detect_batch", None)
+    found = batch(list(frames)) if batch is not None else [detector(f) for f in frames]
+    return [_crops(f, boxes, cfg) for f, boxes in zip(frames, found, strict=True)]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -312,8 +357,7 @@ def _faces_job(job: tuple[str, str, list[str], int], frames_dir: str, out_dir: s
     """Detect and crop the faces of one group of frames; returns (JobResult, manifest rows)."""
     video_id, marker_name, frames, _ = job
     src_root, out_root = Path(frames_dir), Path(out_dir)
-    video_out = out_root / video_id
-    marker = video_out / marker_name
+    marker = out_root / video_id / marker_name
     cfg_key = cfg.model_dump_json()
     result = JobResult()
     rows = _marker_rows(marker, cfg_key, frames, out_root)
@@ -323,43 +367,60 @@ def _faces_job(job: tuple[str, str, list[str], int], frames_dir: str, out_dir: s
         return result, rows
     detector = _worker_detector(cfg)
     rows = []
-    for name in frames:
-        src = src_root / video_id / name
-        stem = Path(name).stem
-        image = read_image(src)
-        if image is None:
-            reason = "cannot read as an image (missing, empty or corrupt)"
-            result.failed.append(f"{src}: {reason}")
-            rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "unreadable", reason))
-            continue
+    for start in range(0, len(frames), _DETECT_CHUNK):
+        names = frames[start:start + _DETECT_CHUNK]
+        images = [read_image(src_root / video_id / name) for name in names]
+        readable = [im for im in images if im is not None]
         try:
-            found = faces_in_image(image, detector, cfg)
-        except Exception as exc:  # noqa: BLE001 - a detector crash on one frame must not stop the stage
-            found, reason = [], f"detector failed ({type(exc).__name__}: {exc})"
-        else:
-            reason = f"no face found ({cfg.detector}, min size {cfg.min_size} px)"
-        if not found:
-            result.failed.append(f"{src}: {reason}")
-            rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "no_face", reason))
-            continue
-        keep = found[:1] if cfg.keep == "largest" else found
-        for k, face in enumerate(keep, start=1):
-            out_name = f"{stem}.{cfg.image_format}" if cfg.keep == "largest" else f"{stem}_f{k}.{cfg.image_format}"
-            dest = video_out / out_name
-            if is_valid_image(dest):
-                result.reused += 1
-            else:
-                try:
-                    write_image(dest, face.crop)
-                except OSError as exc:  # e.g. disk full: name the file, skip it, go on
-                    result.failed.append(f"{dest}: cannot write ({exc})")
-                    rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, face.box, "unreadable",
-                                     f"cannot write crop ({exc})"))
-                    continue
-                result.written += 1
-            rows.append(_row(dest.relative_to(out_root).as_posix(), video_id, stem, face.box, "ok"))
+            batched: Iterator[list[FaceCrop]] | None = iter(faces_in_frames(readable, detector, cfg))
+        except Exception:  # noqa: BLE001 - a crash in the batch: find the frame that causes it, one by one
+            batched = None
+        for name, image in zip(names, images, strict=True):
+            _crop_one(name, image, batched, detector, cfg, src_root=src_root, out_root=out_root, video_id=video_id,
+                      result=result, rows=rows)
     write_json(marker, {"config": cfg_key, "frames": frames, "rows": rows})
     return result, rows
+
+
+_DETECT_CHUNK = 16  #: frames read and detected together per job step (bounds memory at 720p: ~45 MB)
+
+
+def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCrop]] | None, detector: Detector,
+              cfg: FaceConfig, *, src_root: Path, out_root: Path, video_id: str, result: JobResult,
+              rows: list[dict]) -> None:
+    """Write one frame's crops and manifest rows; ``batched`` yields its detections (None: detect it alone)."""
+    src, video_out, stem = src_root / video_id / name, out_root / video_id, Path(name).stem
+    if image is None:
+        reason = "cannot read as an image (missing, empty or corrupt)"
+        result.failed.append(f"{src}: {reason}")
+        rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "unreadable", reason))
+        return
+    try:
+        found = next(batched) if batched is not None else faces_in_image(image, detector, cfg)
+    except Exception as exc:  # noqa: BLE001 - a detector crash on one frame must not stop the stage
+        found, reason = [], f"detector failed ({type(exc).__name__}: {exc})"
+    else:
+        reason = f"no face found ({cfg.detector}, min size {cfg.min_size} px)"
+    if not found:
+        result.failed.append(f"{src}: {reason}")
+        rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "no_face", reason))
+        return
+    keep = found[:1] if cfg.keep == "largest" else found
+    for k, face in enumerate(keep, start=1):
+        out_name = f"{stem}.{cfg.image_format}" if cfg.keep == "largest" else f"{stem}_f{k}.{cfg.image_format}"
+        dest = video_out / out_name
+        if is_valid_image(dest):
+            result.reused += 1
+        else:
+            try:
+                write_image(dest, face.crop)
+            except OSError as exc:  # e.g. disk full: name the file, skip it, go on
+                result.failed.append(f"{dest}: cannot write ({exc})")
+                rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, face.box, "unreadable",
+                                 f"cannot write crop ({exc})"))
+                continue
+            result.written += 1
+        rows.append(_row(dest.relative_to(out_root).as_posix(), video_id, stem, face.box, "ok"))
 
 
 def _jobs(files: Iterable[Path], frames_dir: Path) -> list[tuple[str, str, list[str], int]]:
@@ -402,11 +463,14 @@ def extract_faces(
         raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the frames folder", path=src)
     if cfg.detector not in _DETECTORS:  # fail before starting any worker
         create_detector(cfg)
+    stale = remove_stale_temps(out) if out.is_dir() else 0
     jobs = _jobs(files, src)
     job = partial(_faces_job, frames_dir=str(src.resolve()), out_dir=str(out.resolve()), cfg=cfg)
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
                         weight=lambda j: j[3])
     report = StageReport("faces", out)
+    if stale:
+        report.notes.append(f"removed {stale} temp file(s) an interrupted run left under {out}")
     rows: list[dict] = []
     for r, job_rows in results:
         report.written += r.written

@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, write_image, write_json
+from dfdetect._io import is_valid_image, read_image, remove_stale_temps, write_image, write_json
 from dfdetect.config import FrameConfig
 from dfdetect.datasets import MediaItem
 from dfdetect.errors import BadInputError
@@ -321,31 +321,59 @@ class JobResult:
     failed: list[str] = field(default_factory=list)
 
 
-def _marker_ok(video_dir: Path, cfg: FrameConfig) -> int | None:
-    """Frames a valid done-marker vouches for, or None if the video must be looked at."""
+def _source_stamp(src: Path) -> list[int]:
+    """Size and mtime of the source: a marker is trusted only for the very file it was made from."""
+    try:
+        st = src.stat()
+    except OSError:
+        return []
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _marker_ok(video_dir: Path, src: Path, cfg: FrameConfig) -> JobResult | None:
+    """What a valid done-marker vouches for, or None if the video must be looked at.
+
+    A video with frames that cannot be decoded gets a marker too (listing them), so a rerun reports
+    it again from the marker instead of decoding the whole file once more.
+    """
     marker = video_dir / DONE_MARKER
     try:
         data = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if data.get("num_frames") != cfg.num_frames or data.get("format") != cfg.image_format:
+    if (data.get("num_frames") != cfg.num_frames or data.get("format") != cfg.image_format
+            or data.get("source_stamp", []) != _source_stamp(src)):
         return None
     files = [video_dir / frame_name(i, cfg.image_format) for i in data.get("frames", [])]
     # Files are written atomically, so an existing non-empty file is complete; no need to decode it.
-    if files and all(f.is_file() and f.stat().st_size > 0 for f in files):
-        return len(files)
-    return None
+    if not all(f.is_file() and f.stat().st_size > 0 for f in files):
+        return None
+    lost = data.get("lost", [])
+    if not files and not lost:
+        return None
+    return JobResult(reused=len(files), failed=[_lost_line(src, lost, len(files) + len(lost))] if lost else [])
+
+
+def _lost_line(src: Path, lost: list[int], wanted: int) -> str:
+    return (f"{src}: {len(lost)} of {wanted} wanted frames could not be decoded "
+            f"(frames {lost[:5]}{'...' if len(lost) > 5 else ''})")
+
+
+def _remove_unplanned(video_dir: Path, keep: set[str]) -> None:
+    """Drop frame files this plan does not list: left by an earlier version of the video (another length)."""
+    for f in video_dir.glob("[0-9][0-9][0-9][0-9][0-9].*"):
+        if f.name not in keep and f.suffix.lower() in IMAGE_SUFFIXES:
+            f.unlink(missing_ok=True)
 
 
 def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str) -> JobResult:
     """One video (or image): write its sampled frames, skipping valid ones, then its marker."""
     src, video_id, cfg = Path(item[0]), item[1], item[2]
     video_dir = Path(out_dir) / video_id
+    done = _marker_ok(video_dir, src, cfg)
+    if done is not None:
+        return done
     result = JobResult()
-    reused = _marker_ok(video_dir, cfg)
-    if reused is not None:
-        result.reused = reused
-        return result
     plan: dict[str, list[int]] = {}
 
     def select(total: int) -> list[int]:
@@ -366,11 +394,12 @@ def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str) -> JobResult:
                 result.written += 1
         lost = [i for i in missing if i not in got]
         if lost:
-            result.failed.append(f"{src}: {len(lost)} of {len(indices)} wanted frames could not be decoded "
-                                 f"(frames {lost[:5]}{'...' if len(lost) > 5 else ''})")
-        else:
-            write_json(video_dir / DONE_MARKER, {"source": src.name, "total_frames": plan["total"][0],
-                                                 "num_frames": cfg.num_frames, "format": ext, "frames": indices})
+            result.failed.append(_lost_line(src, lost, len(indices)))
+        _remove_unplanned(video_dir, {frame_name(i, ext) for i in indices if i not in lost})
+        write_json(video_dir / DONE_MARKER, {
+            "source": src.name, "source_stamp": _source_stamp(src), "total_frames": plan["total"][0],
+            "num_frames": cfg.num_frames, "format": ext, "frames": [i for i in indices if i not in lost],
+            "lost": lost})
     except BadInputError as exc:
         result.failed.append(str(exc))
     except OSError as exc:  # e.g. the output disk is full: name the file, skip, go on
@@ -399,11 +428,14 @@ def extract_frames(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temps(out)
     # Absolute paths: Ray workers (possibly on other machines) do not share our working directory.
     jobs = [(str(it.path), it.video_id, cfg.for_item(it.is_test)) for it in items]
     results = map_items(partial(_frames_job, out_dir=str(out.resolve())), jobs, workers=workers, engine=engine,
                         ray_address=ray_address, progress=progress)
     report = StageReport("frames", out)
+    if stale:
+        report.notes.append(f"removed {stale} temp file(s) an interrupted run left under {out}")
     for r in results:
         report.written += r.written
         report.reused += r.reused

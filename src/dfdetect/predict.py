@@ -213,10 +213,10 @@ def _create_face_detector(cfg: FaceConfig) -> Any:
     return create_detector(cfg)
 
 
-def _faces_in_image(bgr: np.ndarray, detector: Any, cfg: FaceConfig) -> list[Any]:
-    from dfdetect.faces import faces_in_image
+def _faces_in_frames(frames: list[np.ndarray], detector: Any, cfg: FaceConfig) -> list[list[Any]]:
+    from dfdetect.faces import faces_in_frames
 
-    return faces_in_image(bgr, detector, cfg)
+    return faces_in_frames(frames, detector, cfg)
 
 
 @functools.cache
@@ -342,15 +342,15 @@ def predict_file(
 
     frame_results: list[FrameResult] = []
     face_list: list[FaceResult] = []
-    for index, bgr in sampled:
+    found = [[] for _ in sampled] if whole else _faces_in_frames([f for _, f in sampled], face_detector, face_cfg)
+    for (index, bgr), faces in zip(sampled, found, strict=True):
         fr = FrameResult(index=int(index))
         if whole:
             h, w = bgr.shape[:2]
             fr.faces.append(FaceResult(box=(0, 0, w, h), det_score=1.0, p_fake=0.0, whole_image=True, crop=bgr))
-        else:
-            for fc in _faces_in_image(bgr, face_detector, face_cfg):
-                box, det = _box(fc)
-                fr.faces.append(FaceResult(box=box, det_score=det, p_fake=0.0, crop=fc.crop))
+        for fc in faces:
+            box, det = _box(fc)
+            fr.faces.append(FaceResult(box=box, det_score=det, p_fake=0.0, crop=fc.crop))
         face_list.extend(fr.faces)
         frame_results.append(fr)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, write_image, write_text
+from dfdetect._io import is_valid_image, read_image, remove_stale_temps, write_image, write_text
 from dfdetect.config import SRMConfig
 from dfdetect.errors import BadInputError
 from dfdetect.faces import MANIFEST_NAME, read_manifest, write_manifest
@@ -179,6 +179,7 @@ def make_srm_copy(
     if not files:
         raise BadInputError("no face crops (images) under the folder", path=src)
     out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temps(out)
     cfg_file = out / ".srm-config.json"
     stamp = cfg.model_dump_json()
     if cfg_file.is_file() and cfg_file.read_text(encoding="utf-8") != stamp:
@@ -194,6 +195,8 @@ def make_srm_copy(
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
                         weight=lambda j: len(j[1]))
     report = StageReport("srm", out)
+    if stale:
+        report.notes.append(f"removed {stale} temp file(s) an interrupted run left under {out}")
     for r in results:
         report.written += r.written
         report.reused += r.reused

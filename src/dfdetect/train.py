@@ -4,9 +4,10 @@
 Adam (lr 1e-4), BCE, batch 32, seeded 85/15 split. Because the backbone is frozen its features are
 computed once (:mod:`dfdetect.features`) and the head trains on them: the same maths, far faster.
 
-``mode='full'`` fine-tunes everything with augmentation, AdamW and a cosine schedule, early stopping
-on validation AUC, the best epoch kept, and a checkpoint written atomically every epoch so a killed
-run resumes. Under ``torchrun`` it runs DistributedDataParallel (see :mod:`dfdetect.distributed`).
+``mode='full'`` fine-tunes everything with augmentation, AdamW and a cosine schedule, optionally a
+moving average of the weights (``ema``), early stopping on validation AUC, the best epoch kept, and a
+checkpoint written atomically every epoch so a killed run resumes. Crops are decoded once into a
+disk-backed array (:func:`dfdetect.data.decode_crops`) and read from it every epoch. Under ``torchrun`` it runs DistributedDataParallel (see :mod:`dfdetect.distributed`).
 
 Either way the decision threshold is chosen on validation scores, never on test.
 """
@@ -26,9 +27,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dfdetect._io import atomic_path, write_json
-from dfdetect.backbones import BackboneClassifier, create_backbone
+from dfdetect.backbones import BackboneClassifier, create_backbone, new_head
 from dfdetect.config import Protocol, save_config
-from dfdetect.data import CropDataset, CropTable, PairDataset, balanced_sampler, pos_weight, split_table
+from dfdetect.data import (
+    CropDataset,
+    CropTable,
+    PairDataset,
+    balanced_sampler,
+    decode_crops,
+    pos_weight,
+    split_table,
+)
 from dfdetect.detector import DETECTOR_FILE, Detector, score_logits
 from dfdetect.distributed import DistInfo, broadcast_object, cleanup, init_distributed
 from dfdetect.errors import NothingUsableError
@@ -123,7 +132,7 @@ def _train_head(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     x_va = torch.from_numpy(np.asarray(f_va[va], dtype=np.float32))
 
     torch.manual_seed(cfg.seed)  # the head's init must not depend on whether features came from the cache
-    head = nn.Linear(model.num_features, 1)
+    head = new_head(model.num_features)
     drop = nn.Dropout(protocol.model.drop_rate)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     pw = pos_weight(train_t.labels[tr]) if cfg.balance == "weighted" else None
@@ -172,6 +181,13 @@ def _cosine(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
+def _ema(model: nn.Module, decay: float) -> Any:
+    """timm's weight EMA, warmed up (the average follows the weights closely in the first steps)."""
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay, use_warmup=True)
+
+
 @torch.no_grad()
 def _predict(model: nn.Module, loader: DataLoader, device: torch.device,
              tta_flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -202,23 +218,38 @@ def _save_weights(path: Path, model: nn.Module) -> None:
         save_file(sd, str(tmp))
 
 
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay weights only: decaying biases and BatchNorm scales pulls them to 0, which no one wants."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable, protocol: Protocol,
-                out_dir: Path, info: DistInfo, notes: list[str], progress: ProgressCallback | None,
+                out_dir: Path, cache_dir: Path, info: DistInfo, notes: list[str], progress: ProgressCallback | None,
                 blend_fn: Any) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data.distributed import DistributedSampler
 
     cfg, size, device = protocol.train, protocol.model.input_size, info.device
     dc = model.data_config
+    # Decoded once, read every epoch (rank 0 writes the cache; the others wait and read it).
+    if info.is_main:
+        dec_tr, dec_va = decode_crops(train_t, size, cache_dir), decode_crops(val_t, size, cache_dir)
+    if info.distributed:
+        torch.distributed.barrier()
+    if not info.is_main:
+        dec_tr, dec_va = decode_crops(train_t, size, cache_dir), decode_crops(val_t, size, cache_dir)
     if cfg.pseudo_fakes == "sbi" or cfg.pairs:
         sbi = 0.0 if cfg.pseudo_fakes != "sbi" else (0.5 if cfg.sbi_mix else 1.0)
         train_ds: CropDataset = PairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
-                                            seed=cfg.seed, sbi=sbi, blend_fn=blend_fn)
+                                            seed=cfg.seed, sbi=sbi, blend_fn=blend_fn, decoded=dec_tr)
         per_batch = max(1, cfg.batch_size // 2)  # each item is a (real, fake) pair
     else:
-        train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment)
+        train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment, seed=cfg.seed,
+                               decoded=dec_tr)
         per_batch = cfg.batch_size
-    val_ds = CropDataset(val_t, input_size=size, data_config=dc)
+    val_ds = CropDataset(val_t, input_size=size, data_config=dc, decoded=dec_va)
     if info.distributed:
         sampler: Any = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=False)
     elif cfg.balance == "sampler" and not isinstance(train_ds, PairDataset):  # pairs are balanced already
@@ -236,10 +267,11 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
 
     model = model.to(device).to(memory_format=torch.channels_last)
     net: nn.Module = model
+    ema = _ema(model, cfg.ema) if cfg.ema > 0 else None
+    scored = ema.module if ema is not None else model  # what is validated, kept and saved
     if info.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps = max(1, len(train_dl)) * cfg.epochs
     sched = _cosine(opt, steps, warmup=round(cfg.warmup * steps))
 
@@ -259,6 +291,8 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
+            if ema is not None:
+                ema.module.load_state_dict(state["ema"])
             history, best_auc, bad_epochs = list(state["history"]), float(state["best_auc"]), int(state["bad_epochs"])
             best_p = state["best_p"].numpy()
             start_epoch = int(state["epoch"]) + 1
@@ -277,8 +311,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             break
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        if isinstance(train_ds, PairDataset):
-            train_ds.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
         net.train()
         tot_loss = tot_ok = n_seen = 0.0
         for x, y, ok in train_dl:
@@ -293,6 +326,8 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model, step=sched.last_epoch)
             n = float(ok.sum())
             tot_loss += loss.item() * n
             tot_ok += float((((logits >= 0) == (y == 1)).float() * ok).sum())
@@ -303,8 +338,9 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         # would otherwise "train" on nothing and save a detector (rank 0 decides, so all ranks stop together).
         if bool(broadcast_object(n_seen == 0, info)):
             raise NothingUsableError("no readable training crops (every one failed to decode)")
-        # Every rank scores the whole (small) validation set with identical weights.
-        p, yv, okv = _predict(model, val_dl, device, protocol.model.tta_flip)
+        # Every rank scores the whole (small) validation set with identical weights. Epochs are compared
+        # without flip-TTA (half the cost); the kept epoch is scored as the detector scores, below.
+        p, yv, okv = _predict(scored, val_dl, device)
         if not okv.any():
             raise NothingUsableError("no readable validation crops (every one failed to decode)")
         p, yv = p[okv], yv[okv]
@@ -316,7 +352,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         if improved:
             best_auc, bad_epochs, best_p = score, 0, p
             if info.is_main:
-                _save_weights(best_path, model)
+                _save_weights(best_path, scored)
         else:
             bad_epochs += 1
         done = bool(broadcast_object(bad_epochs >= cfg.patience, info))
@@ -324,15 +360,17 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             _save_state(ckpt, {"key": key, "epoch": epoch, "model": model.state_dict(),
                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                "history": history, "best_auc": best_auc, "bad_epochs": bad_epochs,
-                               "best_p": torch.from_numpy(np.asarray(best_p, dtype=np.float32))})
+                               "best_p": torch.from_numpy(np.asarray(best_p, dtype=np.float32)),
+                               **({"ema": ema.module.state_dict()} if ema is not None else {})})
         if info.distributed:
             torch.distributed.barrier()
     if best_path.is_file():
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(best_path)))
-    if okv is None or best_p.size != int(okv.sum()):  # nothing ran (a finished run resumed): score again
-        best_p, _, okv = _predict(model, val_dl, device, protocol.model.tta_flip)
+    tta = protocol.model.tta_flip
+    if tta or okv is None or best_p.size != int(okv.sum()):  # TTA, or a finished run resumed: score again
+        best_p, _, okv = _predict(model, val_dl, device, tta)
         best_p = best_p[okv]
     okv_idx = np.flatnonzero(okv)
     return history, val_t.labels[okv_idx], np.asarray(best_p, dtype=np.float64), okv_idx
@@ -346,7 +384,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
     """Split ``table``, fit ``protocol``'s model, choose the threshold on validation, save the run.
 
     Writes ``detector.safetensors``, ``history.json`` and ``config.yaml`` to ``out_dir`` (rank 0 only
-    under torchrun). ``cache_dir`` holds frozen features (default ``out_dir/features``); share it
+    under torchrun). ``cache_dir`` holds frozen features and decoded crops (default ``out_dir/features``); share it
     between runs over the same crops to reuse them. ``blend_fn`` replaces ``sbi.self_blend`` (tests).
     """
     out_dir = Path(out_dir)
@@ -365,14 +403,14 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
         if len(val_t) == 0:
             raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
         m = protocol.model
+        cache = Path(cache_dir) if cache_dir else out_dir / "features"
         model = create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights, srm_in_model=m.srm_in_model,
                                 pool=m.pool, num_classes=1, drop_rate=m.drop_rate)
         if cfg.mode == "head":
-            history, val_y, val_p, va = _train_head(model, train_t, val_t, protocol,
-                                                    Path(cache_dir) if cache_dir else out_dir / "features",
+            history, val_y, val_p, va = _train_head(model, train_t, val_t, protocol, cache,
                                                     info.device, notes, progress if info.is_main else None)
         else:
-            history, val_y, val_p, va = _train_full(model, train_t, val_t, protocol, out_dir, info, notes,
+            history, val_y, val_p, va = _train_full(model, train_t, val_t, protocol, out_dir, cache, info, notes,
                                                     progress, blend_fn)
         model = model.cpu().eval()
         threshold = choose_threshold(val_y, val_p, cfg.threshold) if val_y.size else 0.5

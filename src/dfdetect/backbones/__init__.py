@@ -1,6 +1,6 @@
 """Backbones: a registry of timm feature extractors with offline weights. Importing fills the registry."""
 
-from dfdetect.backbones._factory import BackboneClassifier, create_backbone
+from dfdetect.backbones._factory import BackboneClassifier, create_backbone, new_head
 from dfdetect.backbones._registry import (
     BackboneCfg,
     OfflineWeights,
@@ -19,5 +19,5 @@ from dfdetect.backbones.xception import *
 
 __all__ = [
     "BackboneCfg", "BackboneClassifier", "OfflineWeights", "create_backbone", "get_backbone_cfg", "is_backbone",
-    "list_backbones", "load_state_file", "register_backbone", "split_backbone_name_tag",
+    "list_backbones", "load_state_file", "new_head", "register_backbone", "split_backbone_name_tag",
 ]

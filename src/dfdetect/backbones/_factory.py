@@ -18,9 +18,21 @@ from dfdetect.backbones._registry import backbone_entrypoint, get_backbone_cfg, 
 from dfdetect.backbones._weights import load_weights
 from dfdetect.errors import DfdetectError
 
-__all__ = ["BackboneClassifier", "build_backbone", "create_backbone"]
+__all__ = ["BackboneClassifier", "build_backbone", "create_backbone", "new_head"]
 
 Pool = Literal["max", "avg"]
+
+
+def new_head(num_features: int, num_classes: int = 1) -> nn.Linear:
+    """A linear head with glorot-uniform weights and zero bias.
+
+    Why: it is Keras' ``Dense`` default, so the seed's head started this way, and fine-tuning from it
+    beat PyTorch's default init and timm's (test AUC 0.930 vs 0.912 on dfdc-faces, docs/QUALITY.md).
+    """
+    head = nn.Linear(num_features, num_classes)
+    nn.init.xavier_uniform_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
 
 
 class BackboneClassifier(nn.Module):
@@ -42,7 +54,7 @@ class BackboneClassifier(nn.Module):
         self.drop_rate = float(drop_rate)
         self.drop = nn.Dropout(drop_rate)
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = new_head(self.num_features, num_classes)
         self.cam_layer = cam_layer
         self.weights_id = "random"
 
@@ -74,7 +86,7 @@ class BackboneClassifier(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = new_head(self.num_features, num_classes)
 
     def cam_target_layers(self) -> list[nn.Module]:
         """The last convolutional block, where Grad-CAM reads activations and gradients."""

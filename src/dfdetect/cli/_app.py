@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -39,15 +40,17 @@ out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 ProtocolOpt = Annotated[str, typer.Option("--protocol", help="'seed' reproduces the report; 'default' works.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Processes for preprocessing (0 = serial).")]
-EngineOpt = Annotated[str, typer.Option("--engine", help="'process' (local pool) or 'ray' (Ray tasks).")]
+# Checked by the parser (min, choices), so a bad value is refused before any work or progress bar starts.
+WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=0, help="Processes for preprocessing (0 = serial).")]
+
+
+class EngineChoice(str, Enum):
+    process = "process"
+    ray = "ray"
+
+
+EngineOpt = Annotated[EngineChoice, typer.Option("--engine", help="'process' (local pool) or 'ray' (Ray tasks).")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (default: local).")]
-
-
-def check_engine(engine: str) -> str:
-    if engine not in ("process", "ray"):
-        raise DfdetectError(f"unknown engine {engine!r}; use 'process' or 'ray'")
-    return engine
 
 
 def handle_errors(fn: F) -> F:

@@ -20,12 +20,12 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from dfdetect.cli._app import (
+    EngineChoice,
     EngineOpt,
     ProtocolOpt,
     RayAddressOpt,
     WorkersOpt,
     app,
-    check_engine,
     console,
     handle_errors,
     out,
@@ -79,7 +79,7 @@ def frames_cmd(
         "--test-frames", help="Frames per video in the official test list (default protocol: 32).")] = None,
     image_format: Annotated[str | None, typer.Option("--format", help="png or jpg.")] = None,
     workers: WorkersOpt = 0,
-    engine: EngineOpt = "process",
+    engine: EngineOpt = EngineChoice.process,
     ray_address: RayAddressOpt = None,
     protocol: ProtocolOpt = "default",
 ) -> None:
@@ -95,7 +95,7 @@ def frames_cmd(
     if not dataset.items:
         raise NothingUsableError("no videos or images found", path=source)
     with progress_bar(f"frames x{cfg.num_frames}", len(dataset.items)) as advance:
-        report = extract_frames(dataset.items, out_dir, cfg, workers=workers, engine=check_engine(engine),
+        report = extract_frames(dataset.items, out_dir, cfg, workers=workers, engine=engine.value,
                                 ray_address=ray_address, progress=advance)
     print_report(report)
 
@@ -117,7 +117,7 @@ def faces_cmd(
         "--detect-max-side", help="Detect on a copy at most this wide/high, boxes mapped back (faster MTCNN).")] = None,
     min_score: Annotated[float | None, typer.Option("--min-score", help="MTCNN: drop faces below this.")] = None,
     workers: WorkersOpt = 0,
-    engine: EngineOpt = "process",
+    engine: EngineOpt = EngineChoice.process,
     ray_address: RayAddressOpt = None,
     protocol: ProtocolOpt = "default",
 ) -> None:
@@ -132,7 +132,7 @@ def faces_cmd(
         raise BadInputError("frames folder not found", path=frames_dir)
     _separate(frames_dir, out_dir, "frames")
     with progress_bar(f"faces ({cfg.detector})", len(frame_files(frames_dir))) as advance:
-        report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=check_engine(engine),
+        report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=engine.value,
                                ray_address=ray_address, progress=advance)
     print_report(report)
 
@@ -145,7 +145,7 @@ def srm_cmd(
     mode: Annotated[str | None, typer.Option("--mode", help="classic3 (3 kernels, one per channel) or seed.")] = None,
     clip: Annotated[float | None, typer.Option("--clip", help="Clip residuals to +-CLIP before 8-bit.")] = None,
     workers: WorkersOpt = 0,
-    engine: EngineOpt = "process",
+    engine: EngineOpt = EngineChoice.process,
     ray_address: RayAddressOpt = None,
     protocol: ProtocolOpt = "default",
 ) -> None:
@@ -159,7 +159,7 @@ def srm_cmd(
     _separate(faces_dir, out_dir, "faces")
     total = len(frame_files(faces_dir))
     with progress_bar(f"srm ({cfg.mode})", total) as advance:
-        report = make_srm_copy(faces_dir, out_dir, cfg, workers=workers, engine=check_engine(engine),
+        report = make_srm_copy(faces_dir, out_dir, cfg, workers=workers, engine=engine.value,
                                ray_address=ray_address, progress=advance)
     print_report(report)
 

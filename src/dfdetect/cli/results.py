@@ -22,12 +22,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from dfdetect.cli._app import (
+    EngineChoice,
     EngineOpt,
     ProtocolOpt,
     RayAddressOpt,
     WorkersOpt,
     app,
-    check_engine,
     console,
     handle_errors,
     out,
@@ -196,7 +196,7 @@ def study(
     backbones: BackbonesOpt = None,
     crops: CropsOpt = None,
     workers: WorkersOpt = 0,
-    engine: EngineOpt = "process",
+    engine: EngineOpt = EngineChoice.process,
     ray_address: RayAddressOpt = None,
     weights: Annotated[list[str] | None, typer.Option(
         "--weights", help="BACKBONE=FILE: local ImageNet weights for a backbone with none offline "
@@ -208,7 +208,7 @@ def study(
 
     names = _backbones(backbones) or DEFAULT_BACKBONES
     result = run_pipeline(source, out_dir, _protocol(protocol), backbones=names, crops=crops, workers=workers,
-                          engine=check_engine(engine), ray_address=ray_address, weights=_weights(weights),
+                          engine=engine.value, ray_address=ray_address, weights=_weights(weights),
                           progress=progress_bar, on_stage=print_report)
     _print_pipeline(result)
     _raise_if_no_cell(result.study)

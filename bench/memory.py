@@ -2,7 +2,8 @@
 
 Issue 5 item 4. Each size runs in a fresh subprocess that builds the crop table, loads MobileNetV2
 (offline ImageNet weights) and calls ``dfdetect.features.extract_features``, which streams crops
-in batches into a disk-backed ``.npy`` memmap; the child reports its own peak RSS
+in batches into a disk-backed ``.npy`` memmap, then ``dfdetect.data.decode_crops``, which appends the
+decoded crops a fine-tune reads to a ``.npy`` file; the child reports its own peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). A whole-dataset approach would grow ~10x from
 1,000 to 10,000 crops; a streaming one stays flat.
 
@@ -27,7 +28,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from dfdetect.backbones import create_backbone
-from dfdetect.data import build_crop_table
+from dfdetect.data import build_crop_table, decode_crops
 from dfdetect.datasets import discover
 from dfdetect.features import extract_features
 
@@ -38,6 +39,8 @@ table = build_crop_table(ds, None)
 model = create_backbone("mobilenet_v2", pretrained=True)
 t0 = time.perf_counter()
 feats, ok = extract_features(model, table, cache, input_size=size, batch_size=64)
+decoded = decode_crops(table, size, cache)  # what a fine-tune reads every epoch
+assert decoded.ok.all()
 print(json.dumps({"n": len(table), "shape": list(feats.shape), "ok": int(ok.sum()),
                   "seconds": time.perf_counter() - t0,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp) / "crops"
         t0 = time.perf_counter()
         make_crops(root, large)
-        print(f"generated {large} crops (96 px JPEG) in {time.perf_counter() - t0:.1f} s; featurising at "
+        print(f"generated {large} crops (96 px JPEG) in {time.perf_counter() - t0:.1f} s; featurising and decoding at "
               f"{args.input_size} px with MobileNetV2, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
         results = [run(root, n, args.input_size, Path(tmp) / f"cache{n}") for n in (small, large)]
     for r in results:

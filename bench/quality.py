@@ -445,7 +445,7 @@ def protocol_mismatches(recipe: Recipe, protocol) -> list[str]:
 
 
 def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, epochs: int | None = None,
-                 log: Callable[[str], None] = print) -> dict:
+                 lr: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Train through the package (``dfdetect.train.train``) on the non-test crops, score the held-out
     test crops with the saved Detector; the Detector file works with ``dfdetect evaluate``."""
     from dfdetect.data import CropTable, build_crop_table
@@ -455,8 +455,8 @@ def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, epoc
 
     t0 = time.perf_counter()
     protocol = protocol_for(recipe)
-    if epochs is not None:
-        protocol = protocol.model_copy(update={"train": protocol.train.model_copy(update={"epochs": epochs})})
+    overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+    protocol = protocol.model_copy(update={"train": protocol.train.model_copy(update=overrides)})
     for line in protocol_mismatches(recipe, protocol):
         log(f"  note: {line}")
     table = build_crop_table(discover(root), None)
@@ -498,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                          "loop, which measured the recipe; auto: dfdetect when dfdetect.train.train exists")
     ap.add_argument("--limit", type=int, default=None, help="smoke test: keep about this many groups")
     ap.add_argument("--epochs", type=int, default=None, help="smoke test: override the (b) epochs")
+    ap.add_argument("--lr", type=float, default=None, help="override the (b) learning rate (a recipe probe)")
     args = ap.parse_args(argv)
     if not (args.data / "labels.csv").is_file():
         print(f"SKIP: {args.data}/labels.csv not found (../shared/data is absent here)")
@@ -520,12 +521,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.epochs and recipe.mode == "full":
             recipe = dataclasses.replace(recipe, epochs=args.epochs)
+        if args.lr and recipe.mode == "full":
+            recipe = dataclasses.replace(recipe, lr=args.lr)
         print(f"training ({'a' if recipe is SEED else 'b'}) {recipe.name} [{time.strftime('%H:%M:%S')}]: {recipe}",
               flush=True)
         log = lambda m: print(m, flush=True)
         if engine == "dfdetect":
             results[recipe.name] = run_dfdetect(recipe, args.data, split, args.out, log=log,
-                                                epochs=args.epochs if recipe.mode == "full" else None)
+                                                epochs=args.epochs if recipe.mode == "full" else None,
+                                                lr=args.lr if recipe.mode == "full" else None)
         else:
             results[recipe.name] = run_recipe(recipe, args.data, split, device, log=log)
         r = results[recipe.name]

@@ -99,3 +99,19 @@ def test_cuda_full_and_head_mode_then_cpu_inference(tmp_path):
         crops = [cv2.imread(str(table.paths[table.videos.index(v)])) for v in r.val_videos]
         # the GPU ran in bf16 autocast (full mode) or fp32 (head); the CPU reruns in fp32
         np.testing.assert_allclose(r.detector.predict_proba(crops), r.val_p, atol=0.05)
+
+
+@pytest.mark.parametrize("load, running, want", [
+    (0.1, 1, 2),   # idle machine, this process just starting: both cores
+    (1.9, 1, 1),   # another process keeps a core busy: one thread
+    (2.0, 2, 2),   # this process's own 2 threads are the whole load: keep both (no 2 -> 1 -> 2 flapping)
+    (3.0, 2, 1),   # its 2 threads plus another busy process: back to one
+    (9.0, 1, 1),   # a crowded machine: never fewer than one
+])
+def test_auto_threads_counts_only_other_processes_load(monkeypatch, load, running, want):
+    from dfdetect import distributed as D
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(D, "_cores", lambda: 2)
+    monkeypatch.setattr(D.os, "getloadavg", lambda: (load, load, load))
+    assert D.auto_threads(running=running) == want

@@ -171,22 +171,28 @@ def torch_to_onnx(module: Any, dummy: Any, dest: Any, *, output_name: str = "out
                           opset_version=opset, dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}})
 
 
-def onnx_session(module: Any, dummy: Any, *, threads: int = 0) -> Any:
-    """An onnxruntime session running ``module`` on CPU, exported in memory (no file)."""
+def onnx_session(module: Any, dummy: Any, *, threads: int = 0, spin: bool = True) -> Any:
+    """An onnxruntime session running ``module`` on CPU, exported in memory (no file).
+
+    ``spin=False`` stops its threads busy-waiting between runs, for callers that do other work (reading
+    the next batch) on the same cores in the meantime.
+    """
     import io
 
     buf = io.BytesIO()
     torch_to_onnx(module, dummy, buf)
-    return _cpu_session(buf.getvalue(), threads)
+    return _cpu_session(buf.getvalue(), threads, spin)
 
 
-def _cpu_session(model: str | bytes, threads: int) -> Any:
+def _cpu_session(model: str | bytes, threads: int, spin: bool = True) -> Any:
     """An onnxruntime CPU session for a file path or serialised model (``threads=0``: its default)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 

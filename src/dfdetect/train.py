@@ -39,7 +39,7 @@ from dfdetect.data import (
     split_table,
 )
 from dfdetect.detector import DETECTOR_FILE, Detector, score_logits
-from dfdetect.distributed import DistInfo, broadcast_object, cleanup, init_distributed
+from dfdetect.distributed import DistInfo, auto_threads, broadcast_object, cleanup, init_distributed
 from dfdetect.errors import NothingUsableError
 from dfdetect.metrics import choose_threshold, compute_metrics
 from dfdetect.stage import ProgressCallback
@@ -121,8 +121,9 @@ def _train_head(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         p.requires_grad_(False)
     kw: dict[str, Any] = {"input_size": size, "batch_size": max(cfg.batch_size, 64), "workers": cfg.workers,
                           "device": device, "progress": progress}
-    f_tr, ok_tr = extract_features(model, train_t, cache_dir, **kw)
-    f_va, ok_va = extract_features(model, val_t, cache_dir, **kw)
+    # one pass (and one exported network) for both splits; rows are train then validation
+    f_all, ok_all = extract_features(model, CropTable.concat(train_t, val_t), cache_dir, **kw)
+    f_tr, ok_tr, f_va, ok_va = f_all[:len(train_t)], ok_all[:len(train_t)], f_all[len(train_t):], ok_all[len(train_t):]
     tr = _usable(train_t, ok_tr, "train", notes)
     va = _usable(val_t, ok_va, "validation", notes)
     if tr.size == 0:
@@ -312,6 +313,10 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
+        if device.type == "cpu" and epoch > start_epoch:
+            # The load average lags a minute: a run started just after other work would keep 1 thread for
+            # hours. Each epoch looks again, counting this process's own threads as its own load.
+            torch.set_num_threads(auto_threads(info.world_size, running=torch.get_num_threads()))
         net.train()
         tot_loss = tot_ok = n_seen = 0.0
         for x, y, ok in train_dl:

@@ -345,9 +345,9 @@ def augment_crop(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     Colour (saturation, contrast, brightness; p 0.8), Gaussian blur (sigma 0.3-1.5; p 0.2), JPEG at
     quality 40-100 (p 0.5), horizontal flip (p 0.5): the recipe bench/quality.py measured.
-    Why OpenCV rather than torchvision.transforms.v2: the same ops on uint8 arrays cost about a tenth
-    of the time on this CPU, and every draw comes from ``rng``, so a batch is the same with or without
-    DataLoader workers.
+    Why OpenCV rather than torchvision.transforms.v2: these are the exact ops the recipe was measured
+    with, they are cheap on small uint8 arrays, and every draw comes from ``rng``, so a batch is the same
+    with or without DataLoader workers.
     """
     img = rgb
     if rng.random() < 0.8:  # saturation, contrast and brightness in one uint8 pass

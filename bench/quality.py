@@ -444,8 +444,8 @@ def protocol_mismatches(recipe: Recipe, protocol) -> list[str]:
     return [f"{k}: package {a!r} vs measured {b!r}" for k, (a, b) in want.items() if a != b]
 
 
-def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, epochs: int | None = None,
-                 lr: float | None = None, log: Callable[[str], None] = print) -> dict:
+def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, overrides: dict | None = None,
+                 log: Callable[[str], None] = print) -> dict:
     """Train through the package (``dfdetect.train.train``) on the non-test crops, score the held-out
     test crops with the saved Detector; the Detector file works with ``dfdetect evaluate``."""
     from dfdetect.data import CropTable, build_crop_table
@@ -455,8 +455,7 @@ def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, epoc
 
     t0 = time.perf_counter()
     protocol = protocol_for(recipe)
-    overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
-    protocol = protocol.model_copy(update={"train": protocol.train.model_copy(update=overrides)})
+    protocol = protocol.model_copy(update={"train": protocol.train.model_copy(update=overrides or {})})
     for line in protocol_mismatches(recipe, protocol):
         log(f"  note: {line}")
     table = build_crop_table(discover(root), None)
@@ -519,17 +518,15 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in (SEED, DEFAULT):
         if args.only and recipe.name != args.only:
             continue
-        if args.epochs and recipe.mode == "full":
-            recipe = dataclasses.replace(recipe, epochs=args.epochs)
-        if args.lr and recipe.mode == "full":
-            recipe = dataclasses.replace(recipe, lr=args.lr)
+        # --epochs / --lr change (b) only; the package's protocol gets the same values
+        overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v} if recipe.mode == "full" else {}
+        if overrides:
+            recipe = dataclasses.replace(recipe, **overrides)
         print(f"training ({'a' if recipe is SEED else 'b'}) {recipe.name} [{time.strftime('%H:%M:%S')}]: {recipe}",
               flush=True)
         log = lambda m: print(m, flush=True)
         if engine == "dfdetect":
-            results[recipe.name] = run_dfdetect(recipe, args.data, split, args.out, log=log,
-                                                epochs=args.epochs if recipe.mode == "full" else None,
-                                                lr=args.lr if recipe.mode == "full" else None)
+            results[recipe.name] = run_dfdetect(recipe, args.data, split, args.out, log=log, overrides=overrides)
         else:
             results[recipe.name] = run_recipe(recipe, args.data, split, device, log=log)
         r = results[recipe.name]

@@ -72,6 +72,15 @@ def _naming(exc: OSError, dest: Path) -> OSError:
     return type(exc)(exc.errno, f"cannot write ({exc.strerror or exc})", str(dest))
 
 
+def load_cached(path: Path, ok_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cached ``.npy`` array (memory-mapped) and its per-row ok flags (bool), or None when either is
+    missing or unreadable: the caller checks the shape it needs and rebuilds otherwise."""
+    try:
+        return np.load(path, mmap_mode="r"), np.load(ok_path).astype(bool)
+    except (OSError, ValueError):
+        return None
+
+
 def write_text(dest: str | Path, text: str) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")

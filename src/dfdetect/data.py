@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from dfdetect._io import atomic_path, read_image
+from dfdetect._io import atomic_path, load_cached, read_image
 from dfdetect.config import TrainConfig
 from dfdetect.datasets import Dataset, parse_celebdf_name
 from dfdetect.errors import NothingUsableError
@@ -394,14 +394,11 @@ def decode_crops(table: CropTable, size: int, cache_dir: str | Path, *,
     key = hashlib.sha256(f"{table.fingerprint()}\0{size}\0v1".encode()).hexdigest()[:20]
     path, ok_path = cache_dir / f"{key}{DECODED_SUFFIX}", cache_dir / f"{key}.ok.npy"
     n = len(table)
-    try:
-        images, ok = np.load(path, mmap_mode="r"), np.load(ok_path)
-        if images.shape == (n, size, size, 3) and ok.shape == (n,):
-            if progress is not None:
-                progress(n)
-            return DecodedCrops(images, ok.astype(bool))
-    except (OSError, ValueError):
-        pass
+    hit = load_cached(path, ok_path)
+    if hit is not None and hit[0].shape == (n, size, size, 3) and hit[1].shape == (n,):
+        if progress is not None:
+            progress(n)
+        return DecodedCrops(*hit)
     cache_dir.mkdir(parents=True, exist_ok=True)
     ok = np.zeros(n, dtype=bool)
     blank = np.zeros((size, size, 3), np.uint8)

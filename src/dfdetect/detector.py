@@ -29,10 +29,17 @@ if TYPE_CHECKING:
     from dfdetect.data import CropTable
     from dfdetect.stage import ProgressCallback
 
-__all__ = ["DETECTOR_FILE", "FORMAT", "Detector", "NotFittedError", "score_logits"]
+__all__ = ["DETECTOR_FILE", "FORMAT", "Detector", "NotFittedError", "detector_file", "score_logits"]
 
 FORMAT = "dfdetect.detector/1"
 DETECTOR_FILE = "detector.safetensors"
+
+
+def detector_file(path: str | Path) -> Path:
+    """A run folder -> the ``detector.safetensors`` in it (train, study cells and demo save one there);
+    any other path as it is."""
+    path = Path(path)
+    return path / DETECTOR_FILE if path.is_dir() and (path / DETECTOR_FILE).is_file() else path
 
 
 def score_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
@@ -169,11 +176,9 @@ class Detector:
 
         from dfdetect.backbones import create_backbone
 
-        path = Path(path)
-        if path.is_dir():  # a run folder: train, study cells and demo save detector.safetensors in it
-            if not (path / DETECTOR_FILE).is_file():
-                raise WeightsError(f"a folder with no {DETECTOR_FILE} in it; pass the detector file", path=path)
-            path = path / DETECTOR_FILE
+        path = detector_file(path)
+        if path.is_dir():
+            raise WeightsError(f"a folder with no {DETECTOR_FILE} in it; pass the detector file", path=path)
         if not path.is_file():
             raise WeightsError("detector file not found", path=path)
         try:

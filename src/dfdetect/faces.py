@@ -30,11 +30,11 @@ from typing import Protocol as TypingProtocol
 import cv2
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, remove_stale_temps, write_image, write_json, write_text
+from dfdetect._io import is_valid_image, read_image, write_image, write_json, write_text
 from dfdetect.config import FaceConfig
 from dfdetect.errors import BadInputError, DfdetectError
 from dfdetect.frames import JobResult
-from dfdetect.labels import IMAGE_SUFFIXES
+from dfdetect.labels import IMAGE_SUFFIXES, files_under
 from dfdetect.parallel import Engine, in_worker, map_items
 from dfdetect.stage import ProgressCallback, StageReport
 
@@ -326,8 +326,7 @@ def faces_in_frames(frames: Sequence[np.ndarray], detector: Detector, cfg: FaceC
 
 def frame_files(frames_dir: Path) -> list[Path]:
     """Every image under ``frames_dir`` (hidden files such as done-markers excluded), sorted."""
-    return sorted(p for p in frames_dir.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return files_under(frames_dir)
 
 
 def _video_id(rel: Path) -> str:
@@ -463,14 +462,12 @@ def extract_faces(
         raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the frames folder", path=src)
     if cfg.detector not in _DETECTORS:  # fail before starting any worker
         create_detector(cfg)
-    stale = remove_stale_temps(out) if out.is_dir() else 0
+    report = StageReport("faces", out)
+    report.remove_stale_temps()
     jobs = _jobs(files, src)
     job = partial(_faces_job, frames_dir=str(src.resolve()), out_dir=str(out.resolve()), cfg=cfg)
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
                         weight=lambda j: j[3])
-    report = StageReport("faces", out)
-    if stale:
-        report.notes.append(f"removed {stale} temp file(s) an interrupted run left under {out}")
     rows: list[dict] = []
     for r, job_rows in results:
         report.written += r.written

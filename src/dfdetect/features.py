@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dfdetect._io import atomic_path
+from dfdetect._io import atomic_path, load_cached
 from dfdetect.backbones import BackboneClassifier
 from dfdetect.data import CropDataset, CropTable
 from dfdetect.distributed import cpu_threads
@@ -78,15 +78,6 @@ def fold_batchnorm(model: BackboneClassifier) -> BackboneClassifier:
     return folded if torch.allclose(want, got, rtol=1e-3, atol=tol) else model
 
 
-def _load(path: Path, ok_path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        feats = np.load(path, mmap_mode="r")
-        ok = np.load(ok_path)
-    except (OSError, ValueError):
-        return None
-    return (feats, ok) if feats.ndim == 2 and feats.shape[0] == n and ok.shape == (n,) else None
-
-
 @torch.no_grad()
 def extract_features(model: BackboneClassifier, table: CropTable, cache_dir: str | Path, *, input_size: int,
                      batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu",
@@ -102,10 +93,11 @@ def extract_features(model: BackboneClassifier, table: CropTable, cache_dir: str
     n = len(table)
     if n == 0:
         raise NothingUsableError("no crops to featurise", path=cache_dir)
-    if (hit := _load(path, ok_path, n)) is not None:
+    hit = load_cached(path, ok_path)
+    if hit is not None and hit[0].ndim == 2 and hit[0].shape[0] == n and hit[1].shape == (n,):
         if progress is not None:
             progress(n)
-        return hit[0], hit[1].astype(bool)
+        return hit
 
     with cpu_threads() if torch.device(device).type == "cpu" else contextlib.nullcontext():
         return _extract(model, table, path, ok_path, input_size=input_size, batch_size=batch_size,

@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, remove_stale_temps, write_image, write_json
+from dfdetect._io import is_valid_image, read_image, write_image, write_json
 from dfdetect.config import FrameConfig
 from dfdetect.datasets import MediaItem
 from dfdetect.errors import BadInputError
@@ -428,14 +428,12 @@ def extract_frames(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temps(out)
+    report = StageReport("frames", out)
+    report.remove_stale_temps()
     # Absolute paths: Ray workers (possibly on other machines) do not share our working directory.
     jobs = [(str(it.path), it.video_id, cfg.for_item(it.is_test)) for it in items]
     results = map_items(partial(_frames_job, out_dir=str(out.resolve())), jobs, workers=workers, engine=engine,
                         ray_address=ray_address, progress=progress)
-    report = StageReport("frames", out)
-    if stale:
-        report.notes.append(f"removed {stale} temp file(s) an interrupted run left under {out}")
     for r in results:
         report.written += r.written
         report.reused += r.reused

@@ -92,6 +92,15 @@ def write_label_file(dest: str | Path, lines: list[LabelLine]) -> Path:
     return write_text(dest, format_label_lines(lines))
 
 
+def files_under(folder: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Every file under ``folder`` (recursive) with one of ``suffixes``, sorted.
+
+    Hidden files are never data: done-markers, a killed run's atomic-write temp files, macOS "._x.png".
+    """
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file())
+
+
 def generate_labels(
     root: str | Path, subfolder: str, label: Label, *, dest: str | Path, append: bool = True
 ) -> list[LabelLine]:
@@ -104,11 +113,7 @@ def generate_labels(
     folder = root / subfolder
     if not folder.is_dir():
         raise BadInputError("folder not found", path=folder)
-    # Hidden files (a killed run's atomic-write temp files, macOS "._x.png") are not data.
-    files = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not p.name.startswith(".")
-    )
+    files = files_under(folder, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     new = [LabelLine(label, p.relative_to(root).as_posix()) for p in files]
     dest = Path(dest)
     old: list[LabelLine] = []

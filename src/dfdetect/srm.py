@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, remove_stale_temps, write_image, write_text
+from dfdetect._io import is_valid_image, read_image, write_image, write_text
 from dfdetect.config import SRMConfig
 from dfdetect.errors import BadInputError
-from dfdetect.faces import MANIFEST_NAME, read_manifest, write_manifest
+from dfdetect.faces import MANIFEST_NAME, frame_files, read_manifest, write_manifest
 from dfdetect.frames import JobResult
-from dfdetect.labels import IMAGE_SUFFIXES
 from dfdetect.parallel import Engine, map_items
 from dfdetect.stage import ProgressCallback, StageReport
 
@@ -174,12 +173,12 @@ def make_srm_copy(
     src, out = Path(faces_dir), Path(out_dir)
     if not src.is_dir():
         raise BadInputError("faces folder not found", path=src)
-    files = sorted(p for p in src.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    files = frame_files(src)
     if not files:
         raise BadInputError("no face crops (images) under the folder", path=src)
     out.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temps(out)
+    report = StageReport("srm", out)
+    report.remove_stale_temps()
     cfg_file = out / ".srm-config.json"
     stamp = cfg.model_dump_json()
     if cfg_file.is_file() and cfg_file.read_text(encoding="utf-8") != stamp:
@@ -194,9 +193,6 @@ def make_srm_copy(
     job = partial(_srm_job, faces_dir=str(src.resolve()), out_dir=str(out.resolve()), cfg=cfg)
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
                         weight=lambda j: len(j[1]))
-    report = StageReport("srm", out)
-    if stale:
-        report.notes.append(f"removed {stale} temp file(s) an interrupted run left under {out}")
     for r in results:
         report.written += r.written
         report.reused += r.reused

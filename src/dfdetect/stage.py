@@ -27,6 +27,13 @@ class StageReport:
     failed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def remove_stale_temps(self) -> None:
+        """Delete the temp files a killed run left under ``out_dir`` (stages call this before any work)."""
+        from dfdetect._io import remove_stale_temps
+
+        if n := remove_stale_temps(self.out_dir):
+            self.notes.append(f"removed {n} temp file(s) an interrupted run left under {self.out_dir}")
+
     @property
     def usable(self) -> int:
         return self.written + self.reused

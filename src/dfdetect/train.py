@@ -7,7 +7,8 @@ computed once (:mod:`dfdetect.features`) and the head trains on them: the same m
 ``mode='full'`` fine-tunes everything with augmentation, AdamW and a cosine schedule, optionally a
 moving average of the weights (``ema``), early stopping on validation AUC, the best epoch kept, and a
 checkpoint written atomically every epoch so a killed run resumes. Crops are decoded once into a
-disk-backed array (:func:`dfdetect.data.decode_crops`) and read from it every epoch. Under ``torchrun`` it runs DistributedDataParallel (see :mod:`dfdetect.distributed`).
+disk-backed array (:func:`dfdetect.data.decode_crops`) and read from it every epoch. Under
+``torchrun`` it runs DistributedDataParallel (see :mod:`dfdetect.distributed`).
 
 Either way the decision threshold is chosen on validation scores, never on test.
 """
@@ -32,6 +33,7 @@ from dfdetect.config import Protocol, save_config
 from dfdetect.data import (
     CropDataset,
     CropTable,
+    DecodedCrops,
     PairDataset,
     balanced_sampler,
     decode_crops,
@@ -123,7 +125,8 @@ def _train_head(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
                           "device": device, "progress": progress}
     # one pass (and one exported network) for both splits; rows are train then validation
     f_all, ok_all = extract_features(model, CropTable.concat(train_t, val_t), cache_dir, **kw)
-    f_tr, ok_tr, f_va, ok_va = f_all[:len(train_t)], ok_all[:len(train_t)], f_all[len(train_t):], ok_all[len(train_t):]
+    n_tr = len(train_t)
+    f_tr, ok_tr, f_va, ok_va = f_all[:n_tr], ok_all[:n_tr], f_all[n_tr:], ok_all[n_tr:]
     tr = _usable(train_t, ok_tr, "train", notes)
     va = _usable(val_t, ok_va, "validation", notes)
     if tr.size == 0:
@@ -219,6 +222,16 @@ def _save_weights(path: Path, model: nn.Module) -> None:
         save_file(sd, str(tmp))
 
 
+def _decoded(table: CropTable, size: int, cache_dir: Path, info: DistInfo) -> DecodedCrops:
+    """The crops decoded once, read every epoch: rank 0 writes the cache, the other ranks wait and read it."""
+    if not info.is_main:
+        torch.distributed.barrier()
+    decoded = decode_crops(table, size, cache_dir)
+    if info.is_main and info.distributed:
+        torch.distributed.barrier()
+    return decoded
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay weights only: decaying biases and BatchNorm scales pulls them to 0, which no one wants."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -234,13 +247,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
 
     cfg, size, device = protocol.train, protocol.model.input_size, info.device
     dc = model.data_config
-    # Decoded once, read every epoch (rank 0 writes the cache; the others wait and read it).
-    if info.is_main:
-        dec_tr, dec_va = decode_crops(train_t, size, cache_dir), decode_crops(val_t, size, cache_dir)
-    if info.distributed:
-        torch.distributed.barrier()
-    if not info.is_main:
-        dec_tr, dec_va = decode_crops(train_t, size, cache_dir), decode_crops(val_t, size, cache_dir)
+    dec_tr, dec_va = _decoded(train_t, size, cache_dir, info), _decoded(val_t, size, cache_dir, info)
     if cfg.pseudo_fakes == "sbi" or cfg.pairs:
         sbi = 0.0 if cfg.pseudo_fakes != "sbi" else (0.5 if cfg.sbi_mix else 1.0)
         train_ds: CropDataset = PairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
@@ -389,8 +396,9 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
     """Split ``table``, fit ``protocol``'s model, choose the threshold on validation, save the run.
 
     Writes ``detector.safetensors``, ``history.json`` and ``config.yaml`` to ``out_dir`` (rank 0 only
-    under torchrun). ``cache_dir`` holds frozen features and decoded crops (default ``out_dir/features``); share it
-    between runs over the same crops to reuse them. ``blend_fn`` replaces ``sbi.self_blend`` (tests).
+    under torchrun). ``cache_dir`` holds frozen features and decoded crops (default
+    ``out_dir/features``); share it between runs over the same crops to reuse them. ``blend_fn``
+    replaces ``sbi.self_blend`` (tests).
     """
     out_dir = Path(out_dir)
     cfg = protocol.train

@@ -140,13 +140,12 @@ def evaluate(
     workers: WorkersOpt = 0,
 ) -> None:
     """Score a labelled set with a saved detector at its validation-chosen threshold."""
-    from dfdetect.detector import DETECTOR_FILE, Detector
+    from dfdetect.detector import Detector, detector_file
     from dfdetect.evaluate import HISTORY_JSON, official_test_subset
     from dfdetect.evaluate import evaluate as run_evaluate
     from dfdetect.pipeline import prepare_crops
 
-    if detector.is_dir():  # a run folder holds its detector
-        detector = detector / DETECTOR_FILE
+    detector = detector_file(detector)  # a run folder holds its detector; eval-* goes beside it
     if not detector.is_file():
         raise BadInputError("detector file not found (train one with `dfdetect train`)", path=detector)
     det = Detector.load(detector)

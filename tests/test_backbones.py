@@ -74,6 +74,14 @@ def test_pool_and_srm_in_model():
         create_backbone("mobilenet_v2", pretrained=False, pool="median")
 
 
+def test_stochastic_depth_reaches_the_body_or_is_refused_by_name():
+    m = create_backbone("mobilenet_v2", pretrained=False, pool="avg", drop_path_rate=0.2)
+    probs = [x.drop_prob for x in m.modules() if type(x).__name__ == "DropPath"]
+    assert probs and max(probs) == pytest.approx(0.2, abs=0.02)
+    with pytest.raises(DfdetectError, match="'vgg16' does not take drop_path_rate"):
+        create_backbone("vgg16", pretrained=False, drop_path_rate=0.1)
+
+
 def _top5(model, rgb: np.ndarray) -> set[int]:
     dc = model.data_config
     x = cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255

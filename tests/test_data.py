@@ -272,3 +272,21 @@ def test_augmentation_is_seeded_by_epoch_and_index(tmp_path):
     rgb = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     out = augment_crop(rgb, np.random.default_rng(5))
     assert out.shape == rgb.shape and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+
+
+def test_random_erasing_hides_one_region_and_keeps_the_draws_without_it(tmp_path):
+    rgb = np.full((64, 64, 3), 128, np.uint8)
+    for i in range(20):
+        plain = augment_crop(rgb, np.random.default_rng(i))
+        assert np.array_equal(plain, augment_crop(rgb, np.random.default_rng(i), erase=0.0))  # old draws kept
+        erased = augment_crop(rgb, np.random.default_rng(i), erase=1.0)
+        assert (rgb == 128).all()  # the input is never changed in place
+        assert np.array_equal(erased, augment_crop(rgb, np.random.default_rng(i), erase=1.0))  # seeded
+        changed = np.any(erased != plain, axis=2)
+        ys, xs = np.nonzero(changed)
+        assert 0.02 * 64 * 64 * 0.5 <= changed.sum() <= 64 * 64 / 3 + 64  # 2-33 % of the crop (noise may tie)
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        assert changed.sum() >= 0.9 * box  # one filled rectangle, not scattered pixels
+    t = CropTable([_img(tmp_path / "a.png", 120, 40)], np.array([0]), ["a"], [("a",)], np.zeros(1, bool))
+    kept, hidden = (CropDataset(t, input_size=32, data_config=DC, augment=True, erase=e, seed=3)[0][0] for e in (0, 1))
+    assert not torch.equal(kept, hidden)  # the dataset passes erase on

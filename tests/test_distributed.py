@@ -115,3 +115,29 @@ def test_auto_threads_counts_only_other_processes_load(monkeypatch, load, runnin
     monkeypatch.setattr(D, "_cores", lambda: 2)
     monkeypatch.setattr(D.os, "getloadavg", lambda: (load, load, load))
     assert D.auto_threads(running=running) == want
+
+
+def test_auto_threads_measures_other_processes_since_a_sample(monkeypatch):
+    """/proc/stat, not the lagging load average: an idle machine gets both cores back whatever the load says."""
+    from dfdetect import distributed as D
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(D, "_cores", lambda: 2)
+    monkeypatch.setattr(D.os, "getloadavg", lambda: (2.0, 2.0, 2.0))  # stale: says someone else is busy
+    before = D.CpuSample(wall=0.0, machine=100.0, own=50.0)
+    for machine, own, want in ((110.0, 59.0, 2),    # 10 s: 10 busy core-s, 9 of them ours -> others 0.1 core
+                               (118.0, 59.0, 1),    # others kept 0.9 core busy -> one thread
+                               (100.0, 50.0, 2)):   # nothing at all happened: idle
+        monkeypatch.setattr(D, "cpu_sample", lambda m=machine, o=own: D.CpuSample(10.0, m, o))
+        assert D.auto_threads(running=1, since=before) == want
+    assert D.auto_threads(running=1) == 1  # without a sample the load average still decides
+
+
+def test_cpu_sample_reads_this_machine():
+    from dfdetect import distributed as D
+
+    s = D.cpu_sample()
+    if not Path("/proc/stat").is_file():
+        assert s is None
+        return
+    assert s is not None and s.machine > 0 and s.own > 0 and s.wall > 0

@@ -146,10 +146,11 @@ def test_predict_explain_adds_heatmaps(tmp_path, monkeypatch, red_blue):
     assert P.gradcam_sheet(res) is not None
 
 
-def test_real_detector_gradcam(tmp_path):
+@pytest.mark.parametrize("members", [1, 2])
+def test_real_detector_gradcam(tmp_path, members):
     from test_export import real_detector
 
-    det = real_detector(tmp_path, size=64)
+    det = real_detector(tmp_path, size=64, members=members)
     crop = cv2.resize(red_blue_image(), (90, 90))
     out = gradcam_overlay(det, crop)
     assert out.shape == crop.shape and out.dtype == np.uint8

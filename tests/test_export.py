@@ -66,23 +66,26 @@ def test_metadata_round_trips(exported):
     assert inp[0].dim_param == "batch" and [x.dim_value for x in inp[1:]] == [3, 48, 48]
 
 
-def real_detector(tmp_path: Path, size: int = 64):
-    """dfdetect's own Detector around a randomly initialised MobileNetV2, saved and loaded back."""
-    from dfdetect.backbones import create_backbone
+def real_detector(tmp_path: Path, size: int = 64, members: int = 1):
+    """dfdetect's own Detector around randomly initialised MobileNetV2s (``members`` > 1: an ensemble), saved
+    and loaded back."""
+    from dfdetect.backbones import EnsembleClassifier, create_backbone
     from dfdetect.detector import Detector
 
     protocol = Protocol.default()
     protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"input_size": size})})
     torch.manual_seed(0)
     m = protocol.model
-    model = create_backbone("mobilenet_v2", pretrained=False, pool=m.pool, num_classes=1)
-    det = Detector.from_model(model, protocol, threshold=0.42)
+    nets = [create_backbone("mobilenet_v2", pretrained=False, pool=m.pool, num_classes=1) for _ in range(members)]
+    det = Detector.from_model(nets[0] if members == 1 else EnsembleClassifier(nets), protocol, threshold=0.42)
     return Detector.load(det.save(tmp_path / "detector.safetensors"))
 
 
-def test_real_detector_round_trip(tmp_path):
+@pytest.mark.parametrize("members", [1, 2])
+def test_real_detector_round_trip(tmp_path, members):
     pytest.importorskip("dfdetect.detector")
-    det = real_detector(tmp_path)
+    det = real_detector(tmp_path, members=members)
+    assert len(getattr(det.model_, "members", [det.model_])) == members
     info = export_onnx(det, tmp_path / "det.onnx")
     assert info.preprocess.interpolation == "area_down" and info.preprocess.size == (64, 64)
     onnx_det = OnnxDetector.load(info.path)

@@ -35,3 +35,19 @@ def test_history_without_validation_and_one_class_roc(tmp_path):
     plot_roc(np.ones(6, dtype=int), np.linspace(0, 1, 6), tmp_path / "roc.png", auc=None)
     plot_confusion([[0, 0], [0, 0]], tmp_path / "c.png")
     assert all(read_image(tmp_path / n) is not None for n in ("h.png", "roc.png", "c.png"))
+
+
+def test_ensemble_history_draws_one_line_per_member(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **kw: drawn.append((list(a[0]), kw.get("label"))) or original(self, *a, **kw))
+    history = [{"member": k, "epoch": e, "train_loss": 1 / e, "train_acc": 0.6, "val_loss": 1 / e, "val_acc": 0.6}
+               for k in (0, 1) for e in (1, 2, 3)]
+    plot_history(history, tmp_path / "h.png")
+    assert len(drawn) == 8 and all(xs == [1, 2, 3] for xs, _ in drawn)  # 2 members x train/val x acc/loss
+    assert {label for _, label in drawn} == {"train, member 0", "validation, member 0", "train, member 1",
+                                             "validation, member 1"}
+    assert read_image(tmp_path / "h.png") is not None

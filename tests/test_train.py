@@ -167,6 +167,10 @@ def test_train_command(folder, tmp_path):
     bad = CliRunner().invoke(app, ["train", str(folder), "--out", str(run), "--weights", str(folder / "nope.pth"),
                                    "--input-size", str(SIZE)])
     assert bad.exit_code == 1 and "weights file not found" in bad.output and "Traceback" not in bad.output
+    two = CliRunner().invoke(app, ["train", str(folder), "--out", str(tmp_path / "two"), "--no-pretrained",
+                                   "--input-size", str(SIZE), "--epochs", "1", "--batch-size", "8", "--ensemble", "2"])
+    assert two.exit_code == 0, two.output
+    assert "member" in two.output and (tmp_path / "two" / "member1" / CHECKPOINT_FILE).is_file()
 
 
 def test_fold_batchnorm_keeps_features_and_refuses_a_wrong_fold(monkeypatch):
@@ -220,3 +224,38 @@ def test_full_mode_ema_is_validated_checkpointed_and_saved(table, tmp_path):
     w = "fc.weight"
     assert torch.equal(state["ema"][w], saved[w]) and not torch.equal(state["model"][w], saved[w])
     assert r.history[0]["epoch"] == 1
+
+
+def test_ensemble_members_train_apart_and_the_detector_averages_their_logits(table, tmp_path):
+    """Each member has its own seed and folder (so it resumes alone); the saved detector is their mean logit."""
+    from dfdetect.backbones import EnsembleClassifier
+    from dfdetect.detector import Detector
+
+    p = _proto(Protocol.default(), epochs=1, batch_size=8, split="random")
+    p = p.model_copy(update={"model": p.model.model_copy(update={"ensemble": 2})})
+    r = train(table, p, tmp_path)
+    model = r.detector.model_
+    assert isinstance(model, EnsembleClassifier) and len(model.members) == 2
+    assert [(h["member"], h["epoch"]) for h in r.history] == [(0, 1), (1, 1)]
+    assert all((tmp_path / f"member{k}" / CHECKPOINT_FILE).is_file() for k in (0, 1))
+    a, b = model.members
+    assert not torch.equal(a.fc.weight, b.fc.weight)  # different seeds, different members
+    x = r.detector.preprocess([cv2.imread(str(pth)) for pth in table.paths[:6]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), (a(x) + b(x)) / 2)
+    crops = [cv2.imread(str(table.paths[table.videos.index(v)])) for v in r.val_videos]
+    np.testing.assert_allclose(r.detector.predict_proba(crops), r.val_p, atol=1e-5)  # threshold saw these scores
+    loaded = Detector.load(tmp_path / "detector.safetensors")
+    assert isinstance(loaded.model_, EnsembleClassifier) and len(loaded.cam_target_layers()) == 2
+    np.testing.assert_allclose(loaded.predict_proba(crops), r.val_p, atol=1e-5)
+    again = train(table, p, tmp_path)  # both members finished: a rerun resumes each, trains nothing
+    assert sum("resumed" in n for n in again.notes) == 2
+    np.testing.assert_allclose(again.val_p, r.val_p, atol=1e-6)
+
+
+def test_head_mode_trains_one_head_even_when_the_protocol_asks_for_an_ensemble(table, tmp_path):
+    p = _proto(Protocol.seed(), epochs=1)
+    p = p.model_copy(update={"model": p.model.model_copy(update={"ensemble": 2})})
+    r = train(table, p, tmp_path)
+    assert not hasattr(r.detector.model_, "members") and r.detector.protocol_.model.ensemble == 1
+    assert any("ensemble applies to mode='full' only" in n for n in r.notes)

@@ -10,6 +10,7 @@ shared by training (:class:`CropDataset`) and inference (:func:`preprocess_crops
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,11 +341,14 @@ def preprocess_crops(crops_bgr: Sequence[np.ndarray], data_config: dict[str, Any
     return _normalise(x, data_config["mean"], data_config["std"]).contiguous(memory_format=torch.channels_last)
 
 
-def augment_crop(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Full-mode augmentation of one RGB uint8 crop: what a re-uploaded video goes through.
+def augment_crop(rgb: np.ndarray, rng: np.random.Generator, *, erase: float = 0.0) -> np.ndarray:
+    """Full-mode augmentation of one RGB uint8 crop (never changed in place): what a re-uploaded video goes
+    through.
 
     Colour (saturation, contrast, brightness; p 0.8), Gaussian blur (sigma 0.3-1.5; p 0.2), JPEG at
-    quality 40-100 (p 0.5), horizontal flip (p 0.5): the recipe bench/quality.py measured.
+    quality 40-100 (p 0.5), horizontal flip (p 0.5): the recipe bench/quality.py measured. With
+    ``erase`` > 0, random erasing (Zhong et al. 2020) with that probability, last: it hides one region so
+    the model cannot lean on a single artefact.
     Why OpenCV rather than torchvision.transforms.v2: these are the exact ops the recipe was measured
     with, they are cheap on small uint8 arrays, and every draw comes from ``rng``, so a batch is the same
     with or without DataLoader workers.
@@ -363,7 +367,27 @@ def augment_crop(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if rng.random() < 0.5:
         img = img[:, ::-1]
-    return np.ascontiguousarray(img)
+    img = np.ascontiguousarray(img)
+    if erase and rng.random() < erase:
+        img = _erase(img, rng)
+    return img
+
+
+def _erase(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of ``img`` with one random-erasing rectangle filled with uniform noise (a copy: ``img`` may be
+    the caller's array or a read-only cache row). By hand because timm's RandomErasing draws from Python's
+    global ``random``; this one draws from ``rng``, so a batch stays the same with or without workers."""
+    img = img.copy()
+    h, w = img.shape[:2]
+    for _ in range(10):  # timm's attempts: resample until the rectangle fits
+        area = h * w * rng.uniform(0.02, 1 / 3)
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+        eh, ew = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < eh < h and 0 < ew < w:
+            y, x = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+            img[y:y + eh, x:x + ew] = rng.integers(0, 256, (eh, ew, img.shape[2]), dtype=np.uint8)
+            break
+    return img
 
 
 # --------------------------------------------------------------------------- decoded crops
@@ -429,12 +453,12 @@ class CropDataset(TorchDataset):
     """
 
     def __init__(self, table: CropTable, *, input_size: int, data_config: dict[str, Any], augment: bool = False,
-                 seed: int = 0, decoded: DecodedCrops | None = None):
+                 erase: float = 0.0, seed: int = 0, decoded: DecodedCrops | None = None):
         self.paths = [str(p) for p in table.paths]
         self.labels = table.labels.astype(np.float32)
         self.input_size = input_size
         self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
-        self.augment = augment
+        self.augment, self.erase = augment, erase
         self.seed, self.epoch = seed, 0
         if decoded is not None and decoded.images.shape[:2] != (len(self.paths), input_size):
             raise ValueError(f"decoded crops have shape {decoded.images.shape}; want ({len(self.paths)}, "
@@ -453,7 +477,7 @@ class CropDataset(TorchDataset):
     def _tensor(self, bgr: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         rgb = resize_rgb(bgr, self.input_size)
         if self.augment:
-            rgb = augment_crop(rgb, rng)
+            rgb = augment_crop(rgb, rng, erase=self.erase)
         return _normalise(torch.from_numpy(rgb).permute(2, 0, 1), self.mean, self.std)
 
     def _read(self, i: int) -> np.ndarray | None:
@@ -479,10 +503,11 @@ class PairDataset(CropDataset):
     """
 
     def __init__(self, table: CropTable, *, input_size: int, data_config: dict[str, Any], augment: bool = False,
-                 seed: int = 0, sbi: float = 0.0, same_group: bool = True, decoded: DecodedCrops | None = None,
+                 erase: float = 0.0, seed: int = 0, sbi: float = 0.0, same_group: bool = True,
+                 decoded: DecodedCrops | None = None,
                  blend_fn: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None):
-        super().__init__(table, input_size=input_size, data_config=data_config, augment=augment, seed=seed,
-                         decoded=decoded)
+        super().__init__(table, input_size=input_size, data_config=data_config, augment=augment, erase=erase,
+                         seed=seed, decoded=decoded)
         self.real = np.flatnonzero(table.labels == Label.REAL)
         self.fake = np.flatnonzero(table.labels == Label.FAKE)
         if self.real.size == 0:

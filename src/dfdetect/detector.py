@@ -25,7 +25,7 @@ from dfdetect.distributed import cpu_threads
 from dfdetect.errors import DfdetectError, WeightsError
 
 if TYPE_CHECKING:
-    from dfdetect.backbones import BackboneClassifier
+    from dfdetect.backbones import BackboneClassifier, EnsembleClassifier
     from dfdetect.data import CropTable
     from dfdetect.stage import ProgressCallback
 
@@ -66,7 +66,7 @@ class Detector:
 
     Attributes
     ----------
-    model_ : BackboneClassifier
+    model_ : BackboneClassifier or EnsembleClassifier (``protocol.model.ensemble`` > 1)
     protocol_ : Protocol
     threshold_ : float
         Decision threshold chosen on validation scores (``protocol.train.threshold``).
@@ -81,7 +81,7 @@ class Detector:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_model(cls, model: BackboneClassifier, protocol: Protocol, threshold: float, *,
+    def from_model(cls, model: BackboneClassifier | EnsembleClassifier, protocol: Protocol, threshold: float, *,
                    batch_size: int = 64) -> Detector:
         """Wrap an already trained network (what :func:`dfdetect.train.train` returns)."""
         det = cls(protocol, batch_size=batch_size)
@@ -152,6 +152,7 @@ class Detector:
             "protocol": self.protocol_.model_dump_json(),
             "threshold": repr(float(self.threshold_)),
             "backbone": self.model_.backbone_name,
+            "members": str(len(getattr(self.model_, "members", ())) or 1),  # > 1: an EnsembleClassifier
             "weights_id": self.model_.weights_id,
             "data_config": json.dumps({k: list(v) if isinstance(v, tuple) else v
                                        for k, v in self.data_config_.items()}),
@@ -174,7 +175,7 @@ class Detector:
         from pydantic import ValidationError
         from safetensors import safe_open
 
-        from dfdetect.backbones import create_backbone
+        from dfdetect.backbones import EnsembleClassifier, create_backbone
 
         path = detector_file(path)
         if path.is_dir():
@@ -194,14 +195,16 @@ class Detector:
             protocol = Protocol.model_validate_json(meta["protocol"])
             threshold = float(meta["threshold"])
             backbone = meta.get("backbone", protocol.model.backbone)
+            n_members = int(meta.get("members", "1"))
         except (KeyError, ValueError, ValidationError) as exc:
             raise WeightsError(f"detector metadata is damaged ({type(exc).__name__})", path=path) from None
         if not 0.0 <= threshold <= 1.0:  # also NaN: every verdict would silently be "real"
             raise WeightsError(f"detector metadata is damaged (threshold {threshold} is not in [0, 1])", path=path)
         m = protocol.model
         try:
-            model = create_backbone(backbone, pretrained=False, srm_in_model=m.srm_in_model, pool=m.pool,
-                                    num_classes=1, drop_rate=m.drop_rate)
+            members = [create_backbone(backbone, pretrained=False, srm_in_model=m.srm_in_model, pool=m.pool,
+                                       num_classes=1, drop_rate=m.drop_rate) for _ in range(max(1, n_members))]
+            model = members[0] if len(members) == 1 else EnsembleClassifier(members)
         except DfdetectError as exc:  # e.g. a backbone this version does not know
             raise WeightsError(f"cannot rebuild the model ({exc})", path=path) from None
         try:

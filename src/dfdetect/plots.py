@@ -53,14 +53,18 @@ def plot_history(history: Sequence[Mapping[str, float]], dest: str | Path, *, ti
     """Accuracy and loss per epoch, train and validation, side by side in one PNG (the seed's Fig. 1a/b).
 
     ``history`` rows are ``{epoch, train_loss, train_acc, val_loss, val_acc, ...}`` as
-    :func:`dfdetect.train.train` returns them.
+    :func:`dfdetect.train.train` returns them; an ensemble's rows also carry ``member``, one line each.
     """
+    members = sorted({int(row["member"]) for row in history if "member" in row}) or [None]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, metric, name in ((ax_acc, "acc", "accuracy"), (ax_loss, "loss", "loss")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            xs, ys = _series(history, f"{split}_{metric}")
-            if xs:
-                ax.plot(xs, ys, style, markersize=3, label="train" if split == "train" else "validation")
+        for k in members:
+            rows = history if k is None else [row for row in history if row.get("member") == k]
+            for split, style in (("train", "-o"), ("val", "-s")):
+                xs, ys = _series(rows, f"{split}_{metric}")
+                label = "train" if split == "train" else "validation"
+                if xs:
+                    ax.plot(xs, ys, style, markersize=3, label=label if k is None else f"{label}, member {k}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.set_title(name)

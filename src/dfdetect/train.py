@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dfdetect._io import atomic_path, write_json
-from dfdetect.backbones import BackboneClassifier, create_backbone, new_head
+from dfdetect.backbones import BackboneClassifier, EnsembleClassifier, create_backbone, new_head
 from dfdetect.config import Protocol, save_config
 from dfdetect.data import (
     CropDataset,
@@ -41,7 +41,14 @@ from dfdetect.data import (
     split_table,
 )
 from dfdetect.detector import DETECTOR_FILE, Detector, score_logits
-from dfdetect.distributed import DistInfo, auto_threads, broadcast_object, cleanup, init_distributed
+from dfdetect.distributed import (
+    DistInfo,
+    auto_threads,
+    broadcast_object,
+    cleanup,
+    cpu_sample,
+    init_distributed,
+)
 from dfdetect.errors import NothingUsableError
 from dfdetect.metrics import choose_threshold, compute_metrics
 from dfdetect.stage import ProgressCallback
@@ -251,11 +258,12 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     if cfg.pseudo_fakes == "sbi" or cfg.pairs:
         sbi = 0.0 if cfg.pseudo_fakes != "sbi" else (0.5 if cfg.sbi_mix else 1.0)
         train_ds: CropDataset = PairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
-                                            seed=cfg.seed, sbi=sbi, blend_fn=blend_fn, decoded=dec_tr)
+                                            erase=cfg.erase, seed=cfg.seed, sbi=sbi, blend_fn=blend_fn,
+                                            decoded=dec_tr)
         per_batch = max(1, cfg.batch_size // 2)  # each item is a (real, fake) pair
     else:
-        train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment, seed=cfg.seed,
-                               decoded=dec_tr)
+        train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment, erase=cfg.erase,
+                               seed=cfg.seed, decoded=dec_tr)
         per_batch = cfg.batch_size
     val_ds = CropDataset(val_t, input_size=size, data_config=dc, decoded=dec_va)
     if info.distributed:
@@ -313,6 +321,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         torch.distributed.barrier()
     done = bool(history) and (bad_epochs >= cfg.patience)
     okv: np.ndarray | None = None
+    cpu_then = cpu_sample()
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         if done:
@@ -321,9 +330,10 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
             sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         if device.type == "cpu" and epoch > start_epoch:
-            # The load average lags a minute: a run started just after other work would keep 1 thread for
-            # hours. Each epoch looks again, counting this process's own threads as its own load.
-            torch.set_num_threads(auto_threads(info.world_size, running=torch.get_num_threads()))
+            # A run started just after other work would keep its first choice for hours: each epoch looks
+            # again, at what other processes used during the last one.
+            torch.set_num_threads(auto_threads(info.world_size, running=torch.get_num_threads(), since=cpu_then))
+        cpu_then = cpu_sample()
         net.train()
         tot_loss = tot_ok = n_seen = 0.0
         for x, y, ok in train_dl:
@@ -413,19 +423,40 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
             # cached features are of the unflipped crops; the threshold must match how the detector scores
             protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"tta_flip": False})})
             notes.append("tta_flip applies to mode='full' only; the head-mode detector scores without it")
+        if cfg.mode == "head" and protocol.model.ensemble > 1:
+            # one frozen backbone: members would differ only in a linear head's seed
+            protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"ensemble": 1})})
+            notes.append("ensemble applies to mode='full' only; head mode trains one head")
         if len(val_t) == 0:
             raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
         m = protocol.model
         cache = Path(cache_dir) if cache_dir else out_dir / "features"
-        model = create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights, srm_in_model=m.srm_in_model,
-                                pool=m.pool, num_classes=1, drop_rate=m.drop_rate)
-        if cfg.mode == "head":
-            history, val_y, val_p, va = _train_head(model, train_t, val_t, protocol, cache,
-                                                    info.device, notes, progress if info.is_main else None)
-        else:
-            history, val_y, val_p, va = _train_full(model, train_t, val_t, protocol, out_dir, cache, info, notes,
-                                                    progress, blend_fn)
-        model = model.cpu().eval()
+        members: list[BackboneClassifier] = []
+        history: list[dict[str, float]] = []
+        member_p: list[np.ndarray] = []
+        for k in range(m.ensemble):
+            model = create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights,
+                                    srm_in_model=m.srm_in_model, pool=m.pool, num_classes=1, drop_rate=m.drop_rate,
+                                    drop_path_rate=m.drop_path_rate or None)  # None: bodies without it stay valid
+            if cfg.mode == "head":
+                hist, val_y, val_p, va = _train_head(model, train_t, val_t, protocol, cache,
+                                                     info.device, notes, progress if info.is_main else None)
+            else:
+                member, member_dir = protocol, out_dir
+                if m.ensemble > 1:  # same split, own training seed and folder (so each resumes on its own)
+                    member = protocol.model_copy(update={"train": cfg.model_copy(update={"seed": cfg.seed + k})})
+                    member_dir = out_dir / f"member{k}"
+                    member_dir.mkdir(parents=True, exist_ok=True)
+                    _seed_everything(cfg.seed + k)
+                hist, val_y, val_p, va = _train_full(model, train_t, val_t, member, member_dir, cache, info, notes,
+                                                     progress, blend_fn)
+            history += [{**r, "member": k} for r in hist] if m.ensemble > 1 else hist
+            members.append(model.cpu().eval())
+            member_p.append(val_p)
+        if len(members) > 1:  # the ensemble's validation scores, as it scores: the mean member logit
+            logits = np.mean([np.log(p + 1e-12) - np.log1p(-p + 1e-12) for p in member_p], axis=0)
+            val_p = 1 / (1 + np.exp(-logits))
+        model = members[0] if len(members) == 1 else EnsembleClassifier(members)
         threshold = choose_threshold(val_y, val_p, cfg.threshold) if val_y.size else 0.5
         detector = Detector.from_model(model, protocol, threshold)
         if info.is_main:

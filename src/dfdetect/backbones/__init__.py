@@ -1,6 +1,6 @@
 """Backbones: a registry of timm feature extractors with offline weights. Importing fills the registry."""
 
-from dfdetect.backbones._factory import BackboneClassifier, create_backbone, new_head
+from dfdetect.backbones._factory import BackboneClassifier, EnsembleClassifier, create_backbone, new_head
 from dfdetect.backbones._registry import (
     BackboneCfg,
     OfflineWeights,
@@ -18,6 +18,6 @@ from dfdetect.backbones.vgg import *
 from dfdetect.backbones.xception import *
 
 __all__ = [
-    "BackboneCfg", "BackboneClassifier", "OfflineWeights", "create_backbone", "get_backbone_cfg", "is_backbone",
+    "BackboneCfg", "BackboneClassifier", "EnsembleClassifier", "OfflineWeights", "create_backbone", "get_backbone_cfg", "is_backbone",
     "list_backbones", "load_state_file", "new_head", "register_backbone", "split_backbone_name_tag",
 ]

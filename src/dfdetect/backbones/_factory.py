@@ -18,7 +18,7 @@ from dfdetect.backbones._registry import backbone_entrypoint, get_backbone_cfg, 
 from dfdetect.backbones._weights import load_weights
 from dfdetect.errors import DfdetectError
 
-__all__ = ["BackboneClassifier", "build_backbone", "create_backbone", "new_head"]
+__all__ = ["BackboneClassifier", "EnsembleClassifier", "build_backbone", "create_backbone", "new_head"]
 
 Pool = Literal["max", "avg"]
 
@@ -97,6 +97,35 @@ class BackboneClassifier(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("fc.")]
 
 
+class EnsembleClassifier(nn.Module):
+    """Members of one architecture and input; the logit is the mean of theirs.
+
+    Why: two fine-tuned members averaged scored +0.010 test AUC over the better one on dfdc-faces
+    (docs/QUALITY.md), more than any single-model change measured. It answers to what a
+    :class:`BackboneClassifier` answers to, so the detector, Grad-CAM and ONNX export take either.
+    """
+
+    def __init__(self, members: list[BackboneClassifier]):
+        super().__init__()
+        if not members:
+            raise DfdetectError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.backbone_name, self.timm_name, self.weights_id = first.backbone_name, first.timm_name, first.weights_id
+        self.pretrained_cfg = first.pretrained_cfg
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return self.members[0].data_config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """Every member's layer: Grad-CAM averages the maps of all target layers."""
+        return [layer for m in self.members for layer in m.cam_target_layers()]
+
+
 def build_backbone(name: str, *, pretrained: bool = False, weights: str | Path | None = None,
                    srm_in_model: bool = False, pool: Pool = "max", num_classes: int = 1,
                    drop_rate: float = 0.0, **timm_kwargs: Any) -> BackboneClassifier:
@@ -108,7 +137,12 @@ def build_backbone(name: str, *, pretrained: bool = False, weights: str | Path |
 
     arch, tag, cfg = get_backbone_cfg(name)
     timm_full = cfg.timm_name + (f".{cfg.timm_tag}" if cfg.timm_tag else "")
-    body = timm.create_model(timm_full, pretrained=False, num_classes=0, global_pool="", **timm_kwargs)
+    try:
+        body = timm.create_model(timm_full, pretrained=False, num_classes=0, global_pool="", **timm_kwargs)
+    except TypeError as e:  # e.g. drop_path_rate on a body without residual blocks (VGG, Xception)
+        if not timm_kwargs:
+            raise
+        raise DfdetectError(f"backbone {name!r} does not take {', '.join(sorted(timm_kwargs))} ({e})") from None
     for mod in cfg.drop_modules:  # e.g. VGG's 4096-d ConvMlp: the seed used conv features only
         parent, _, child = mod.rpartition(".")
         setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())

@@ -87,6 +87,9 @@ def train_cmd(
     = None,
     input_size: Annotated[int | None, typer.Option("--input-size", min=32)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    ensemble: Annotated[int | None, typer.Option("--ensemble", min=1, max=16,
+                                                 help="Full mode: members trained with their own seeds whose "
+                                                      "logits the detector averages (default protocol: 2).")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Frozen-feature cache (default "
                                                                        "RUN_DIR/features).")] = None,
     workers: WorkersOpt = 0,
@@ -103,7 +106,7 @@ def train_cmd(
         check_backbones([backbone])
     proto = _protocol(protocol,
                       {"backbone": backbone, "weights": weights, "pretrained": pretrained, "srm_in_model": srm_in_model,
-                       "input_size": input_size},
+                       "input_size": input_size, "ensemble": ensemble},
                       {"mode": mode, "epochs": epochs, "pseudo_fakes": pseudo_fakes, "batch_size": batch_size,
                        "workers": workers or None})
     out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now (one line), not after training
@@ -118,11 +121,12 @@ def train_cmd(
 
 def _print_result(result: Any) -> None:
     t = Table(title="training history")
-    for col in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
+    cols = ("member",) * any("member" in rec for rec in result.history) + (
+        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc")
+    for col in cols:
         t.add_column(col, justify="right")
     for rec in result.history:
-        t.add_row(*(f"{rec[c]:.4f}" if isinstance(rec[c], float) else str(rec[c])
-                    for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc")))
+        t.add_row(*(f"{rec[c]:.4f}" if isinstance(rec[c], float) else str(rec[c]) for c in cols))
     out.print(t)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)

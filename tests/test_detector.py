@@ -112,6 +112,15 @@ def test_damaged_threshold_is_refused(det, tmp_path, threshold):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("members, want", [("0", "0 ensemble members"), ("1000000", "1000000 ensemble members"),
+                                           ("two", "ValueError"), ("2", "do not fit backbone")])
+def test_damaged_member_count_is_refused(det, tmp_path, members, want):
+    path = _resaved(det, tmp_path, "m.safetensors", members=members)  # det holds one network
+    with pytest.raises(WeightsError, match=want) as err:
+        Detector.load(path)
+    assert str(path) in str(err.value)
+
+
 def test_unknown_backbone_in_metadata_names_the_file(det, tmp_path):
     path = _resaved(det, tmp_path, "bb.safetensors", backbone="nope")
     with pytest.raises(WeightsError, match="unknown backbone 'nope'") as err:

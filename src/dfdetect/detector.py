@@ -200,10 +200,12 @@ class Detector:
             raise WeightsError(f"detector metadata is damaged ({type(exc).__name__})", path=path) from None
         if not 0.0 <= threshold <= 1.0:  # also NaN: every verdict would silently be "real"
             raise WeightsError(f"detector metadata is damaged (threshold {threshold} is not in [0, 1])", path=path)
+        if not 1 <= n_members <= 16:  # ModelConfig.ensemble's range; never build a million networks
+            raise WeightsError(f"detector metadata is damaged ({n_members} ensemble members)", path=path)
         m = protocol.model
         try:
             members = [create_backbone(backbone, pretrained=False, srm_in_model=m.srm_in_model, pool=m.pool,
-                                       num_classes=1, drop_rate=m.drop_rate) for _ in range(max(1, n_members))]
+                                       num_classes=1, drop_rate=m.drop_rate) for _ in range(n_members)]
             model = members[0] if len(members) == 1 else EnsembleClassifier(members)
         except DfdetectError as exc:  # e.g. a backbone this version does not know
             raise WeightsError(f"cannot rebuild the model ({exc})", path=path) from None

@@ -226,20 +226,29 @@ def test_full_mode_ema_is_validated_checkpointed_and_saved(table, tmp_path):
     assert r.history[0]["epoch"] == 1
 
 
-def test_ensemble_members_train_apart_and_the_detector_averages_their_logits(table, tmp_path):
+def test_ensemble_members_train_apart_and_the_detector_averages_their_logits(table, tmp_path, monkeypatch):
     """Each member has its own seed and folder (so it resumes alone); the saved detector is their mean logit."""
+    import dfdetect.train as T
     from dfdetect.backbones import EnsembleClassifier
     from dfdetect.detector import Detector
 
     p = _proto(Protocol.default(), epochs=1, batch_size=8, split="random")
     p = p.model_copy(update={"model": p.model.model_copy(update={"ensemble": 2})})
+    drawn = []
+    real_create = T.create_backbone
+    monkeypatch.setattr(T, "create_backbone", lambda *a, **kw: drawn.append(
+        (net := real_create(*a, **kw)).fc.weight.detach().clone()) or net)
     r = train(table, p, tmp_path)
+    monkeypatch.setattr(T, "create_backbone", real_create)
     model = r.detector.model_
     assert isinstance(model, EnsembleClassifier) and len(model.members) == 2
     assert [(h["member"], h["epoch"]) for h in r.history] == [(0, 1), (1, 1)]
     assert all((tmp_path / f"member{k}" / CHECKPOINT_FILE).is_file() for k in (0, 1))
     a, b = model.members
     assert not torch.equal(a.fc.weight, b.fc.weight)  # different seeds, different members
+    T._seed_everything(1)  # member 1 starts from seed 0 + 1, whatever member 0 drew before it
+    want = T.create_backbone("mobilenet_v2", pretrained=False, pool=p.model.pool, num_classes=1).fc.weight
+    assert torch.equal(drawn[1], want) and not torch.equal(drawn[0], want)
     x = r.detector.preprocess([cv2.imread(str(pth)) for pth in table.paths[:6]])
     with torch.no_grad():
         torch.testing.assert_close(model(x), (a(x) + b(x)) / 2)

@@ -435,6 +435,8 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
         history: list[dict[str, float]] = []
         member_p: list[np.ndarray] = []
         for k in range(m.ensemble):
+            if m.ensemble > 1 and cfg.mode == "full":
+                _seed_everything(cfg.seed + k)  # before the head is drawn: each member is its own seed's
             model = create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights,
                                     srm_in_model=m.srm_in_model, pool=m.pool, num_classes=1, drop_rate=m.drop_rate,
                                     drop_path_rate=m.drop_path_rate or None)  # None: bodies without it stay valid
@@ -447,7 +449,6 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
                     member = protocol.model_copy(update={"train": cfg.model_copy(update={"seed": cfg.seed + k})})
                     member_dir = out_dir / f"member{k}"
                     member_dir.mkdir(parents=True, exist_ok=True)
-                    _seed_everything(cfg.seed + k)
                 hist, val_y, val_p, va = _train_full(model, train_t, val_t, member, member_dir, cache, info, notes,
                                                      progress, blend_fn)
             history += [{**r, "member": k} for r in hist] if m.ensemble > 1 else hist

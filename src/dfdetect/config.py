@@ -61,6 +61,9 @@ class SRMConfig(_Config):
     clip: float = Field(3.0, gt=0, description="residuals are clipped to [-clip, clip] before 8-bit scaling")
 
 
+MAX_ENSEMBLE = 16  #: most members a detector may average (config, CLI and detector files alike)
+
+
 class ModelConfig(_Config):
     """The network: a backbone, optional in-model SRM, and a 1-logit head."""
 
@@ -74,7 +77,7 @@ class ModelConfig(_Config):
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the backbone's residual blocks "
                                   "(timm's drop_path_rate; MobileNet, EfficientNet and ResNetV2 bodies)")
     tta_flip: bool = Field(False, description="score a crop and its mirror image and average the logits")
-    ensemble: int = Field(1, ge=1, le=16, description="full mode: train this many members (training seeds seed, "
+    ensemble: int = Field(1, ge=1, le=MAX_ENSEMBLE, description="full mode: train this many members (training seeds seed, "
                           "seed+1, ...) on the same split; the detector averages their logits")
 
 

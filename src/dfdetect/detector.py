@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dfdetect._io import atomic_path
-from dfdetect.config import Protocol
+from dfdetect.config import MAX_ENSEMBLE, Protocol
 from dfdetect.data import preprocess_crops
 from dfdetect.distributed import cpu_threads
 from dfdetect.errors import DfdetectError, WeightsError
@@ -200,7 +200,7 @@ class Detector:
             raise WeightsError(f"detector metadata is damaged ({type(exc).__name__})", path=path) from None
         if not 0.0 <= threshold <= 1.0:  # also NaN: every verdict would silently be "real"
             raise WeightsError(f"detector metadata is damaged (threshold {threshold} is not in [0, 1])", path=path)
-        if not 1 <= n_members <= 16:  # ModelConfig.ensemble's range; never build a million networks
+        if not 1 <= n_members <= MAX_ENSEMBLE:  # never build a million networks from a damaged file
             raise WeightsError(f"detector metadata is damaged ({n_members} ensemble members)", path=path)
         m = protocol.model
         try:

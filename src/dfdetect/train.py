@@ -435,8 +435,12 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
         history: list[dict[str, float]] = []
         member_p: list[np.ndarray] = []
         for k in range(m.ensemble):
-            if m.ensemble > 1 and cfg.mode == "full":
-                _seed_everything(cfg.seed + k)  # before the head is drawn: each member is its own seed's
+            member, member_dir = protocol, out_dir
+            if m.ensemble > 1:  # (full mode) same split; own seed, set before the head is drawn, and own folder
+                _seed_everything(cfg.seed + k)
+                member = protocol.model_copy(update={"train": cfg.model_copy(update={"seed": cfg.seed + k})})
+                member_dir = out_dir / f"member{k}"
+                member_dir.mkdir(parents=True, exist_ok=True)
             model = create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights,
                                     srm_in_model=m.srm_in_model, pool=m.pool, num_classes=1, drop_rate=m.drop_rate,
                                     drop_path_rate=m.drop_path_rate or None)  # None: bodies without it stay valid
@@ -444,19 +448,13 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
                 hist, val_y, val_p, va = _train_head(model, train_t, val_t, protocol, cache,
                                                      info.device, notes, progress if info.is_main else None)
             else:
-                member, member_dir = protocol, out_dir
-                if m.ensemble > 1:  # same split, own training seed and folder (so each resumes on its own)
-                    member = protocol.model_copy(update={"train": cfg.model_copy(update={"seed": cfg.seed + k})})
-                    member_dir = out_dir / f"member{k}"
-                    member_dir.mkdir(parents=True, exist_ok=True)
                 hist, val_y, val_p, va = _train_full(model, train_t, val_t, member, member_dir, cache, info, notes,
                                                      progress, blend_fn)
             history += [{**r, "member": k} for r in hist] if m.ensemble > 1 else hist
             members.append(model.cpu().eval())
             member_p.append(val_p)
         if len(members) > 1:  # the ensemble's validation scores, as it scores: the mean member logit
-            logits = np.mean([np.log(p + 1e-12) - np.log1p(-p + 1e-12) for p in member_p], axis=0)
-            val_p = 1 / (1 + np.exp(-logits))
+            val_p = torch.sigmoid(torch.logit(torch.from_numpy(np.stack(member_p)), eps=1e-12).mean(0)).numpy()
         model = members[0] if len(members) == 1 else EnsembleClassifier(members)
         threshold = choose_threshold(val_y, val_p, cfg.threshold) if val_y.size else 0.5
         detector = Detector.from_model(model, protocol, threshold)

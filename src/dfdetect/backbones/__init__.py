@@ -19,5 +19,6 @@ from dfdetect.backbones.xception import *
 
 __all__ = [
     "BackboneCfg", "BackboneClassifier", "EnsembleClassifier", "OfflineWeights", "create_backbone",
-    "get_backbone_cfg", "is_backbone", "list_backbones", "load_state_file", "new_head", "register_backbone", "split_backbone_name_tag",
+    "get_backbone_cfg", "is_backbone", "list_backbones", "load_state_file", "new_head", "register_backbone",
+    "split_backbone_name_tag",
 ]

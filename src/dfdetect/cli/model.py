@@ -28,6 +28,7 @@ from dfdetect.cli._app import (
     print_report,
     progress_bar,
 )
+from dfdetect.config import MAX_ENSEMBLE
 from dfdetect.errors import BadInputError
 
 
@@ -87,7 +88,7 @@ def train_cmd(
     = None,
     input_size: Annotated[int | None, typer.Option("--input-size", min=32)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    ensemble: Annotated[int | None, typer.Option("--ensemble", min=1, max=16,
+    ensemble: Annotated[int | None, typer.Option("--ensemble", min=1, max=MAX_ENSEMBLE,
                                                  help="Full mode: members trained with their own seeds whose "
                                                       "logits the detector averages (default protocol: 2).")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Frozen-feature cache (default "

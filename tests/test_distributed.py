@@ -72,7 +72,8 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine)")
 def test_cuda_full_and_head_mode_then_cpu_inference(tmp_path):
-    """device='auto' picks the GPU; the saved detector scores the same crops on the CPU."""
+    """device='auto' picks the GPU; the saved detector (the default's two-member ensemble, the seed's single
+    head) scores the same crops on the CPU."""
     import json
 
     from dfdetect.config import ModelConfig, Protocol
@@ -90,12 +91,14 @@ def test_cuda_full_and_head_mode_then_cpu_inference(tmp_path):
             cv2.imwrite(str(tmp_path / "data" / label / f"{i}.png"), img)
     table = build_crop_table(discover(tmp_path / "data"), None)
     for base, mode in ((Protocol.default(), "full"), (Protocol.seed(), "head")):
-        p = base.model_copy(update={"model": ModelConfig(pretrained=False, input_size=64, pool=base.model.pool),
+        p = base.model_copy(update={"model": ModelConfig(pretrained=False, input_size=64, pool=base.model.pool,
+                                                         ensemble=base.model.ensemble),
                                     "train": base.train.model_copy(update={"epochs": 2, "batch_size": 8,
                                                                            "split": "random"})})
         r = train(table, p, tmp_path / mode)
         assert json.loads((tmp_path / mode / "train.json").read_text())["device"].startswith("cuda")
         assert next(r.detector.model_.parameters()).device.type == "cpu"
+        assert len(getattr(r.detector.model_, "members", [None])) == base.model.ensemble
         crops = [cv2.imread(str(table.paths[table.videos.index(v)])) for v in r.val_videos]
         # the GPU ran in bf16 autocast (full mode) or fp32 (head); the CPU reruns in fp32
         np.testing.assert_allclose(r.detector.predict_proba(crops), r.val_p, atol=0.05)

@@ -50,6 +50,17 @@ def test_haar_seed_finds_the_face():
     assert FA.create_detector(SEED)(np.full((360, 480, 3), 90, np.uint8)) == []
 
 
+
+@pytest.mark.parametrize("break_cv2", ["no_class", "no_files"])
+def test_haar_without_cascades_names_the_opencv_fix(monkeypatch, tmp_path, break_cv2):
+    """opencv 5 ships no cascade files (some builds no CascadeClassifier): one line, not an AttributeError."""
+    if break_cv2 == "no_class":
+        monkeypatch.delattr(cv2, "CascadeClassifier")
+    else:
+        monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path))
+    with pytest.raises(DfdetectError, match=r"opencv-python-headless<5"):
+        FA.create_detector(SEED)
+
 def test_mtcnn_finds_face_with_landmarks():
     det = FA.create_detector(FaceConfig(detector="mtcnn", min_size=40))
     [b] = det(face_frame())

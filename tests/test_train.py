@@ -49,6 +49,11 @@ def table(folder):
     return build_crop_table(discover(folder), None)
 
 
+# tests that compare saved scores to the run's fp32 ones pin the CPU: on a GPU training runs in bf16
+# autocast (tests/test_distributed.py covers that, to a looser tolerance)
+CPU = "cpu"
+
+
 def _proto(base: Protocol, **train) -> Protocol:
     model = ModelConfig(pretrained=False, input_size=SIZE, pool=base.model.pool)
     return base.model_copy(update={"model": model, "train": base.train.model_copy(update=train)})
@@ -122,9 +127,9 @@ def test_full_mode_threshold_on_validation_and_resume(table, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(table, p, tmp_path, progress=killer)
+        train(table, p, tmp_path, device=CPU, progress=killer)
     assert (tmp_path / CHECKPOINT_FILE).is_file() and not (tmp_path / "detector.safetensors").exists()
-    r = train(table, p, tmp_path)
+    r = train(table, p, tmp_path, device=CPU)
     assert any("resumed" in n and "epoch 1" in n for n in r.notes)
     assert [h["epoch"] for h in r.history] == [1, 2]
     assert r.detector.threshold_ == pytest.approx(choose_threshold(r.val_y, r.val_p, "val_youden"))
@@ -238,7 +243,7 @@ def test_ensemble_members_train_apart_and_the_detector_averages_their_logits(tab
     real_create = T.create_backbone
     monkeypatch.setattr(T, "create_backbone", lambda *a, **kw: drawn.append(
         (net := real_create(*a, **kw)).fc.weight.detach().clone()) or net)
-    r = train(table, p, tmp_path)
+    r = train(table, p, tmp_path, device=CPU)
     monkeypatch.setattr(T, "create_backbone", real_create)
     model = r.detector.model_
     assert isinstance(model, EnsembleClassifier) and len(model.members) == 2
@@ -257,7 +262,7 @@ def test_ensemble_members_train_apart_and_the_detector_averages_their_logits(tab
     loaded = Detector.load(tmp_path / "detector.safetensors")
     assert isinstance(loaded.model_, EnsembleClassifier) and len(loaded.cam_target_layers()) == 2
     np.testing.assert_allclose(loaded.predict_proba(crops), r.val_p, atol=1e-5)
-    again = train(table, p, tmp_path)  # both members finished: a rerun resumes each, trains nothing
+    again = train(table, p, tmp_path, device=CPU)  # both members finished: a rerun resumes each, trains nothing
     assert sum("resumed" in n for n in again.notes) == 2
     np.testing.assert_allclose(again.val_p, r.val_p, atol=1e-6)
 

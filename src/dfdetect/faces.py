@@ -156,10 +156,13 @@ class HaarDetector:
     name = "haar"
 
     def __init__(self, cfg: FaceConfig):
-        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt.xml"
-        self.cascade = cv2.CascadeClassifier(str(path))
-        if self.cascade.empty():
-            raise DfdetectError("cannot load the Haar cascade (opencv>=5 ships none; use opencv<5)", path=path)
+        # opencv 5 dropped the cascade files, and some builds the CascadeClassifier class too
+        data = getattr(getattr(cv2, "data", None), "haarcascades", "")
+        path = Path(data) / "haarcascade_frontalface_alt.xml"
+        if not hasattr(cv2, "CascadeClassifier") or (cascade := cv2.CascadeClassifier(str(path))).empty():
+            raise DfdetectError(f"cannot load the Haar cascade from OpenCV {cv2.__version__} "
+                                "(opencv>=5 ships none; install opencv-python-headless<5)", path=path)
+        self.cascade = cascade
         self.min_size, self.scale_factor, self.min_neighbors = cfg.min_size, cfg.scale_factor, cfg.min_neighbors
 
     def __call__(self, bgr: np.ndarray) -> list[Box]:

@@ -63,7 +63,7 @@ def test_head_mode_is_the_seed_recipe_on_cached_features(table, tmp_path, monkey
     p = _proto(Protocol.seed(), epochs=3)
     r = train(table, p, tmp_path / "run")
     assert [h["epoch"] for h in r.history] == [1, 2, 3]
-    assert set(r.history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc"}
+    assert set(r.history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds"}
     assert r.detector.threshold_ == 0.5  # the seed's fixed threshold
     assert r.val_y.size == r.val_p.size == len(r.val_videos) == 8  # 15 % of 48, stratified
     for f in ("detector.safetensors", "history.json", "config.yaml"):
@@ -80,7 +80,10 @@ def test_head_mode_is_the_seed_recipe_on_cached_features(table, tmp_path, monkey
 
     monkeypatch.setattr(BackboneClassifier, "forward_features", boom)
     r2 = train(table, p, tmp_path / "run2", cache_dir=tmp_path / "run" / "features")
-    assert r2.history == r.history
+    def timeless(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert timeless(r2.history) == timeless(r.history)  # the same training; only the clock differs
 
 
 def test_cached_features_equal_the_frozen_model(table, tmp_path):
@@ -132,6 +135,7 @@ def test_full_mode_threshold_on_validation_and_resume(table, tmp_path):
     r = train(table, p, tmp_path, device=CPU)
     assert any("resumed" in n and "epoch 1" in n for n in r.notes)
     assert [h["epoch"] for h in r.history] == [1, 2]
+    assert all(h["seconds"] > 0 for h in r.history)  # epoch 1's survived the kill, in the checkpoint
     assert r.detector.threshold_ == pytest.approx(choose_threshold(r.val_y, r.val_p, "val_youden"))
     # the kept model is the best validation epoch, and its scores are the reported ones
     crops = [cv2.imread(str(table.paths[table.videos.index(v)])) for v in r.val_videos]
@@ -165,9 +169,10 @@ def test_train_command(folder, tmp_path):
 
     run = tmp_path / "run"
     res = CliRunner().invoke(app, ["train", str(folder), "--out", str(run), "--protocol", "seed", "--no-pretrained",
-                                   "--input-size", str(SIZE), "--epochs", "1"])
+                                   "--input-size", str(SIZE), "--epochs", "1"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert (run / "detector.safetensors").is_file() and (run / "config.yaml").is_file()
+    assert "seconds" in res.output  # the epoch's wall time: a slow machine shows in the table
     assert "threshold 0.5000" in res.output
     bad = CliRunner().invoke(app, ["train", str(folder), "--out", str(run), "--weights", str(folder / "nope.pth"),
                                    "--input-size", str(SIZE)])
@@ -178,6 +183,11 @@ def test_train_command(folder, tmp_path):
     assert "member" in two.output and (tmp_path / "two" / "member1" / CHECKPOINT_FILE).is_file()
 
 
+def test_history_cells_and_rows_from_an_older_checkpoint():
+    from dfdetect.cli.model import _cell
+
+    assert (_cell(83.46, "seconds"), _cell(0.912345, "val_auc"), _cell(3, "epoch")) == ("83", "0.9123", "3")
+    assert _cell(None, "seconds") == "-"  # resumed rows written before the column existed
 def test_fold_batchnorm_keeps_features_and_refuses_a_wrong_fold(monkeypatch):
     from dfdetect.backbones import create_backbone
     from dfdetect.features import fold_batchnorm

@@ -97,13 +97,15 @@ def _bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, pw: torch.Tenso
     return (loss * w).sum() / w.sum().clamp_min(1.0)
 
 
-def _epoch_record(epoch: int, tr_loss: float, tr_acc: float, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+def _epoch_record(epoch: int, tr_loss: float, tr_acc: float, y: np.ndarray, p: np.ndarray,
+                  started: float) -> dict[str, float]:
+    """One history row; ``seconds`` (training and validation, from ``started``) shows a slow machine."""
     eps = 1e-7
     pc = np.clip(p, eps, 1 - eps)
     val_loss = float(-(y * np.log(pc) + (1 - y) * np.log(1 - pc)).mean()) if y.size else math.nan
     val_acc = float(((p >= 0.5) == (y == 1)).mean()) if y.size else math.nan
     return {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": val_loss, "val_acc": val_acc,
-            "val_auc": _auc(y, p)}
+            "val_auc": _auc(y, p), "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _protocol_hash(protocol: Protocol, table_fp: str) -> str:
@@ -150,6 +152,7 @@ def _train_head(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     gen = np.random.default_rng(cfg.seed)
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
         if cfg.balance == "sampler":
             order = np.fromiter(iter(balanced_sampler(train_t.labels[tr], cfg.seed + epoch)), dtype=np.int64)
         else:
@@ -171,7 +174,7 @@ def _train_head(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         head.eval()
         with torch.no_grad():
             p_va = torch.sigmoid(head(x_va).squeeze(1)).numpy() if va.size else np.empty(0)
-        history.append(_epoch_record(epoch, tot_loss / n_seen, tot_ok / n_seen, y_va, p_va))
+        history.append(_epoch_record(epoch, tot_loss / n_seen, tot_ok / n_seen, y_va, p_va, started))
     with torch.no_grad():
         model.fc.weight.copy_(head.weight)
         model.fc.bias.copy_(head.bias)
@@ -326,6 +329,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     for epoch in range(start_epoch, cfg.epochs + 1):
         if done:
             break
+        started = time.perf_counter()
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
@@ -366,7 +370,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         if not okv.any():
             raise NothingUsableError("no readable validation crops (every one failed to decode)")
         p, yv = p[okv], yv[okv]
-        rec = _epoch_record(epoch, tot_loss / max(n_seen, 1), tot_ok / max(n_seen, 1), yv, p)
+        rec = _epoch_record(epoch, tot_loss / max(n_seen, 1), tot_ok / max(n_seen, 1), yv, p, started)
         history.append(rec)
         auc = rec["val_auc"]
         score = -rec["val_loss"] if math.isnan(auc) else auc  # one-class validation: fall back to loss

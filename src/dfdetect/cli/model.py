@@ -120,14 +120,22 @@ def train_cmd(
         _print_result(result)
 
 
+def _cell(value: Any, col: str) -> str:
+    if value is None:  # a row resumed from a checkpoint older than the "seconds" column
+        return "-"
+    if col == "seconds":
+        return f"{value:.0f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _print_result(result: Any) -> None:
     t = Table(title="training history")
     cols = ("member",) * any("member" in rec for rec in result.history) + (
-        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc")
+        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds")
     for col in cols:
         t.add_column(col, justify="right")
     for rec in result.history:
-        t.add_row(*(f"{rec[c]:.4f}" if isinstance(rec[c], float) else str(rec[c]) for c in cols))
+        t.add_row(*(_cell(rec.get(c), c) for c in cols))
     out.print(t)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)

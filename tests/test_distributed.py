@@ -116,6 +116,7 @@ def test_auto_threads_counts_only_other_processes_load(monkeypatch, load, runnin
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(D, "_cores", lambda: 2)
+    monkeypatch.setattr(D, "_IMPORTED", None)  # no /proc/stat sample at all: the load average decides
     monkeypatch.setattr(D.os, "getloadavg", lambda: (load, load, load))
     assert D.auto_threads(running=running) == want
 
@@ -133,7 +134,13 @@ def test_auto_threads_measures_other_processes_since_a_sample(monkeypatch):
                                (100.0, 50.0, 2)):   # nothing at all happened: idle
         monkeypatch.setattr(D, "cpu_sample", lambda m=machine, o=own: D.CpuSample(10.0, m, o))
         assert D.auto_threads(running=1, since=before) == want
-    assert D.auto_threads(running=1) == 1  # without a sample the load average still decides
+    # without a sample: other processes' use since dfdetect was imported, if that is 1 s to 10 min ago
+    now = D.time.monotonic()
+    monkeypatch.setattr(D, "cpu_sample", lambda: D.CpuSample(now, 100.0, 50.0))
+    monkeypatch.setattr(D, "_IMPORTED", D.CpuSample(now - 10, 100.0, 50.0))
+    assert D.auto_threads(running=1) == 2  # nothing ran since the import: idle, whatever the load says
+    monkeypatch.setattr(D, "_IMPORTED", D.CpuSample(now - 1000, 100.0, 50.0))
+    assert D.auto_threads(running=1) == 1  # imported too long ago: the load average decides
 
 
 def test_cpu_sample_reads_this_machine():

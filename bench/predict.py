@@ -63,7 +63,7 @@ def make_video(path: Path, seconds: int = 10, fps: int = 30, size: tuple[int, in
 
 
 def make_detector(protocol_name: str, detect_max_side: int | None):
-    from dfdetect.backbones import create_backbone
+    from dfdetect.backbones import EnsembleClassifier, create_backbone
     from dfdetect.config import Protocol
     from dfdetect.detector import Detector
 
@@ -73,7 +73,9 @@ def make_detector(protocol_name: str, detect_max_side: int | None):
         protocol = protocol.model_copy(update={"faces": protocol.faces.model_copy(
             update={"detect_max_side": detect_max_side})})
     m = protocol.model
-    model = create_backbone("mobilenet_v2", pretrained=True, pool=m.pool, num_classes=1)
+    # as many members as the protocol trains (the default's ensemble): scoring costs grow with them
+    members = [create_backbone("mobilenet_v2", pretrained=True, pool=m.pool, num_classes=1) for _ in range(m.ensemble)]
+    model = members[0] if len(members) == 1 else EnsembleClassifier(members)
     return Detector.from_model(model, protocol, threshold=0.5)
 
 
@@ -166,7 +168,8 @@ def main() -> int:
                     b, b_cpu, o, o_cpu = (statistics.median(r[i] for r in runs) for i in range(4))
                     faces = scorer.protocol_.faces
                     print(f"[{name}: {faces.detector} faces (detect_max_side={faces.detect_max_side}), "
-                          f"{scorer.protocol_.model.input_size} px MobileNetV2, {kind}, {threads} thread(s)] "
+                          f"{scorer.protocol_.model.input_size} px MobileNetV2 x{scorer.protocol_.model.ensemble}, {kind}, "
+                          f"{threads} thread(s)] "
                           f"baseline (cv2 reads every frame, same faces + scoring) {b:.2f} s (cpu {b_cpu:.2f} s) | "
                           f"dfdetect predict {o:.2f} s (cpu {o_cpu:.2f} s) | ratio {b / o:.2f}x | "
                           f"target <= 2 s: {'met' if o <= 2 else 'NOT met'} | {res.frames_with_face}/{len(res.frames)} "

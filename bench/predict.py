@@ -63,7 +63,7 @@ def make_video(path: Path, seconds: int = 10, fps: int = 30, size: tuple[int, in
 
 
 def make_detector(protocol_name: str, detect_max_side: int | None):
-    from dfdetect.backbones import EnsembleClassifier, create_backbone
+    from dfdetect.backbones import create_backbone, ensemble_of
     from dfdetect.config import Protocol
     from dfdetect.detector import Detector
 
@@ -75,7 +75,7 @@ def make_detector(protocol_name: str, detect_max_side: int | None):
     m = protocol.model
     # as many members as the protocol trains (the default's ensemble): scoring costs grow with them
     members = [create_backbone("mobilenet_v2", pretrained=True, pool=m.pool, num_classes=1) for _ in range(m.ensemble)]
-    model = members[0] if len(members) == 1 else EnsembleClassifier(members)
+    model = ensemble_of(members)
     return Detector.from_model(model, protocol, threshold=0.5)
 
 

@@ -456,12 +456,24 @@ def protocol_mismatches(recipe: Recipe, protocol) -> list[str]:
     return [f"{k}: package {a!r} vs measured {b!r}" for k, (a, b) in want.items() if a != b]
 
 
+def package_table(root: Path, split: dict):  # -> dfdetect.data.CropTable
+    """The bench's crops as a dfdetect table: this split's rows only, its test rows marked ``is_test`` (the
+    package draws train/validation from the rest)."""
+    from dfdetect.data import CropTable, build_crop_table
+    from dfdetect.datasets import discover
+
+    table = build_crop_table(discover(root), None)
+    keep = {str((root / p).resolve()) for s in split.values() for p, _, _ in s}
+    test = {str((root / p).resolve()) for p, _, _ in split["test"]}
+    table = table.subset([i for i, p in enumerate(table.paths) if str(Path(p).resolve()) in keep])
+    return CropTable(table.paths, table.labels, table.videos, table.groups,
+                     np.array([str(Path(p).resolve()) in test for p in table.paths]))
+
+
 def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, updates: dict | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Train through the package (``dfdetect.train.train``) on the non-test crops, score the held-out
     test crops with the saved Detector; the Detector file works with ``dfdetect evaluate``."""
-    from dfdetect.data import CropTable, build_crop_table
-    from dfdetect.datasets import discover
     from dfdetect.detector import Detector
     from dfdetect.train import train
 
@@ -471,13 +483,7 @@ def run_dfdetect(recipe: Recipe, root: Path, split: dict, out_dir: Path, *, upda
                                            for section, fields in (updates or {}).items()})
     for line in protocol_mismatches(recipe, protocol):
         log(f"  note: {line}")
-    table = build_crop_table(discover(root), None)
-    keep = {str((root / p).resolve()) for s in split.values() for p, _, _ in s}
-    test = {str((root / p).resolve()) for p, _, _ in split["test"]}
-    rows = [i for i, p in enumerate(table.paths) if str(Path(p).resolve()) in keep]
-    table = table.subset(rows)
-    table = CropTable(table.paths, table.labels, table.videos, table.groups,
-                      np.array([str(Path(p).resolve()) in test for p in table.paths]))
+    table = package_table(root, split)
     run_dir = out_dir / recipe.name
     result = train(table, protocol, run_dir)
     t_train = time.perf_counter() - t0

@@ -69,7 +69,7 @@ def test_metadata_round_trips(exported):
 def real_detector(tmp_path: Path, size: int = 64, members: int = 1):
     """dfdetect's own Detector around randomly initialised MobileNetV2s (``members`` > 1: an ensemble), saved
     and loaded back."""
-    from dfdetect.backbones import EnsembleClassifier, create_backbone
+    from dfdetect.backbones import create_backbone, ensemble_of
     from dfdetect.detector import Detector
 
     protocol = Protocol.default()
@@ -77,7 +77,7 @@ def real_detector(tmp_path: Path, size: int = 64, members: int = 1):
     torch.manual_seed(0)
     m = protocol.model
     nets = [create_backbone("mobilenet_v2", pretrained=False, pool=m.pool, num_classes=1) for _ in range(members)]
-    det = Detector.from_model(nets[0] if members == 1 else EnsembleClassifier(nets), protocol, threshold=0.42)
+    det = Detector.from_model(ensemble_of(nets), protocol, threshold=0.42)
     return Detector.load(det.save(tmp_path / "detector.safetensors"))
 
 

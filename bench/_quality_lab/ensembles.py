@@ -26,20 +26,13 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality as q
 
-from dfdetect.data import CropTable, build_crop_table, split_table
-from dfdetect.datasets import discover
+from dfdetect.data import CropTable, split_table
 from dfdetect.detector import Detector
 
 
 def bench_splits(root: Path) -> tuple[CropTable, CropTable]:
     """(validation, test) exactly as ``quality.run_dfdetect`` hands them to ``dfdetect.train.train``."""
-    split = q.split_groups(q.read_labels(root))
-    table = build_crop_table(discover(root), None)
-    keep = {str((root / p).resolve()) for s in split.values() for p, _, _ in s}
-    test = {str((root / p).resolve()) for p, _, _ in split["test"]}
-    table = table.subset([i for i, p in enumerate(table.paths) if str(Path(p).resolve()) in keep])
-    table = CropTable(table.paths, table.labels, table.videos, table.groups,
-                      np.array([str(Path(p).resolve()) in test for p in table.paths]))
+    table = q.package_table(root, q.split_groups(q.read_labels(root)))
     _, val, test_t = split_table(table, q.protocol_for(q.DEFAULT).train)
     return val, test_t
 

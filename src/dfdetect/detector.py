@@ -175,7 +175,7 @@ class Detector:
         from pydantic import ValidationError
         from safetensors import safe_open
 
-        from dfdetect.backbones import EnsembleClassifier, create_backbone
+        from dfdetect.backbones import create_backbone, ensemble_of
 
         path = detector_file(path)
         if path.is_dir():
@@ -206,7 +206,7 @@ class Detector:
         try:
             members = [create_backbone(backbone, pretrained=False, srm_in_model=m.srm_in_model, pool=m.pool,
                                        num_classes=1, drop_rate=m.drop_rate) for _ in range(n_members)]
-            model = members[0] if len(members) == 1 else EnsembleClassifier(members)
+            model = ensemble_of(members)
         except DfdetectError as exc:  # e.g. a backbone this version does not know
             raise WeightsError(f"cannot rebuild the model ({exc})", path=path) from None
         try:

@@ -105,10 +105,9 @@ def auto_threads(world_size: int = 1, running: int = 1, since: CpuSample | None 
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     share = max(1, _cores() // max(world_size, 1))
+    if since is None and _IMPORTED is not None and time.monotonic() - _IMPORTED.wall < _IMPORTED_WINDOW_S:
+        since = _IMPORTED
     others = _others_busy(since)
-    if others is None and since is None and _IMPORTED is not None \
-            and time.monotonic() - _IMPORTED.wall < _IMPORTED_WINDOW_S:
-        others = _others_busy(_IMPORTED)
     if others is not None:
         others /= max(world_size, 1)
     else:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dfdetect._io import atomic_path, write_json
-from dfdetect.backbones import BackboneClassifier, EnsembleClassifier, create_backbone, new_head
+from dfdetect.backbones import BackboneClassifier, create_backbone, ensemble_of, new_head
 from dfdetect.config import Protocol, save_config
 from dfdetect.data import (
     CropDataset,
@@ -459,7 +459,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
             member_p.append(val_p)
         if len(members) > 1:  # the ensemble's validation scores, as it scores: the mean member logit
             val_p = torch.sigmoid(torch.logit(torch.from_numpy(np.stack(member_p)), eps=1e-12).mean(0)).numpy()
-        model = members[0] if len(members) == 1 else EnsembleClassifier(members)
+        model = ensemble_of(members)
         threshold = choose_threshold(val_y, val_p, cfg.threshold) if val_y.size else 0.5
         detector = Detector.from_model(model, protocol, threshold)
         if info.is_main:

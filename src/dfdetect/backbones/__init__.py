@@ -1,6 +1,12 @@
 """Backbones: a registry of timm feature extractors with offline weights. Importing fills the registry."""
 
-from dfdetect.backbones._factory import BackboneClassifier, EnsembleClassifier, create_backbone, new_head
+from dfdetect.backbones._factory import (
+    BackboneClassifier,
+    EnsembleClassifier,
+    create_backbone,
+    ensemble_of,
+    new_head,
+)
 from dfdetect.backbones._registry import (
     BackboneCfg,
     OfflineWeights,
@@ -19,6 +25,6 @@ from dfdetect.backbones.xception import *
 
 __all__ = [
     "BackboneCfg", "BackboneClassifier", "EnsembleClassifier", "OfflineWeights", "create_backbone",
-    "get_backbone_cfg", "is_backbone", "list_backbones", "load_state_file", "new_head", "register_backbone",
+    "ensemble_of", "get_backbone_cfg", "is_backbone", "list_backbones", "load_state_file", "new_head", "register_backbone",
     "split_backbone_name_tag",
 ]

@@ -18,7 +18,7 @@ from dfdetect.backbones._registry import backbone_entrypoint, get_backbone_cfg, 
 from dfdetect.backbones._weights import load_weights
 from dfdetect.errors import DfdetectError
 
-__all__ = ["BackboneClassifier", "EnsembleClassifier", "build_backbone", "create_backbone", "new_head"]
+__all__ = ["BackboneClassifier", "EnsembleClassifier", "build_backbone", "create_backbone", "ensemble_of", "new_head"]
 
 Pool = Literal["max", "avg"]
 
@@ -125,6 +125,12 @@ class EnsembleClassifier(nn.Module):
     def cam_target_layers(self) -> list[nn.Module]:
         """Every member's layer: Grad-CAM averages the maps of all target layers."""
         return [layer for m in self.members for layer in m.cam_target_layers()]
+
+
+def ensemble_of(members: list[BackboneClassifier]) -> BackboneClassifier | EnsembleClassifier:
+    """The network that scores as ``members`` do together: a lone member stays itself (same state-dict keys,
+    so single-model detector files keep their layout)."""
+    return members[0] if len(members) == 1 else EnsembleClassifier(members)
 
 
 def build_backbone(name: str, *, pretrained: bool = False, weights: str | Path | None = None,

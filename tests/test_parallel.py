@@ -51,6 +51,35 @@ def test_map_items_errors(monkeypatch):
         P.map_items(_square, [1], engine="ray")
 
 
+def test_run_threads_keeps_order_and_a_failure_stops_the_others():
+    """Results come back in job order; one job's error is raised, and a job still running is told to stop."""
+    import threading
+    import time
+
+    assert P.run_threads([lambda stop, k=k: (k, threading.current_thread().name) for k in range(3)], 1) == [
+        (k, threading.current_thread().name) for k in range(3)]  # at_once=1: in turn, in this thread
+    got = P.run_threads([lambda stop, k=k: (k, threading.current_thread().name) for k in range(3)], 3)
+    assert [k for k, _ in got] == [0, 1, 2] and all(name.startswith("dfdetect") for _, name in got)
+
+    stopped = threading.Event()
+
+    def slow(stop: threading.Event) -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set():
+            assert time.monotonic() < deadline, "never told to stop"
+            time.sleep(0.01)
+        stopped.set()
+        raise RuntimeError("stopped")  # what a stopped member raises; the caller must not see it
+
+    def broken(stop: threading.Event) -> None:
+        time.sleep(0.05)
+        raise ValueError("member 1: no readable crops")
+
+    with pytest.raises(ValueError, match="member 1"):
+        P.run_threads([slow, broken], 2)
+    assert stopped.is_set()
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     """Every output file (done-markers included) by relative path -> bytes."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

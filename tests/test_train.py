@@ -277,6 +277,36 @@ def test_ensemble_members_train_apart_and_the_detector_averages_their_logits(tab
     np.testing.assert_allclose(again.val_p, r.val_p, atol=1e-6)
 
 
+def test_members_side_by_side_train_exactly_as_members_in_turn(table, tmp_path, monkeypatch):
+    """On a CPU with no more cores than members they train at once, one thread each, with the same result.
+
+    Both runs use one torch thread per member, so only the scheduling differs: any random draw or state
+    one member took from another (a shared generator, a shared model) would change the numbers.
+    """
+    p = _proto(Protocol.default(), epochs=2, batch_size=8, split="random", patience=6)
+    p = p.model_copy(update={"model": p.model.model_copy(update={"ensemble": 2})})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # auto_threads keeps what torch is set to
+    torch.set_num_threads(1)
+    in_turn = train(table, p, tmp_path / "turn", device=CPU)
+    torch.set_num_threads(2)  # as on this project's 2-core machine
+    side = train(table, p, tmp_path / "side", device=CPU)
+    assert torch.get_num_threads() == 2  # restored after the run
+    assert not any("side by side" in n for n in in_turn.notes)
+    assert any("2 members trained side by side, 2 at a time" in n for n in side.notes)
+    np.testing.assert_array_equal(side.val_p, in_turn.val_p)
+    drop = ("seconds",)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in side.history] == [
+        {k: v for k, v in h.items() if k not in drop} for h in in_turn.history]
+    for a, b in zip(side.detector.model_.members, in_turn.detector.model_.members, strict=True):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(x, y), name
+    # members in turn when asked, and when dropout draws from torch's shared generator
+    for update in ({"train": p.train.model_copy(update={"parallel_members": False})},
+                   {"model": p.model.model_copy(update={"drop_rate": 0.2})}):
+        r = train(table, p.model_copy(update=update), tmp_path / str(len(update)) / next(iter(update)), device=CPU)
+        assert not any("side by side" in n for n in r.notes)
+
+
 def test_head_mode_trains_one_head_even_when_the_protocol_asks_for_an_ensemble(table, tmp_path):
     p = _proto(Protocol.seed(), epochs=1)
     p = p.model_copy(update={"model": p.model.model_copy(update={"ensemble": 2})})

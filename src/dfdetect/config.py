@@ -107,6 +107,8 @@ class TrainConfig(_Config):
     frames_per_video: int = Field(8, ge=1)
     seed: int = 0
     workers: int = Field(0, ge=0)
+    parallel_members: bool = Field(True, description="full mode on a CPU with no more cores than ensemble "
+                                   "members: train the members side by side, one thread each (faster there)")
     threshold: Literal["fixed", "val_eer", "val_youden"] = "fixed"
 
 

@@ -11,14 +11,18 @@ byte-identical outputs: only *where* the function runs changes.
 - ``engine="ray"``: Ray tasks on a local instance or on the cluster at ``ray_address``. Ray is an
   optional extra (``pip install dfdetect[ray]``). On a cluster the output folder must be on a file
   system every node can see, because the workers write the files.
+
+:func:`run_threads` is the in-process counterpart for jobs that share big objects and spend their time in
+torch or OpenCV calls, which release the GIL (an ensemble's members training side by side).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import Literal, TypeVar
 
 from dfdetect.errors import DfdetectError
@@ -180,3 +184,27 @@ def _map_ray(fn, items, workers, ray_address, progress, initializer, step) -> li
             if progress is not None:
                 progress(step(items[i]))
     return results
+
+
+def run_threads(jobs: Sequence[Callable[[threading.Event], R]], at_once: int) -> list[R]:
+    """Run ``jobs`` in ``at_once`` threads and return their results in order.
+
+    Each job gets a :class:`threading.Event` and should return soon after it is set. It is set when a job
+    fails or the caller is interrupted (Ctrl-C), so the others stop at their next check instead of running
+    on for an hour; the first real failure is raised. ``at_once <= 1`` runs them one after another here.
+    """
+    stop = threading.Event()
+    if at_once <= 1 or len(jobs) <= 1:
+        return [job(stop) for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(at_once, len(jobs)), thread_name_prefix="dfdetect") as pool:
+        futures = [pool.submit(job, stop) for job in jobs]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f in done and f.exception() is not None]
+            if failed:
+                raise failed[0].exception()  # type: ignore[misc]
+            return [f.result() for f in futures]
+        finally:
+            stop.set()
+            for f in futures:
+                f.cancel()

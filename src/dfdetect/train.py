@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from dfdetect.distributed import (
 )
 from dfdetect.errors import NothingUsableError
 from dfdetect.metrics import choose_threshold, compute_metrics
+from dfdetect.parallel import run_threads
 from dfdetect.stage import ProgressCallback
 
 __all__ = ["BEST_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "HISTORY_FILE", "TrainResult", "train"]
@@ -249,13 +251,41 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
+def _members_at_once(protocol: Protocol, info: DistInfo) -> int:
+    """How many ensemble members train side by side, each in its own thread on one torch thread (1 = in turn).
+
+    Why: on a CPU with no more cores than members, single-threaded steps side by side beat one multi-threaded
+    step, because the step is bound by memory traffic and OpenMP threads wait on each other. On this
+    project's 2 cores MobileNetV2 at 128 px (batch 32) trained at 68-70 img/s as two or three members at
+    once against 50-60 img/s for one member on 2 threads (bench/train_members.py times the whole ensemble).
+    With more cores than members each member keeps all of them, in turn. Dropout and stochastic depth draw
+    from torch's one global generator, which threads would share in no fixed order, so they keep members
+    in turn, where a run repeats exactly; so do DataLoader worker processes, which must not be forked from
+    a process running several threads.
+    """
+    m, cfg, cores = protocol.model, protocol.train, torch.get_num_threads()
+    if (cfg.mode != "full" or m.ensemble < 2 or not cfg.parallel_members or info.distributed
+            or info.device.type != "cpu" or cfg.workers > 0 or m.drop_rate > 0 or m.drop_path_rate > 0):
+        return 1
+    # at most two threads per core: three members on two cores measured the same 68-70 img/s as two
+    return min(m.ensemble, 2 * cores) if 2 <= cores <= m.ensemble else 1
+
+
+class _Stopped(Exception):
+    """Another member failed, or the run was interrupted: this one stops at its next batch."""
+
+
 def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable, protocol: Protocol,
                 out_dir: Path, cache_dir: Path, info: DistInfo, notes: list[str], progress: ProgressCallback | None,
-                blend_fn: Any) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
+                blend_fn: Any, *, threads: int | None = None, stop: threading.Event | None = None,
+                ) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
+    """``threads``: a fixed torch thread count (members side by side), else chosen again every epoch."""
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data.distributed import DistributedSampler
 
     cfg, size, device = protocol.train, protocol.model.input_size, info.device
+    if threads is not None:
+        torch.set_num_threads(threads)
     dc = model.data_config
     dec_tr, dec_va = _decoded(train_t, size, cache_dir, info), _decoded(val_t, size, cache_dir, info)
     if cfg.pseudo_fakes == "sbi" or cfg.pairs:
@@ -333,7 +363,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
-        if device.type == "cpu" and epoch > start_epoch:
+        if device.type == "cpu" and epoch > start_epoch and threads is None:
             # A run started just after other work would keep its first choice for hours: each epoch looks
             # again, at what other processes used during the last one.
             torch.set_num_threads(auto_threads(info.world_size, running=torch.get_num_threads(), since=cpu_then))
@@ -341,6 +371,8 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         net.train()
         tot_loss = tot_ok = n_seen = 0.0
         for x, y, ok in train_dl:
+            if stop is not None and stop.is_set():
+                raise _Stopped
             if x.ndim == 5:  # pairs: (B, 2, 3, S, S) -> (2B, 3, S, S), half real half fake
                 x, y, ok = x.flatten(0, 1), y.flatten(), ok.flatten()
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -435,9 +467,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
             raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
         m = protocol.model
         cache = Path(cache_dir) if cache_dir else out_dir / "features"
-        members: list[BackboneClassifier] = []
-        history: list[dict[str, float]] = []
-        member_p: list[np.ndarray] = []
+        models, runs = [], []
         for k in range(m.ensemble):
             member, member_dir = protocol, out_dir
             if m.ensemble > 1:  # (full mode) same split; own seed, set before the head is drawn, and own folder
@@ -445,18 +475,33 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
                 member = protocol.model_copy(update={"train": cfg.model_copy(update={"seed": cfg.seed + k})})
                 member_dir = out_dir / f"member{k}"
                 member_dir.mkdir(parents=True, exist_ok=True)
-            model = create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights,
-                                    srm_in_model=m.srm_in_model, pool=m.pool, num_classes=1, drop_rate=m.drop_rate,
-                                    drop_path_rate=m.drop_path_rate or None)  # None: bodies without it stay valid
-            if cfg.mode == "head":
-                hist, val_y, val_p, va = _train_head(model, train_t, val_t, protocol, cache,
-                                                     info.device, notes, progress if info.is_main else None)
-            else:
-                hist, val_y, val_p, va = _train_full(model, train_t, val_t, member, member_dir, cache, info, notes,
-                                                     progress, blend_fn)
+            models.append(create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights,
+                                          srm_in_model=m.srm_in_model, pool=m.pool, num_classes=1,
+                                          drop_rate=m.drop_rate,
+                                          drop_path_rate=m.drop_path_rate or None))  # None: bodies without it
+            runs.append((member, member_dir))
+        at_once = _members_at_once(protocol, info)
+        member_notes: list[list[str]] = [[] for _ in models]
+
+        def fit(k: int) -> Any:
+            def job(stop: threading.Event) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
+                if cfg.mode == "head":
+                    return _train_head(models[k], train_t, val_t, protocol, cache, info.device, member_notes[k],
+                                       progress if info.is_main else None)
+                return _train_full(models[k], train_t, val_t, runs[k][0], runs[k][1], cache, info, member_notes[k],
+                                   progress, blend_fn, threads=1 if at_once > 1 else None, stop=stop)
+            return job
+
+        fitted = run_threads([fit(k) for k in range(len(models))], at_once)
+        if at_once > 1:
+            notes.append(f"{m.ensemble} members trained side by side, {at_once} at a time, one CPU thread each")
+        history: list[dict[str, float]] = []
+        for k, (hist, val_y, _, va) in enumerate(fitted):
+            notes += member_notes[k]
             history += [{**r, "member": k} for r in hist] if m.ensemble > 1 else hist
-            members.append(model.cpu().eval())
-            member_p.append(val_p)
+        members = [net.cpu().eval() for net in models]
+        member_p = [f[2] for f in fitted]
+        val_p = member_p[0]
         if len(members) > 1:  # the ensemble's validation scores, as it scores: the mean member logit
             val_p = torch.sigmoid(torch.logit(torch.from_numpy(np.stack(member_p)), eps=1e-12).mean(0)).numpy()
         model = ensemble_of(members)

@@ -151,8 +151,9 @@ class Protocol(_Config):
             # detect_max_side: MTCNN on a <=640 px copy found the same faces, 1.8-2.8x faster (bench/preprocess.py)
             faces=FaceConfig(detector="mtcnn", min_size=40, margin=1.3, output_size=256, detect_max_side=640),
             # bench/quality.py's DEFAULT recipe (docs/QUALITY.md): MobileNetV2 at 128 px with a weight average,
-            # two members of 14 epochs whose logits are averaged: test AUC 0.935, the best of every recipe run
-            # end to end (10-epoch pairs, three 112 px or three 8-epoch members: 0.920-0.927)
+            # two members of 14 epochs whose logits are averaged: test AUC 0.935 and 0.932, the best of every
+            # recipe run end to end (10-epoch pairs and triples, three 112 px or 8-epoch members: 0.920-0.929);
+            # trained side by side on 2 cores, bench/quality.py took 32.1 min in all
             model=ModelConfig(input_size=128, pool="avg", tta_flip=True, ensemble=2),
             train=TrainConfig(mode="full", epochs=14, batch_size=32, lr=5e-4, weight_decay=0.05, warmup=0.05,
                               split="group", balance="sampler", pairs=True, augment=True, patience=6,

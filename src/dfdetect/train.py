@@ -20,6 +20,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -467,7 +468,8 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
             raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
         m = protocol.model
         cache = Path(cache_dir) if cache_dir else out_dir / "features"
-        models, runs = [], []
+        models: list[BackboneClassifier] = []
+        runs: list[tuple[Protocol, Path]] = []  # each member's protocol (its own seed) and folder
         for k in range(m.ensemble):
             member, member_dir = protocol, out_dir
             if m.ensemble > 1:  # (full mode) same split; own seed, set before the head is drawn, and own folder
@@ -483,16 +485,14 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
         at_once = _members_at_once(protocol, info)
         member_notes: list[list[str]] = [[] for _ in models]
 
-        def fit(k: int) -> Any:
-            def job(stop: threading.Event) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
-                if cfg.mode == "head":
-                    return _train_head(models[k], train_t, val_t, protocol, cache, info.device, member_notes[k],
-                                       progress if info.is_main else None)
-                return _train_full(models[k], train_t, val_t, runs[k][0], runs[k][1], cache, info, member_notes[k],
-                                   progress, blend_fn, threads=1 if at_once > 1 else None, stop=stop)
-            return job
+        def fit(k: int, stop: threading.Event) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
+            if cfg.mode == "head":
+                return _train_head(models[k], train_t, val_t, protocol, cache, info.device, member_notes[k],
+                                   progress if info.is_main else None)
+            return _train_full(models[k], train_t, val_t, runs[k][0], runs[k][1], cache, info, member_notes[k],
+                               progress, blend_fn, threads=1 if at_once > 1 else None, stop=stop)
 
-        fitted = run_threads([fit(k) for k in range(len(models))], at_once)
+        fitted = run_threads([partial(fit, k) for k in range(len(models))], at_once)
         if at_once > 1:
             notes.append(f"{m.ensemble} members trained side by side, {at_once} at a time, one CPU thread each")
         history: list[dict[str, float]] = []

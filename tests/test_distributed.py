@@ -99,6 +99,7 @@ def test_cuda_full_and_head_mode_then_cpu_inference(tmp_path):
         assert json.loads((tmp_path / mode / "train.json").read_text())["device"].startswith("cuda")
         assert next(r.detector.model_.parameters()).device.type == "cpu"
         assert len(getattr(r.detector.model_, "members", [None])) == base.model.ensemble
+        assert not any("side by side" in n for n in r.notes)  # one GPU: members in turn, each with all of it
         crops = [cv2.imread(str(table.paths[table.videos.index(v)])) for v in r.val_videos]
         # the GPU ran in bf16 autocast (full mode) or fp32 (head); the CPU reruns in fp32
         np.testing.assert_allclose(r.detector.predict_proba(crops), r.val_p, atol=0.05)

@@ -300,8 +300,11 @@ def test_members_side_by_side_train_exactly_as_members_in_turn(table, tmp_path, 
     for a, b in zip(side.detector.model_.members, in_turn.detector.model_.members, strict=True):
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(x, y), name
+    turn = p.model_copy(update={"train": p.train.model_copy(update={"parallel_members": False})})
+    again = train(table, turn, tmp_path / "side", device=CPU)  # how members are scheduled is not the recipe:
+    assert sum("resumed" in n for n in again.notes) == 2       # in turn, the side-by-side run resumes
     # members in turn when asked, and when dropout draws from torch's shared generator
-    for update in ({"train": p.train.model_copy(update={"parallel_members": False})},
+    for update in ({"train": turn.train},
                    {"model": p.model.model_copy(update={"drop_rate": 0.2})}):
         r = train(table, p.model_copy(update=update), tmp_path / str(len(update)) / next(iter(update)), device=CPU)
         assert not any("side by side" in n for n in r.notes)

@@ -8,7 +8,8 @@ computed once (:mod:`dfdetect.features`) and the head trains on them: the same m
 moving average of the weights (``ema``), early stopping on validation AUC, the best epoch kept, and a
 checkpoint written atomically every epoch so a killed run resumes. Crops are decoded once into a
 disk-backed array (:func:`dfdetect.data.decode_crops`) and read from it every epoch. Under
-``torchrun`` it runs DistributedDataParallel (see :mod:`dfdetect.distributed`).
+``torchrun`` it runs DistributedDataParallel (see :mod:`dfdetect.distributed`). An ensemble's members
+train side by side, one thread each, on a CPU with no more cores than members (:func:`_members_at_once`).
 
 Either way the decision threshold is chosen on validation scores, never on test.
 """
@@ -112,7 +113,9 @@ def _epoch_record(epoch: int, tr_loss: float, tr_acc: float, y: np.ndarray, p: n
 
 
 def _protocol_hash(protocol: Protocol, table_fp: str) -> str:
-    return hashlib.sha256((protocol.model_dump_json() + table_fp).encode()).hexdigest()[:16]
+    """What a checkpoint must match to be resumed; how members are scheduled does not change what they learn."""
+    recipe = protocol.model_dump_json(exclude={"train": {"parallel_members"}})
+    return hashlib.sha256((recipe + table_fp).encode()).hexdigest()[:16]
 
 
 def _usable(table: CropTable, ok: np.ndarray, what: str, notes: list[str]) -> np.ndarray:
@@ -258,7 +261,8 @@ def _members_at_once(protocol: Protocol, info: DistInfo) -> int:
     Why: on a CPU with no more cores than members, single-threaded steps side by side beat one multi-threaded
     step, because the step is bound by memory traffic and OpenMP threads wait on each other. On this
     project's 2 cores MobileNetV2 at 128 px (batch 32) trained at 68-70 img/s as two or three members at
-    once against 50-60 img/s for one member on 2 threads (bench/train_members.py times the whole ensemble).
+    once against 50-60 img/s (once 80) for one member on 2 threads; the whole train call ran 1.13-1.15x
+    faster (bench/train_members.py).
     With more cores than members each member keeps all of them, in turn. Dropout and stochastic depth draw
     from torch's one global generator, which threads would share in no fixed order, so they keep members
     in turn, where a run repeats exactly; so do DataLoader worker processes, which must not be forked from

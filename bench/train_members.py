@@ -4,8 +4,8 @@ Baseline, measured in the same run on the same crops: ``parallel_members=False``
 all the threads torch is given (2 here), as every ensemble trained before. dfdetect: the members side by
 side, one thread each (``dfdetect.train`` does this on a CPU with no more cores than members). Both runs
 train the default protocol on the same DFDC face crops from ``../shared/data/dfdc-faces``, already decoded
-(the cache is filled before either clock starts), and the script checks that both made the same number of
-steps. The runs alternate (baseline first) when ``--repeats`` is above 1, because this machine's speed
+(the cache is filled before either clock starts), and the script checks that both trained the same
+member-epochs. The runs alternate (baseline first) when ``--repeats`` is above 1, because this machine's speed
 drifts by up to 20 % from minute to minute.
 
     nice -n 10 python bench/train_members.py                  # 3 members, 1 epoch, 1,200 train crops
@@ -59,18 +59,22 @@ def main(argv: list[str] | None = None) -> int:
               f"epoch(s), MobileNetV2 128 px, batch 32; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
               flush=True)
         times: dict[bool, list[float]] = {False: [], True: []}
+        epochs: dict[bool, set[int]] = {False: set(), True: set()}
         for r in range(args.repeats):
             for side in (False, True):
                 proto = base.model_copy(update={"train": base.train.model_copy(update={"parallel_members": side})})
                 t0 = time.perf_counter()
                 result = train(table, proto, Path(tmp) / f"run{r}-{side}", cache_dir=cache, device="cpu")
                 times[side].append(time.perf_counter() - t0)
+                epochs[side].add(len(result.history))
                 how = next((n for n in result.notes if "side by side" in n), f"in turn, {torch.get_num_threads()} "
                            "threads each")
                 print(f"  {'dfdetect (side by side)' if side else 'baseline (in turn)     '}: "
                       f"{times[side][-1]:6.1f} s  [{how}; {len(result.history)} member-epochs]", flush=True)
                 if side and how.startswith("in turn"):
                     print("  note: the members ran in turn (a busy machine gives one thread): no comparison")
+    if epochs[False] != epochs[True]:
+        print(f"  note: the sides trained different member-epochs ({epochs[False]} vs {epochs[True]}): not comparable")
     base_s, ours_s = min(times[False]), min(times[True])
     print(f"baseline {base_s:.1f} s, dfdetect {ours_s:.1f} s: {base_s / ours_s:.2f}x (best of {args.repeats})")
     return 0

@@ -289,7 +289,13 @@ def test_members_side_by_side_train_exactly_as_members_in_turn(table, tmp_path, 
     torch.set_num_threads(1)
     in_turn = train(table, p, tmp_path / "turn", device=CPU)
     torch.set_num_threads(2)  # as on this project's 2-core machine
+    import dfdetect.train as T
+
+    decoded = []
+    real_decode = T.decode_crops
+    monkeypatch.setattr(T, "decode_crops", lambda t, *a, **kw: decoded.append(len(t)) or real_decode(t, *a, **kw))
     side = train(table, p, tmp_path / "side", device=CPU)
+    assert len(decoded) == 2  # train and validation crops, decoded once for both members
     assert torch.get_num_threads() == 2  # restored after the run
     assert not any("side by side" in n for n in in_turn.notes)
     assert any("2 members trained side by side, 2 at a time" in n for n in side.notes)

@@ -281,10 +281,11 @@ class _Stopped(Exception):
 
 
 def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable, protocol: Protocol,
-                out_dir: Path, cache_dir: Path, info: DistInfo, notes: list[str], progress: ProgressCallback | None,
-                blend_fn: Any, *, threads: int | None = None, stop: threading.Event | None = None,
-                ) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
-    """``threads``: a fixed torch thread count (members side by side), else chosen again every epoch."""
+                out_dir: Path, decoded: tuple[DecodedCrops, DecodedCrops], info: DistInfo, notes: list[str],
+                progress: ProgressCallback | None, blend_fn: Any, *, threads: int | None = None,
+                stop: threading.Event | None = None) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
+    """``decoded``: the train and validation crops, decoded once for every member. ``threads``: a fixed torch
+    thread count (members side by side), else chosen again every epoch."""
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data.distributed import DistributedSampler
 
@@ -292,7 +293,7 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     if threads is not None:
         torch.set_num_threads(threads)
     dc = model.data_config
-    dec_tr, dec_va = _decoded(train_t, size, cache_dir, info), _decoded(val_t, size, cache_dir, info)
+    dec_tr, dec_va = decoded
     if cfg.pseudo_fakes == "sbi" or cfg.pairs:
         sbi = 0.0 if cfg.pseudo_fakes != "sbi" else (0.5 if cfg.sbi_mix else 1.0)
         train_ds: CropDataset = PairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
@@ -488,12 +489,14 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
             runs.append((member, member_dir))
         at_once = _members_at_once(protocol, info)
         member_notes: list[list[str]] = [[] for _ in models]
+        if cfg.mode == "full":  # once, before the members start: side by side they would each decode the crops
+            decoded = _decoded(train_t, m.input_size, cache, info), _decoded(val_t, m.input_size, cache, info)
 
         def fit(k: int, stop: threading.Event) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
             if cfg.mode == "head":
                 return _train_head(models[k], train_t, val_t, protocol, cache, info.device, member_notes[k],
                                    progress if info.is_main else None)
-            return _train_full(models[k], train_t, val_t, runs[k][0], runs[k][1], cache, info, member_notes[k],
+            return _train_full(models[k], train_t, val_t, runs[k][0], runs[k][1], decoded, info, member_notes[k],
                                progress, blend_fn, threads=1 if at_once > 1 else None, stop=stop)
 
         fitted = run_threads([partial(fit, k) for k in range(len(models))], at_once)

@@ -239,8 +239,10 @@ def test_stage_removes_temp_files_a_killed_run_left(tmp_path):
     make_video(src, n=24)
     vdir = tmp_path / "frames" / "Celeb-real" / "id0_0000"
     vdir.mkdir(parents=True)
-    (vdir / ".00008.png.k2j3ab_9.png").write_bytes(b"half a png")  # what atomic_path leaves after SIGKILL
+    stale = vdir / ".00008.png.dfdetect-tmp-k2j3ab_9.png"  # what atomic_path leaves after SIGKILL
+    stale.write_bytes(b"half a png")
     (vdir / ".keep-me").write_text("not ours")
+    (vdir / ".notes.txt.k2j3ab_9.txt").write_text("a user's hidden file that merely looks like a temp name")
     report = F.extract_frames([_item(src, "Celeb-real/id0_0000.mp4")], tmp_path / "frames", FrameConfig(num_frames=2))
-    assert not (vdir / ".00008.png.k2j3ab_9.png").exists() and (vdir / ".keep-me").exists()
+    assert not stale.exists() and (vdir / ".keep-me").exists() and (vdir / ".notes.txt.k2j3ab_9.txt").exists()
     assert any("removed 1 temp file" in n for n in report.notes)

@@ -124,7 +124,7 @@ def test_rerun_reuses_and_regenerates_identically(tiny: Path) -> None:
     before = {p: p.read_bytes() for p in (real, fake)}
     real.unlink()
     fake.write_bytes(b"truncated")  # a broken file is not "valid", so it is made again
-    (tiny / "Celeb-real/.id1_0000.mp4.tmp123.mp4").write_bytes(b"")  # a killed run's temp file
+    (tiny / "Celeb-real/.id1_0000.mp4.dfdetect-tmp-abc123de.mp4").write_bytes(b"")  # a killed run's temp file
     make_synthetic_celebdf(tiny, TINY)
     for p, data in before.items():
         assert p.read_bytes() == data  # same seed, same bytes (H.264 included)

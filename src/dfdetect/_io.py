@@ -18,6 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dfdetect.errors import BadInputError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -28,7 +30,8 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix, dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{TEMP_TAG}", suffix=suffix or dest.suffix,
+                                   dir=dest.parent)
     except OSError as exc:
         raise _naming(exc, dest) from None
     os.close(fd)
@@ -45,8 +48,10 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-#: What :func:`atomic_path` names its temp files: ``.<dest name>.<8 random chars from mkstemp><suffix>``.
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+#: Marks dfdetect's own temp files, so the clean-up below never matches a user's hidden file.
+TEMP_TAG = "dfdetect-tmp-"
+#: What :func:`atomic_path` names its temp files: ``.<dest name>.dfdetect-tmp-<8 random chars><suffix>``.
+_TEMP_NAME = re.compile(r"^\..+\." + TEMP_TAG + r"[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
 
 
 def remove_stale_temps(root: str | Path) -> int:
@@ -65,6 +70,23 @@ def remove_stale_temps(root: str | Path) -> int:
                 except OSError:
                     pass
     return removed
+
+
+def inside(root: str | Path, rel: str | Path) -> Path:
+    """``root / rel``, refused unless it stays inside ``root``: outputs are named after data-file paths,
+    and those must never climb out of the output folder (``../``, an absolute path)."""
+    rel = Path(rel)
+    if rel.is_absolute() or not rel.parts or ".." in rel.parts:
+        raise BadInputError(f"output path {rel.as_posix()!r} would leave the output folder; skipped", path=root)
+    return Path(root) / rel
+
+
+def check_separate(src: str | Path, out_dir: str | Path, what: str) -> None:
+    """Refuse an output folder at or under the input: its files would be taken for outputs or inputs."""
+    src_r, out_r = Path(src).resolve(), Path(out_dir).resolve()
+    if out_r == src_r or src_r in out_r.parents:
+        raise BadInputError(f"--out {out_dir} is inside the {what} folder {src}; choose a separate folder "
+                            "(files there would be taken for finished outputs, or overwritten)")
 
 
 def _naming(exc: OSError, dest: Path) -> OSError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,33 @@ class Dataset:
     def counts(self) -> dict[str, int]:
         fake = sum(1 for it in self.items if it.label == Label.FAKE)
         return {"real": len(self.items) - fake, "fake": fake, "test": sum(it.is_test for it in self.items)}
+
+
+def contained_rel(root: Path, raw: object, *, base: Path | None = None) -> str:
+    """``raw`` (a path read from a data file, relative to ``base``, default ``root``) as a POSIX path
+    relative to ``root``; ValueError unless it stays inside ``root``.
+
+    Outputs are named after this path, so a row that is absolute or climbs with ``../`` would write
+    (and clean up) outside the output folder. The check is lexical: a symlink inside the dataset may
+    point anywhere, since it is only read.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("no path")
+    if "\x00" in raw or "\n" in raw or "\r" in raw:
+        raise ValueError(f"path {raw!r} holds a control character")
+    if os.path.isabs(raw) or raw.startswith("\\"):
+        raise ValueError(f"path {raw!r} is absolute; paths in a data file must be relative to its folder")
+    prefix = "" if base is None else Path(os.path.relpath(base, root)).as_posix()
+    rel = os.path.normpath(os.path.join(prefix, raw)).replace(os.sep, "/")
+    if rel == "." or rel == ".." or rel.startswith("../"):
+        raise ValueError(f"path {raw!r} leaves the dataset folder {root}")
+    return rel
+
+
+def _data_path(root: Path, rel: str) -> Path:
+    """Absolute, but with the dataset's own names: symlinks are not resolved, so messages name what the
+    user listed, not a link's target."""
+    return Path(os.path.abspath(root / rel))
 
 
 # --------------------------------------------------------------------------- Celeb-DF v2
@@ -133,7 +161,7 @@ def load_celebdf(root: str | Path) -> Dataset:
             key = _canonical_rel(rel)
             if key in test and test[key] != label:
                 skipped.append(f"{list_path}: {key} is listed as {test[key].name.lower()} but sits in {folder}/")
-            items.append(MediaItem(path.resolve(), rel, label, name.identities, is_test=key in test))
+            items.append(MediaItem(_data_path(root, rel), rel, label, name.identities, is_test=key in test))
     missing = set(test) - {_canonical_rel(it.rel) for it in items}
     skipped += [f"{root / rel}: in {CELEBDF_TEST_LIST} but not found" for rel in sorted(missing)]
     return Dataset(root, "celebdf", items, skipped)
@@ -155,7 +183,7 @@ def load_ffpp(root: str | Path) -> Dataset:
             if not ids:
                 skipped.append(f"{path}: not an FF++ name (expected NNN or NNN_MMM)")
                 continue
-            items.append(MediaItem(path.resolve(), path.relative_to(root).as_posix(), label, ids))
+            items.append(MediaItem(Path(os.path.abspath(path)), path.relative_to(root).as_posix(), label, ids))
     return Dataset(root, "ffpp", items, skipped)
 
 
@@ -170,11 +198,24 @@ def load_dfdc(root: str | Path) -> Dataset:
     for meta_path in sorted(root.rglob("metadata.json")):
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             skipped.append(f"{meta_path}: cannot read metadata ({exc})")
             continue
+        if not isinstance(meta, dict):
+            skipped.append(f"{meta_path}: expected an object of file name -> {{label, original}}, "
+                           f"found a JSON {type(meta).__name__}")
+            continue
         for name, entry in sorted(meta.items()):
-            path = meta_path.parent / name
+            try:
+                rel = contained_rel(root, name, base=meta_path.parent)
+            except ValueError as exc:
+                skipped.append(f"{meta_path}: entry {name!r} skipped: {exc}")
+                continue
+            path = _data_path(root, rel)
+            if not isinstance(entry, dict):
+                skipped.append(f"{meta_path}: entry {name!r} is a JSON {type(entry).__name__}, "
+                               "expected {\"label\": \"REAL\"|\"FAKE\", ...}")
+                continue
             try:
                 label = parse_label_name(entry["label"])
             except (KeyError, TypeError, ValueError) as exc:
@@ -183,8 +224,9 @@ def load_dfdc(root: str | Path) -> Dataset:
             if not path.is_file():
                 skipped.append(f"{path}: listed in {meta_path.name} but not found")
                 continue
-            group = Path(entry.get("original") or name).stem
-            items.append(MediaItem(path.resolve(), path.relative_to(root).as_posix(), label, (group,)))
+            original = entry.get("original")
+            group = Path(original if isinstance(original, str) and original else name).stem
+            items.append(MediaItem(path, rel, label, (group,)))
     return Dataset(root, "dfdc", items, skipped)
 
 
@@ -199,7 +241,7 @@ def load_folder(root: str | Path) -> Dataset:
         for path in sorted((root / sub).rglob("*")):
             if path.suffix.lower() in MEDIA_SUFFIXES:
                 rel = path.relative_to(root).as_posix()
-                items.append(MediaItem(path.resolve(), rel, label, (Path(rel).with_suffix("").as_posix(),)))
+                items.append(MediaItem(_data_path(root, rel), rel, label, (Path(rel).with_suffix("").as_posix(),)))
     return Dataset(root, "folder", items, [])
 
 
@@ -234,17 +276,18 @@ def load_csv(csv_path: str | Path) -> Dataset:
         except ValueError as exc:
             skipped.append(f"{csv_path}:{n}: {exc}")
             continue
-        rel = row.get("path") or ""  # None when a short row ends before the path column
-        if not rel.strip():
-            skipped.append(f"{csv_path}:{n}: no path")
+        try:  # None when a short row ends before the path column
+            rel = contained_rel(root, row.get("path"))
+        except ValueError as exc:
+            skipped.append(f"{csv_path}:{n}: {exc}")
             continue
-        path = (root / rel).resolve()
+        path = _data_path(root, rel)
         if not path.is_file():
             skipped.append(f"{path}: listed in {csv_path.name} but not found")
             continue
         group = (row.get(group_col) or "").strip() if group_col else ""
         group = Path(group).stem if group else Path(rel).with_suffix("").as_posix()
-        items.append(MediaItem(path, Path(rel).as_posix(), label, (group,)))
+        items.append(MediaItem(path, rel, label, (group,)))
     return Dataset(root, "csv", items, skipped)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, write_image, write_json
+from dfdetect._io import inside, is_valid_image, read_image, write_image, write_json
 from dfdetect.config import FrameConfig
 from dfdetect.datasets import MediaItem
 from dfdetect.errors import BadInputError
@@ -330,19 +330,23 @@ def _source_stamp(src: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _read_marker(video_dir: Path) -> dict:
+    try:
+        data = json.loads((video_dir / DONE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _marker_ok(video_dir: Path, src: Path, cfg: FrameConfig) -> JobResult | None:
     """What a valid done-marker vouches for, or None if the video must be looked at.
 
     A video with frames that cannot be decoded gets a marker too (listing them), so a rerun reports
     it again from the marker instead of decoding the whole file once more.
     """
-    marker = video_dir / DONE_MARKER
-    try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if (data.get("num_frames") != cfg.num_frames or data.get("format") != cfg.image_format
-            or data.get("source_stamp", []) != _source_stamp(src)):
+    data = _read_marker(video_dir)
+    if (not data.get("complete", "frames" in data) or data.get("num_frames") != cfg.num_frames
+            or data.get("format") != cfg.image_format or data.get("source_stamp", []) != _source_stamp(src)):
         return None
     files = [video_dir / frame_name(i, cfg.image_format) for i in data.get("frames", [])]
     # Files are written atomically, so an existing non-empty file is complete; no need to decode it.
@@ -359,21 +363,33 @@ def _lost_line(src: Path, lost: list[int], wanted: int) -> str:
             f"(frames {lost[:5]}{'...' if len(lost) > 5 else ''})")
 
 
-def _remove_unplanned(video_dir: Path, keep: set[str]) -> None:
-    """Drop frame files this plan does not list: left by an earlier version of the video (another length)."""
-    for f in video_dir.glob("[0-9][0-9][0-9][0-9][0-9].*"):
-        if f.name not in keep and f.suffix.lower() in IMAGE_SUFFIXES:
+def _ours(marker: dict) -> set[str]:
+    """Frame files an earlier run of this stage wrote (or was about to write) in this folder."""
+    names = marker.get("written", [])
+    return {n for n in names if isinstance(n, str) and "/" not in n and n != DONE_MARKER}
+
+
+def _remove_unplanned(video_dir: Path, keep: set[str], ours: set[str]) -> None:
+    """Drop frame files this plan does not list, left by an earlier version of the video (another
+    length). Only files this stage recorded as its own are ever deleted: never a user's file."""
+    for name in ours - keep:
+        f = video_dir / name
+        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not f.is_symlink():
             f.unlink(missing_ok=True)
 
 
 def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str) -> JobResult:
     """One video (or image): write its sampled frames, skipping valid ones, then its marker."""
     src, video_id, cfg = Path(item[0]), item[1], item[2]
-    video_dir = Path(out_dir) / video_id
+    result = JobResult()
+    try:
+        video_dir = inside(out_dir, video_id)
+    except BadInputError as exc:
+        result.failed.append(f"{src}: {exc}")
+        return result
     done = _marker_ok(video_dir, src, cfg)
     if done is not None:
         return done
-    result = JobResult()
     plan: dict[str, list[int]] = {}
 
     def select(total: int) -> list[int]:
@@ -384,27 +400,42 @@ def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str) -> JobResult:
         return plan["missing"]
 
     ext = cfg.image_format
+    meta = {"source": src.name, "source_stamp": _source_stamp(src), "num_frames": cfg.num_frames, "format": ext}
     try:
+        ours = _ours(_read_marker(video_dir))
         got = dict(_read(src, select))
         indices, missing = plan["all"], plan["missing"]
+        names = {i: frame_name(i, ext) for i in indices}
+        # The record comes first: a run killed mid-way still knows which files are its own.
+        ours |= {names[i] for i in missing if i in got}
+        write_json(video_dir / DONE_MARKER, {**meta, "complete": False, "written": sorted(ours)})
         result.reused = len(indices) - len(missing)
         for i in missing:
             if i in got:
-                write_image(video_dir / frame_name(i, ext), got[i], jpeg_quality=cfg.jpeg_quality)
+                write_image(video_dir / names[i], got[i], jpeg_quality=cfg.jpeg_quality)
                 result.written += 1
         lost = [i for i in missing if i not in got]
         if lost:
             result.failed.append(_lost_line(src, lost, len(indices)))
-        _remove_unplanned(video_dir, {frame_name(i, ext) for i in indices if i not in lost})
+        keep = {names[i] for i in indices if i not in lost}
+        _remove_unplanned(video_dir, keep, ours)
         write_json(video_dir / DONE_MARKER, {
-            "source": src.name, "source_stamp": _source_stamp(src), "total_frames": plan["total"][0],
-            "num_frames": cfg.num_frames, "format": ext, "frames": [i for i in indices if i not in lost],
-            "lost": lost})
+            **meta, "complete": True, "total_frames": plan["total"][0],
+            "frames": [i for i in indices if i not in lost], "lost": lost, "written": sorted(ours & keep)})
     except BadInputError as exc:
         result.failed.append(str(exc))
     except OSError as exc:  # e.g. the output disk is full: name the file, skip, go on
         result.failed.append(f"{src}: {exc}")
     return result
+
+
+def _refuse_sources_inside(items: list[MediaItem], out: Path) -> None:
+    """An output folder that holds the inputs would mix frames with them (and reuse them as frames)."""
+    out_r = out.resolve()
+    for it in items:
+        if out_r in Path(it.path).resolve().parents:
+            raise BadInputError(f"the output folder holds the input {it.path}; choose a separate folder",
+                                path=out)
 
 
 def extract_frames(
@@ -427,6 +458,7 @@ def extract_frames(
     others go on. ``progress(1)`` is called per item.
     """
     out = Path(out_dir)
+    _refuse_sources_inside(items, out)
     out.mkdir(parents=True, exist_ok=True)
     report = StageReport("frames", out)
     report.remove_stale_temps()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dfdetect._io import check_separate
 from dfdetect.config import Protocol, SynthConfig
 from dfdetect.datasets import Dataset, discover
 from dfdetect.errors import NothingUsableError
@@ -157,6 +158,7 @@ def prepare_crops(
         from dfdetect.faces import extract_faces
         from dfdetect.frames import extract_frames
 
+        check_separate(dataset.root, out_dir / FRAMES_DIR, "dataset")
         with progress("frames", len(dataset.items)) as adv:
             _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames,
                                   ray_address=ray_address, progress=adv, **par), reports, on_stage)
@@ -173,6 +175,7 @@ def prepare_crops(
     if srm:
         srm_dir = out_dir / SRM_DIR
         src = faces_dir if faces_dir is not None else dataset.root
+        check_separate(src, srm_dir, "faces" if faces_dir is not None else "dataset")
         with progress("srm", len(tables["faces"].paths)) as adv:
             _stage(make_srm_copy(src, srm_dir, protocol.srm, progress=adv, **par), reports, on_stage)
         tables["srm"] = _mirror_table(tables["faces"], faces_dir, srm_dir)

@@ -68,7 +68,7 @@ import av
 import cv2
 import numpy as np
 
-from dfdetect._io import atomic_path, read_image, write_json
+from dfdetect._io import TEMP_TAG, atomic_path, read_image, write_json
 from dfdetect.blend import alpha_blend, colour_transfer, ellipse_mask
 from dfdetect.config import SynthConfig
 from dfdetect.datasets import CELEBDF_FAKE_DIR, CELEBDF_TEST_LIST
@@ -523,7 +523,7 @@ def make_synthetic_celebdf(out_dir: str | Path, cfg: SynthConfig | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     for folder in (CELEB_REAL, YOUTUBE_REAL, CELEBDF_FAKE_DIR):
         (out / folder).mkdir(exist_ok=True)
-        for stale in (out / folder).glob(".*.mp4"):  # temp files left by a killed run
+        for stale in (out / folder).glob(f".*.{TEMP_TAG}*.mp4"):  # temp files left by a killed run
             stale.unlink(missing_ok=True)
 
     # Identities first, then YouTube people: with a photo folder they are different people.

@@ -32,6 +32,7 @@ from dfdetect.cli._app import (
     print_report,
     progress_bar,
 )
+from dfdetect._io import check_separate
 from dfdetect.config import FaceConfig, FrameConfig, Protocol, SRMConfig
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 
@@ -61,14 +62,6 @@ def _override(base: BaseModel, **updates: Any) -> Any:
         raise DfdetectError(f"{flag}: {err['msg']}") from None
 
 
-def _separate(src: Path, out_dir: Path, what: str) -> None:
-    """Refuse --out at or under the input: its images would be "reused" as outputs (or read as inputs)."""
-    src_r, out_r = src.resolve(), out_dir.resolve()
-    if out_r == src_r or src_r in out_r.parents:
-        raise DfdetectError(f"--out {out_dir} is inside the {what} folder {src}; choose a separate folder "
-                            "(existing images there would be taken for finished outputs)")
-
-
 @app.command("frames")
 @handle_errors
 def frames_cmd(
@@ -90,6 +83,7 @@ def frames_cmd(
     cfg: FrameConfig = _override(_protocol(protocol).frames, num_frames=frames, test_frames=test_frames,
                                  image_format=image_format)
     dataset = discover(source)
+    check_separate(dataset.root, out_dir, "dataset")
     for line in dataset.skipped:
         console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
     if not dataset.items:
@@ -130,7 +124,7 @@ def faces_cmd(
                                 detect_max_side=detect_max_side, min_score=min_score)
     if not frames_dir.is_dir():
         raise BadInputError("frames folder not found", path=frames_dir)
-    _separate(frames_dir, out_dir, "frames")
+    check_separate(frames_dir, out_dir, "frames")
     with progress_bar(f"faces ({cfg.detector})", len(frame_files(frames_dir))) as advance:
         report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=engine.value,
                                ray_address=ray_address, progress=advance)
@@ -156,7 +150,7 @@ def srm_cmd(
     cfg: SRMConfig = _override(_protocol(protocol).srm, mode=mode, clip=clip)
     if not faces_dir.is_dir():
         raise BadInputError("faces folder not found", path=faces_dir)
-    _separate(faces_dir, out_dir, "faces")
+    check_separate(faces_dir, out_dir, "faces")
     total = len(frame_files(faces_dir))
     with progress_bar(f"srm ({cfg.mode})", total) as advance:
         report = make_srm_copy(faces_dir, out_dir, cfg, workers=workers, engine=engine.value,

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ValidationError
 
+from dfdetect._io import check_separate
 from dfdetect.cli._app import (
     EngineChoice,
     EngineOpt,
@@ -32,7 +33,6 @@ from dfdetect.cli._app import (
     print_report,
     progress_bar,
 )
-from dfdetect._io import check_separate
 from dfdetect.config import FaceConfig, FrameConfig, Protocol, SRMConfig
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 

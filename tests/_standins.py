@@ -26,3 +26,24 @@ class MeanBrightness:
     def predict_proba(self, crops):
         self.calls.append(len(crops))
         return np.array([c.mean() / 255.0 for c in crops])
+
+
+def ship_tiny_model(models_dir, name=None, **figures):
+    """A real (untrained, 48 px, Haar faces) detector shipped into ``models_dir`` with ``ship_model``, so tests
+    of the model zoo and the demo never need the trained file. Returns the card path."""
+    import torch
+
+    from dfdetect import hub
+    from dfdetect.backbones import create_backbone
+    from dfdetect.config import FaceConfig, ModelConfig, Protocol
+    from dfdetect.detector import Detector
+    from dfdetect.modelcard import ModelCard, ModelFigures, ship_model
+
+    torch.manual_seed(0)
+    proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False),
+                                                  "faces": FaceConfig(detector="haar", min_size=40)})
+    det = Detector.from_model(create_backbone("mobilenet_v2", pretrained=False), proto, 0.5)
+    card = ModelCard(name=name or hub.DEFAULT_MODEL, summary="A tiny untrained test detector.",
+                     training_data="none (random weights)", recipe_command="dfdetect train DATA --out runs/x",
+                     figures=ModelFigures(**figures))
+    return ship_model(det, card, models_dir)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 from typer.testing import CliRunner
 
-from dfdetect import pipeline
+from _standins import ship_tiny_model
+from dfdetect import hub, pipeline
 from dfdetect.cli import app
 from dfdetect.config import SynthConfig
 
@@ -19,11 +21,14 @@ TINY = SynthConfig(identities=4, videos_per_identity=1, fakes_per_identity=1, yo
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
+    models = tmp_path_factory.mktemp("models")
+    ship_tiny_model(models)  # stands in for the trained file shipped in the package
     mp = pytest.MonkeyPatch()
     mp.setattr(pipeline, "DEMO_SYNTH", TINY)
+    mp.setattr(hub, "MODELS_DIR", models)
     try:
         args = ["demo", "--out", str(out), "--backbones", "mobilenet_v2", "--frames", "2"]
-        res = CliRunner().invoke(app, args)
+        res = CliRunner().invoke(app, args, env={"COLUMNS": "250"})  # table rows on one line each
     finally:
         mp.undo()
     return out, res
@@ -42,6 +47,25 @@ def test_demo_prints_table_and_where_things_are(demo_out):
         assert (out / "study" / cell / "roc.png").is_file()
     assert (out / "data" / "List_of_testing_videos.txt").is_file()
     assert (out / "study" / "report.html").is_file() and "report.html" in text
+
+
+def test_demo_ends_with_the_shipped_models_verdicts(demo_out):
+    _, res = demo_out
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    tail = text[text.index("report:"):]  # after the study: the last step
+    assert f"shipped model {hub.DEFAULT_MODEL}: verdicts on the demo's test videos" in tail
+    assert "Celeb-real/" in tail and "Celeb-synthesis/" in tail  # a real and a fake test video
+    assert re.search(rf"shipped model {re.escape(hub.DEFAULT_MODEL)}: [012] of 2 verdicts match the true label",
+                     tail)  # the tiny set's test split: one real and one fake video
+
+
+def test_demo_without_a_shipped_model_says_it_skips_that_step(demo_out, monkeypatch, tmp_path):
+    """What run_demo does on a checkout with no trained file yet: one line, and the demo goes on."""
+    out, _ = demo_out
+    monkeypatch.setattr(hub, "MODELS_DIR", tmp_path / "empty")
+    shipped, note = pipeline.demo_shipped_step(out / "data")
+    assert shipped is None and "no shipped detector in this install" in note and "skipping the last step" in note
 
 
 def test_evaluate_cli_on_a_labelled_folder(demo_out, tmp_path):

@@ -158,15 +158,22 @@ class Detector:
                                        for k, v in self.data_config_.items()}),
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write ONE ``.safetensors`` file (weights + protocol + threshold in metadata), atomically."""
+    def save(self, path: str | Path, *, half: bool = False) -> Path:
+        """Write ONE ``.safetensors`` file (weights + protocol + threshold in metadata), atomically.
+
+        ``half=True`` stores the float tensors as float16: half the size, for a model shipped in the
+        package; :meth:`load` casts them back to float32, so inference is unchanged apart from rounding.
+        """
         from safetensors.torch import save_file
 
         self._check_fitted()
         path = Path(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        meta = {**self._metadata(), "dtype": "float16" if half else "float32"}
         with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(state, str(tmp), metadata=self._metadata())
+            save_file(state, str(tmp), metadata=meta)
         return path
 
     @classmethod
@@ -209,6 +216,8 @@ class Detector:
             model = ensemble_of(members)
         except DfdetectError as exc:  # e.g. a backbone this version does not know
             raise WeightsError(f"cannot rebuild the model ({exc})", path=path) from None
+        # A half-precision file (save(half=True)): back to float32 for CPU inference, other dtypes kept.
+        state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

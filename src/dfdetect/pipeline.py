@@ -34,11 +34,14 @@ __all__ = [
     "STUDY_DIR",
     "PipelineResult",
     "Prepared",
+    "ShippedVerdicts",
     "demo_protocol",
+    "demo_shipped_step",
     "offline_backbones",
     "prepare_crops",
     "run_demo",
     "run_pipeline",
+    "shipped_verdicts",
 ]
 
 FRAMES_DIR, FACES_DIR, SRM_DIR, STUDY_DIR, DATA_DIR = "frames", "faces", "faces-srm", "study", "data"
@@ -66,6 +69,9 @@ class PipelineResult:
     prepared: Prepared
     study: StudyResult
     notes: list[str] = field(default_factory=list)
+    #: the demo's last step: the shipped detector on the demo's own videos (None: skipped, see shipped_note)
+    shipped: ShippedVerdicts | None = None
+    shipped_note: str | None = None
 
     @property
     def reports(self) -> list[StageReport]:
@@ -239,6 +245,49 @@ def demo_protocol(frames_per_video: int = DEMO_FRAMES) -> Protocol:
     })
 
 
+@dataclass
+class ShippedVerdicts:
+    """The shipped detector's verdicts on a few videos, with their true labels beside them."""
+
+    model: str  #: e.g. "shipped model mobilenet_v2.dfdc_sbi"
+    results: list[Any]  #: dfdetect.predict.PredictResult, one per video
+    truth: list[str]  #: "real" / "fake", same order
+
+    @property
+    def correct(self) -> int:
+        return sum(r.verdict == t for r, t in zip(self.results, self.truth, strict=True))
+
+
+def shipped_verdicts(root: str | Path, *, per_label: int = 3, frames: int = 8) -> ShippedVerdicts:
+    """Score up to ``per_label`` real and fake test videos of ``root`` with the shipped default model.
+
+    Only the file inside the package is used (never a download), so this works offline on a fresh
+    install; a missing file is a :class:`~dfdetect.errors.WeightsError` naming it.
+    """
+    from dfdetect import hub
+    from dfdetect.detector import Detector
+    from dfdetect.errors import WeightsError
+    from dfdetect.labels import Label
+    from dfdetect.predict import predict_path
+
+    entry = hub.get_model(hub.DEFAULT_MODEL)
+    if entry is None or not entry.shipped_path.is_file():
+        missing = hub.MODELS_DIR / f"{hub.DEFAULT_MODEL}.safetensors"
+        raise WeightsError(f"no shipped detector in this install (no {missing})")
+    used = hub.resolve(hub.DEFAULT_MODEL)  # checks the card's sha256
+    det = Detector.load(used.path)
+    videos = [it for it in discover(root).items if it.is_video]
+    videos = sorted([it for it in videos if it.is_test] or videos, key=lambda it: it.rel)  # unseen by the study
+    chosen = [it for lab in (Label.REAL, Label.FAKE) for it in [v for v in videos if v.label == lab][:per_label]]
+    results, truth = [], []
+    report = StageReport("demo: shipped model", Path(root))
+    for it in chosen:
+        for res in predict_path(it.path, det, frames=frames, report=report):  # a failed video is skipped
+            results.append(res)
+            truth.append("fake" if it.label == Label.FAKE else "real")
+    return ShippedVerdicts(used.describe(), results, truth)
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -266,4 +315,15 @@ def run_demo(
         result.notes.insert(0, f"demo: seed recipe (Haar, frozen backbone, threshold 0.5) with "
                                f"{frames_per_video} frames per video instead of the seed's 1, so the tiny "
                                "synthetic set has enough crops")
+    result.shipped, result.shipped_note = demo_shipped_step(root)
     return result
+
+
+def demo_shipped_step(root: str | Path) -> tuple[ShippedVerdicts | None, str | None]:
+    """The demo's last step, or the one line saying why it is skipped (no trained file shipped yet)."""
+    from dfdetect.errors import WeightsError
+
+    try:
+        return shipped_verdicts(root), None
+    except WeightsError as exc:
+        return None, f"{exc}: skipping the last step, the shipped detector's verdicts on the demo videos"

@@ -29,7 +29,7 @@ from dfdetect.stage import ProgressCallback, StageReport
 app = typer.Typer(
     name="dfdetect",
     help="Find face deepfakes in videos and images. Stages: synth, frames, faces, srm, labels, train, "
-    "evaluate, study, demo, predict, report, serve, export.",
+    "evaluate, study, demo, predict, report, serve, export, models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

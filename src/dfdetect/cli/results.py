@@ -127,11 +127,13 @@ def _print_pipeline(result: Any) -> None:
 @app.command()
 @handle_errors
 def evaluate(
-    detector: Annotated[Path, typer.Argument(help="A trained detector (RUN_DIR/detector.safetensors).")],
-    folder: Annotated[Path, typer.Argument(
-        help="Labelled data: real/ + fake/, labels.csv, Celeb-DF, FF++, DFDC.")],
+    args: Annotated[list[str], typer.Argument(
+        metavar="[MODEL] FOLDER",
+        help="Labelled data (real/ + fake/, labels.csv, Celeb-DF, FF++, DFDC), after an optional detector: "
+        "RUN_DIR/detector.safetensors, a run folder or a model name (default: the shipped model).")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="The detector, instead of MODEL.")] = None,
     out_dir: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output folder (default RUN_DIR/eval-NAME).")] = None,
+        "--out", "-o", help="Output folder (default RUN_DIR/eval-NAME, or eval-NAME for a named model).")] = None,
     crops: CropsOpt = None,
     srm: Annotated[bool, typer.Option(
         "--srm", help="Score SRM copies (for a detector trained on faces+SRM).")] = False,
@@ -140,16 +142,25 @@ def evaluate(
     workers: WorkersOpt = 0,
 ) -> None:
     """Score a labelled set with a saved detector at its validation-chosen threshold."""
+    from dfdetect.cli.use import resolve_cli
     from dfdetect.detector import Detector, detector_file
     from dfdetect.evaluate import HISTORY_JSON, official_test_subset
     from dfdetect.evaluate import evaluate as run_evaluate
     from dfdetect.pipeline import prepare_crops
 
-    detector = detector_file(detector)  # a run folder holds its detector; eval-* goes beside it
+    if len(args) > 2 or (len(args) == 2 and model is not None):
+        raise BadInputError("evaluate takes [MODEL] FOLDER: one detector (as MODEL or --model) and one folder")
+    if len(args) == 2:
+        model = args[0]
+    folder = Path(args[-1])
+    used = resolve_cli(model)
+    detector = detector_file(used.path)  # a run folder holds its detector; eval-* goes beside it
     if not detector.is_file():
         raise BadInputError("detector file not found (train one with `dfdetect train`)", path=detector)
     det = Detector.load(detector)
-    dest = out_dir or detector.parent / f"eval-{folder.resolve().name}"
+    # Never write into the package or the download cache: a named model's results go in the working folder.
+    run_dir = detector.parent if used.source == "local" else None
+    dest = out_dir or (run_dir or Path(".")) / f"eval-{folder.resolve().name}"
     prepared = prepare_crops(folder, dest, det.protocol_, crops=crops, srm=srm, workers=workers,
                              progress=progress_bar, on_stage=print_report)
     for note in prepared.notes:
@@ -159,8 +170,8 @@ def evaluate(
         table, note = official_test_subset(table)
         if note:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    history_path = detector.parent / HISTORY_JSON
-    history = json.loads(history_path.read_text()) if history_path.is_file() else None
+    history_path = run_dir / HISTORY_JSON if run_dir else None
+    history = json.loads(history_path.read_text()) if history_path and history_path.is_file() else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # evaluate records them in its result; printed below
         with progress_bar("evaluate", len(table.paths)) as advance:
@@ -213,6 +224,21 @@ def study(
     _raise_if_no_cell(result.study)
 
 
+def _print_shipped(result: Any) -> None:
+    """The demo's last step: the shipped detector's verdicts on the videos the demo made."""
+    from dfdetect.cli.use import verdict_table
+
+    shipped = result.shipped
+    if shipped is None:
+        console.print(f"note: {escape(result.shipped_note or 'no shipped detector')}", highlight=False,
+                      soft_wrap=True)
+        return
+    out.print(verdict_table(shipped.results, title=f"{shipped.model}: verdicts on the demo's test videos "
+                                                   "(trained elsewhere; never saw these)"))
+    out.print(f"{shipped.model}: {shipped.correct} of {len(shipped.results)} verdicts match the true label "
+              "(the file names say real or fake)", highlight=False, soft_wrap=True)
+
+
 @app.command()
 @handle_errors
 def demo(
@@ -232,6 +258,7 @@ def demo(
     _print_pipeline(result)
     page = write_report(result.study.out_dir)
     out.print(f"report: {page} (one self-contained page)", highlight=False, soft_wrap=True)
+    _print_shipped(result)
     out.print(f"demo finished in {time.perf_counter() - start:.0f} s", highlight=False)
 
 

@@ -2,6 +2,8 @@
 
 Examples::
 
+    dfdetect predict clip.mp4                                 # the shipped default model (dfdetect models)
+    dfdetect predict clip.mp4 --model mobilenet_v2.dfdc_sbi  # a named model
     dfdetect predict clip.mp4 --model runs/best/detector.safetensors
     dfdetect predict ../shared/data/videos photos/ --model det.safetensors --json out.json --save vis/
     dfdetect predict faces/ --model det.onnx --crops          # images that are face crops already
@@ -20,18 +22,41 @@ from rich.table import Table
 from dfdetect.cli._app import app, console, handle_errors, out, print_report, progress_bar
 from dfdetect.errors import DfdetectError, WeightsError
 
-ModelOpt = Annotated[Path | None, typer.Option(
-    "--model", "-m", help="A trained detector: detector.safetensors (from train/study/demo) or an exported .onnx.")]
+# A string, not a Path: a Path would fold the "//" of hf:// and https:// references.
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="A detector: a model name (`dfdetect models`), detector.safetensors or its run folder, "
+    "an exported .onnx, hf://owner/repo/file or a URL. Default: the shipped model.")]
+
+_GET_ONE = ("Get one with `dfdetect train DATA --out runs/NAME` (writes runs/NAME/detector.safetensors) "
+            "or `make demo` (writes demo/study/mobilenet_v2-faces/detector.safetensors), then pass it with --model")
 
 
 def no_model_help(path: Path | None) -> str:
     where = f"no trained model at {path}" if path else "no --model given"
-    return (f"{where}. Get one with `dfdetect train DATA --out runs/NAME` (writes runs/NAME/detector.safetensors) "
-            "or `make demo` (writes demo/study/mobilenet_v2-faces/detector.safetensors), then pass it with --model")
+    return f"{where}. {_GET_ONE}"
+
+
+def resolve_cli(model: str | None) -> Any:
+    """``--model`` (a name, path, Hub reference or URL; None: the shipped default) -> ``hub.Resolved``,
+    saying which model it is, so a verdict never comes from a model the user did not know about."""
+    from dfdetect import hub
+
+    try:
+        used = hub.resolve(model)
+    except WeightsError as exc:
+        if model is None:
+            raise WeightsError(f"{exc}. {_GET_ONE}") from None
+        raise
+    console.print(f"model: {used.describe()}", highlight=False, soft_wrap=True)
+    return used
 
 
 def load_scorer(path: Path | None, *, onnx: bool = False) -> Any:
-    """A torch Detector for .safetensors, an OnnxDetector for .onnx (or --onnx)."""
+    """A torch Detector for .safetensors (or a run folder holding one), an OnnxDetector for .onnx (or --onnx)."""
+    from dfdetect.hub import HUB_FILE
+
+    if path is not None and path.is_dir() and (path / HUB_FILE).is_file():  # a run folder, as Detector.load
+        path = path / HUB_FILE
     if path is None or not path.is_file():
         raise WeightsError(no_model_help(path))
     if onnx or path.suffix.lower() == ".onnx":
@@ -50,8 +75,9 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def _table(results: list[Any]) -> Table:
-    table = Table(title="dfdetect predict (P(fake): mean over all faces, and mean over frames of the top face)")
+def verdict_table(results: list[Any], title: str | None = None) -> Table:
+    table = Table(title=title or "dfdetect predict (P(fake): mean over all faces, and mean over frames of the top "
+                  "face)")
     for name, justify in (("file", "left"), ("verdict", "left"), ("P(fake) mean", "right"),
                           ("P(fake) max-face", "right"), ("threshold", "right"), ("frames with face", "right"),
                           ("faces", "right")):
@@ -89,7 +115,8 @@ def predict(
         raise DfdetectError("--json names a folder; give a file such as results.json", path=json_out)
     if save is not None and save.exists() and not save.is_dir():
         raise DfdetectError("--save names a file; give a folder for the pictures", path=save)
-    scorer = load_scorer(model, onnx=onnx)
+    used = resolve_cli(model)
+    scorer = load_scorer(used.path, onnx=onnx)
     report = StageReport("predict", save or Path("."))
     results = []
     saved: set[str] = set()  # visual names used so far: same-named inputs must not overwrite each other
@@ -101,9 +128,10 @@ def predict(
                 res.drop_images()
             results.append(res)
     if results:
-        out.print(_table(results))
+        out.print(verdict_table(results))
     if json_out is not None:
-        write_json(json_out, P.results_json(results, report, model=str(model)))
+        write_json(json_out, P.results_json(results, report, model=used.name or str(used.path),
+                                              model_used=used.describe()))
         console.print(f"results -> {json_out}", highlight=False, soft_wrap=True)
     if save is not None and results:
         console.print(f"contact sheets, score plots and Grad-CAM overlays -> {save}", highlight=False, soft_wrap=True)
@@ -121,9 +149,10 @@ def export(
     """Write the detector to ONNX (preprocessing, threshold and protocol in its metadata)."""
     from dfdetect.export import export_onnx
 
-    if model is not None and model.suffix.lower() == ".onnx":
-        raise DfdetectError("--model is already ONNX; export takes the .safetensors detector", path=model)
-    info = export_onnx(load_scorer(model), onnx_out)
+    used = resolve_cli(model)
+    if used.path.suffix.lower() == ".onnx":
+        raise DfdetectError("--model is already ONNX; export takes the .safetensors detector", path=used.path)
+    info = export_onnx(load_scorer(used.path), onnx_out)
     out.print(f"ONNX model -> {info.path} (input {info.preprocess.size[0]}x{info.preprocess.size[1]}; "
               f"onnxruntime vs torch max |dP| = {info.max_abs_diff:.1e} on random crops)",
               highlight=False, soft_wrap=True)
@@ -144,6 +173,7 @@ def serve(
 
     from dfdetect.service import create_app
 
-    app_ = create_app(load_scorer(model), max_upload_bytes=int(max_upload_mb * 2**20), frames=frames)
-    console.print(f"serving {model} on http://{host}:{port}/ (Ctrl+C stops)", highlight=False, soft_wrap=True)
+    used = resolve_cli(model)
+    app_ = create_app(load_scorer(used.path), max_upload_bytes=int(max_upload_mb * 2**20), frames=frames)
+    console.print(f"serving {used.describe()} on http://{host}:{port}/ (Ctrl+C stops)", highlight=False, soft_wrap=True)
     uvicorn.run(app_, host=host, port=port, log_level="info")

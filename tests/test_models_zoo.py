@@ -101,10 +101,12 @@ def test_card_says_research_only_for_dlib_landmarks_and_checks_the_name(tmp_path
     from dfdetect.modelcard import render_card
 
     ship_tiny_model(tmp_path)
-    card = ModelCard(name=NAME, summary="s", training_data="t", recipe_command="c", dlib_landmarks=True)
+    card = ModelCard(name=NAME, summary="s", training_data="t", recipe_command="c", dlib_landmarks=True,
+                     bench_table="| recipe | AUC |\n|---|---|\n| seed | 0.5 |")
     text = render_card(card, tmp_path / f"{NAME}.safetensors")
     assert "dlib's 68-point" in text and text.count("research use only") >= 2
-    assert "not measured" in text  # figures that were not measured say so
+    assert "2 CPU cores: not measured" in text  # figures that were not measured say so
+    assert "bench/generalization.py" in text and "| seed | 0.5 |" in text
     with pytest.raises(ValueError, match="architecture.tag"):
         ModelCard(name="My Model", summary="s", training_data="t", recipe_command="c")
 
@@ -308,3 +310,19 @@ def test_ship_model_is_the_documented_call(tmp_path):
     path = ship_model(det, card, tmp_path / "out")
     assert path == tmp_path / "out" / "mobilenet_v2.test2.md" and read_card(path)[0]["figures"] == {
         "in_domain_auc": 0.9}
+
+
+def test_train_takes_the_cards_protocol_yaml(zoo, tmp_path):
+    """The card's "one command" recipe: `dfdetect train DATA --protocol <name>.protocol.yaml`."""
+    from dfdetect.cli.model import _protocol
+    from dfdetect.errors import BadInputError
+
+    recipe = zoo / f"{NAME}.protocol.yaml"
+    p = _protocol(str(recipe), {"backbone": None}, {"epochs": 3})
+    assert p.faces.detector == "haar" and p.model.input_size == 48 and p.train.epochs == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    for path, msg in ((bad, "not a dfdetect protocol"), (tmp_path / "none.yaml", "protocol file not found")):
+        with pytest.raises(BadInputError, match=msg) as exc:
+            _protocol(str(path), {}, {})
+        assert "\n" not in str(exc.value)

@@ -26,9 +26,12 @@ _API = {
     "compute_metrics": "dfdetect.metrics",
     "run_study": "dfdetect.study",
     "predict_path": "dfdetect.predict",
+    "resolve_model": "dfdetect.hub",
+    "list_models": "dfdetect.hub",
 }
 __all__ = ["Detector", "Protocol", "build_crop_table", "compute_metrics", "create_backbone", "discover",
-           "extract_faces", "extract_frames", "list_backbones", "make_srm_copy", "predict_path", "run_study"]
+           "extract_faces", "extract_frames", "list_backbones", "list_models", "make_srm_copy", "predict_path",
+           "resolve_model", "run_study"]
 
 
 def __getattr__(name: str) -> Any:

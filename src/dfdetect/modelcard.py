@@ -100,6 +100,7 @@ class ModelCard(_Model):
     dlib_landmarks: bool = Field(False, description="blend masks from dlib's 68-point model (research use only)")
     intended_use: str = DEFAULT_USE
     limits: list[str] = Field(default_factory=lambda: list(DEFAULT_LIMITS))
+    bench_table: str | None = Field(None, description="the markdown table bench/generalization.py prints")
     hub: str | None = Field(None, description="Hugging Face copy: 'owner/repo/file.safetensors'")
     url: str | None = Field(None, description="plain download URL of the same file")
 
@@ -183,14 +184,16 @@ def render_card(card: ModelCard, weights: str | Path) -> str:
                               ("Other figures", f.extra, ("figure", "value"))):
         if rows:
             parts += [f"### {title}", "", _table(rows, head), ""]
+    if card.bench_table:
+        parts += ["### Side by side (`python bench/generalization.py`)", "", card.bench_table.strip(), ""]
     parts += [
         "## Calibration", "",
         f"- Expected calibration error before: {_fig(f.ece_before)}, after: **{_fig(f.ece_after)}**"
         + (f" ({f.calibration})" if f.calibration else ""),
         f"- Decision threshold (chosen on validation): {_fig(front['threshold'], '.4f')}", "",
         "## Speed", "",
-        (f"- `dfdetect predict` on one video, 32 frames, faces + network, 2 CPU cores: "
-        f"{_fig(f.seconds_per_video, '.2f')} s"), "",
+        ("- `dfdetect predict` on one video, 32 frames, faces + network, 2 CPU cores: "
+         + ("not measured" if f.seconds_per_video is None else f"{f.seconds_per_video:.2f} s")), "",
         "## Intended use", "", card.intended_use, "",
         "## Known limits", "", *[f"- {line}" for line in card.limits], "",
     ]

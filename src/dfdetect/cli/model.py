@@ -5,6 +5,7 @@ Examples::
     dfdetect train ../shared/data/dfdc-faces --out runs/dfdc --protocol default
     dfdetect train Celeb-DF-v2 --crops work/faces --out runs/seed-mnv2 --protocol seed --backbone mobilenet_v2
     dfdetect train work/faces --labels work/labels.txt --out runs/seed --protocol seed
+    dfdetect train ../shared/data/dfdc-faces --out runs/x --protocol runs/x/config.yaml  # a recipe file
     dfdetect train data/ --out runs/b4 --backbone efficientnet_b4 --weights effb4.safetensors --mode full
     torchrun --nproc_per_node 4 -m dfdetect train data/ --crops work/faces --out runs/ddp --mode full  # DDP
 """
@@ -19,7 +20,6 @@ import typer
 from rich.table import Table
 
 from dfdetect.cli._app import (
-    ProtocolOpt,
     WorkersOpt,
     app,
     console,
@@ -34,11 +34,22 @@ from dfdetect.errors import BadInputError
 
 def _protocol(name: str, model: dict[str, Any], train: dict[str, Any]) -> Any:
     """The named protocol with the flags the user set; unset flags (None) keep the protocol's values."""
-    from dfdetect.config import Protocol
+    import yaml
 
-    if name not in ("seed", "default"):
-        raise BadInputError(f"unknown protocol {name!r}; use 'seed' or 'default'")
-    p = Protocol.named(name)  # type: ignore[arg-type]
+    from dfdetect.config import Protocol, load_protocol
+
+    if Path(name).suffix.lower() in (".yaml", ".yml"):  # a recipe file, e.g. a shipped model's protocol.yaml
+        if not Path(name).is_file():
+            raise BadInputError("protocol file not found", path=name)
+        try:
+            p = load_protocol(name)
+        except (ValueError, OSError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
+            raise BadInputError(f"not a dfdetect protocol ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200]})", path=name) from None
+    elif name not in ("seed", "default"):
+        raise BadInputError(f"unknown protocol {name!r}; use 'seed', 'default' or a protocol .yaml file")
+    else:
+        p = Protocol.named(name)  # type: ignore[arg-type]
     model = {k: v for k, v in model.items() if v is not None}
     train = {k: v for k, v in train.items() if v is not None}
     try:
@@ -73,7 +84,8 @@ def train_cmd(
     = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="A seed '{1|0} {path}' file (1 = real), paths "
                                                                  "relative to --crops (or DATA).")] = None,
-    protocol: ProtocolOpt = "default",
+    protocol: Annotated[str, typer.Option("--protocol", help="'seed', 'default', or a protocol .yaml file (a run's "
+                                                             "config.yaml, a shipped model's recipe).")] = "default",
     backbone: Annotated[str | None, typer.Option("--backbone", help="A registered backbone "
                                                                     "(mobilenet_v2, vgg16, resnet50v2, ...).")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="Backbone weights (.safetensors/.pth).")] = None,

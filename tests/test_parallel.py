@@ -129,3 +129,53 @@ def test_ray_outputs_identical_to_pool(media, pool_outputs, tmp_path):
     finally:
         ray.shutdown()
     assert got == pool_outputs
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with their parent through prctl")
+def test_pool_workers_die_when_their_parent_is_killed(tmp_path):
+    """Regression: kill -9 of a ``-j N`` run left its workers running (and writing) for as long as their jobs took."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "job.py").write_text(
+        "import os, time\n"
+        "def mark(path):\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(300)\n")
+    marks = [tmp_path / f"worker{k}.pid" for k in range(2)]
+    script = ("import job\nfrom dfdetect.parallel import map_items\n"
+              f"map_items(job.mark, {[str(m) for m in marks]!r}, workers=2)\n")
+    src = Path(P.__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(src)])}
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path)
+
+    def alive(pid: int) -> bool:  # a zombie waiting for a reaper is dead too
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not all(m.is_file() and m.read_text() for m in marks):
+            assert time.monotonic() < deadline and parent.poll() is None, "the workers never started"
+            time.sleep(0.1)
+        pids = [int(m.read_text()) for m in marks]
+        assert all(alive(p) for p in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 30  # a generous bound, not a timing: before the fix they lived 300 s
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in pids), "workers outlived their killed parent"
+    finally:
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        if parent.poll() is None:
+            parent.kill()

@@ -288,3 +288,40 @@ def test_cli_unwritable_json_or_save_fails_before_scoring(tmp_path, monkeypatch)
         r = CliRunner().invoke(app, ["predict", video, "--model", "m.safetensors", flag, str(tmp_path / target)])
         assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output
     assert calls == []
+
+
+def test_cli_json_in_an_unwritable_place_fails_before_scoring(tmp_path, monkeypatch):
+    """Regression: a --json whose folder could not be made (a file stands in its path) failed after the scoring."""
+    from dfdetect.cli import app, use
+
+    calls: list[str] = []
+    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: calls.append("loaded") or RedScorer())
+    (tmp_path / "afile").write_text("x")
+    video = str(two_face_video(tmp_path / "clip.mp4"))
+    for flag, target in (("--json", tmp_path / "afile" / "sub" / "out.json"), ("--save", tmp_path / "afile" / "vis")):
+        r = CliRunner().invoke(app, ["predict", video, "--model", "m.safetensors", flag, str(target)],
+                               env={"COLUMNS": "300"})
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert f"cannot write {flag}" in r.output and "is a file, not a folder" in r.output
+    assert calls == []
+
+
+def test_cli_model_may_be_a_run_folder(tmp_path):
+    """Regression: `--model runs/NAME` said "no trained model" although Detector.load takes run folders."""
+    from dfdetect.backbones import create_backbone
+    from dfdetect.cli import app, use
+    from dfdetect.config import ModelConfig
+    from dfdetect.detector import Detector
+
+    proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32)})
+    net = create_backbone("mobilenet_v2", pretrained=False, num_classes=1)
+    Detector.from_model(net, proto, 0.5).save(tmp_path / "run" / "detector.safetensors")
+    assert use.load_scorer(tmp_path / "run").threshold_ == 0.5
+    crop = tmp_path / "face.png"
+    cv2.imwrite(str(crop), np.full((40, 40, 3), 128, np.uint8))
+    r = CliRunner().invoke(app, ["predict", str(crop), "--model", str(tmp_path / "run"), "--crops"],
+                           env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "face.png" in r.output and "no trained model" not in r.output
+    empty = CliRunner().invoke(app, ["predict", str(crop), "--model", str(tmp_path)])  # a folder without one
+    assert empty.exit_code == 1 and "no trained model" in empty.output

@@ -117,6 +117,11 @@ class EvalConfig(_Config):
     aggregate: Literal["mean", "max"] = "mean"
 
 
+#: How a run executes, not what it learns: left out of resume keys and of every saved recipe (config.yaml,
+#: detector metadata), so changing ``-j`` or how members are scheduled never throws a run away.
+RUN_SETTINGS: dict[str, set[str]] = {"train": {"workers", "parallel_members"}}
+
+
 class Protocol(_Config):
     """A complete recipe: every stage's config under one name."""
 
@@ -165,11 +170,21 @@ class Protocol(_Config):
     def named(cls, name: ProtocolName) -> Protocol:
         return cls.seed() if name == "seed" else cls.default()
 
+    def recipe(self) -> Protocol:
+        """This protocol with the run settings (``RUN_SETTINGS``) at their defaults: what a model is made by."""
+        return Protocol.model_validate(self.model_dump(exclude=RUN_SETTINGS))
+
+    def recipe_json(self) -> str:
+        """The recipe as JSON, without the run settings (resume keys, detector metadata)."""
+        return self.model_dump_json(exclude=RUN_SETTINGS)
+
 
 def save_config(cfg: BaseModel, path: str | Path) -> Path:
+    """YAML of ``cfg``; a Protocol without its run settings."""
     from dfdetect._io import write_text
 
-    return write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    exclude = RUN_SETTINGS if isinstance(cfg, Protocol) else None
+    return write_text(path, yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False))
 
 
 def load_protocol(path: str | Path) -> Protocol:

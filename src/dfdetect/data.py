@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,27 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
+def _once_each(paths: Sequence[Path], labels: Sequence[int], where: str) -> tuple[list[int], list[str]]:
+    """Indices that keep each file once, and one line per file listed more than once.
+
+    A file listed twice with one label is used once; one labelled both real and fake is left out, since
+    either label would be a guess (and both would teach the model to contradict itself).
+    """
+    rows: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        rows.setdefault(os.path.abspath(p), []).append(i)
+    keep: list[int] = []
+    lines: list[str] = []
+    for idx in rows.values():
+        if len(idx) > 1 and len({labels[i] for i in idx}) > 1:
+            lines.append(f"{paths[idx[0]]}: labelled both real and fake in {where}; left out")
+            continue
+        if len(idx) > 1:
+            lines.append(f"{paths[idx[0]]}: listed {len(idx)} times in {where}; used once")
+        keep.append(idx[0])
+    return sorted(keep), lines
+
+
 def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
                      frames_per_video: int | None = None) -> CropTable:
     """Join each item of ``dataset`` to its face crops.
@@ -133,7 +155,10 @@ def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
     groups: list[tuple[str, ...]] = []
     is_test: list[bool] = []
     skipped = list(dataset.skipped)
-    for item in dataset.items:
+    keep, repeated = _once_each([it.path for it in dataset.items], [int(it.label) for it in dataset.items],
+                                "the dataset")
+    skipped += repeated
+    for item in (dataset.items[i] for i in keep):
         if crops is None:
             found = [] if item.is_video else [item.path]
             why = "a video needs --crops (run frames and faces first)"
@@ -188,6 +213,9 @@ def load_label_table(label_file: str | Path, root: str | Path, *, is_test: bool 
         labels.append(int(line.label))
         videos.append(video)
         groups.append(_groups_of_video(video))
+    keep, repeated = _once_each(paths, labels, Path(label_file).name)
+    skipped += repeated
+    paths, labels, videos, groups = ([col[i] for i in keep] for col in (paths, labels, videos, groups))
     if not paths:
         raise NothingUsableError(f"no usable crops listed ({len(skipped)} lines skipped)", path=label_file)
     return CropTable(paths, np.array(labels), videos, groups, np.full(len(paths), is_test), skipped=skipped)

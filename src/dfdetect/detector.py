@@ -50,6 +50,25 @@ def score_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool = False) -> t
     return logits
 
 
+def _sort_metadata(path: Path) -> None:
+    """Rewrite a .safetensors header with its metadata keys sorted, in place.
+
+    Why: safetensors keeps the metadata in a Rust HashMap, written in a random order on every save, so two
+    identical trainings gave files whose bytes differed. The header is the same JSON reordered (the format
+    allows trailing spaces), so it fits in its old length; the tensor data is not touched.
+    """
+    with open(path, "r+b") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        meta = header.pop("__metadata__", None)
+        ordered = {**({"__metadata__": dict(sorted(meta.items()))} if meta else {}), **header}
+        new = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) > n:  # never expected (the same JSON, reordered); leave the file as safetensors wrote it
+            return
+        fh.seek(8)
+        fh.write(new.ljust(n))
+
+
 class NotFittedError(DfdetectError):
     """The detector was used before ``fit`` or ``load``."""
 
@@ -86,7 +105,7 @@ class Detector:
         """Wrap an already trained network (what :func:`dfdetect.train.train` returns)."""
         det = cls(protocol, batch_size=batch_size)
         det.model_ = model.cpu().eval().to(memory_format=torch.channels_last)  # inputs are channels_last too
-        det.protocol_ = protocol
+        det.protocol_ = protocol.recipe()  # what saved files record: the run settings are not the model's
         det.threshold_ = float(threshold)
         det.data_config_ = {**model.data_config, "input_size": (3, protocol.model.input_size,
                                                                  protocol.model.input_size)}
@@ -149,7 +168,7 @@ class Detector:
     def _metadata(self) -> dict[str, str]:
         return {
             "format": FORMAT,
-            "protocol": self.protocol_.model_dump_json(),
+            "protocol": self.protocol_.recipe_json(),
             "threshold": repr(float(self.threshold_)),
             "backbone": self.model_.backbone_name,
             "members": str(len(getattr(self.model_, "members", ())) or 1),  # > 1: an EnsembleClassifier
@@ -174,6 +193,7 @@ class Detector:
         meta = {**self._metadata(), "dtype": "float16" if half else "float32"}
         with atomic_path(path, suffix=".safetensors") as tmp:
             save_file(state, str(tmp), metadata=meta)
+            _sort_metadata(tmp)
         return path
 
     @classmethod

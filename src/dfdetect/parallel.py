@@ -56,10 +56,39 @@ def _limit_threads() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+def _die_with(run_pid: int) -> None:
+    """End this pool worker as soon as the run that started it ends, so a kill -9 of a ``-j N`` run leaves no
+    workers running on and writing.
+
+    Why a thread on a pidfd, not prctl(PR_SET_PDEATHSIG): a worker's parent is the pool's forkserver, which
+    lives as long as any worker does. A pidfd becomes readable when the process exits (Linux 5.3+); elsewhere
+    workers outlive a killed run, as before.
+    """
+    import select
+
+    try:
+        fd = os.pidfd_open(run_pid)
+    except ProcessLookupError:  # the run is gone already
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd on this system
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dfdetect-run-watch", daemon=True).start()
+
+
 def _worker_init(initializer: Callable[[], None] | None) -> None:
     _limit_threads()
     if initializer is not None:
         initializer()
+
+
+def _pool_worker_init(run_pid: int, initializer: Callable[[], None] | None) -> None:
+    _die_with(run_pid)
+    _worker_init(initializer)
 
 
 _RAY_INITIALIZED: set[int] = set()
@@ -131,7 +160,7 @@ def map_items(
 def _map_pool(fn, items, workers, progress, initializer, step) -> list:
     results: list = [None] * len(items)
     with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=pool_context(),
-                             initializer=_worker_init, initargs=(initializer,)) as pool:
+                             initializer=_pool_worker_init, initargs=(os.getpid(), initializer)) as pool:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         pending = set(futures)
         try:

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,7 +55,7 @@ from dfdetect.distributed import (
     cpu_sample,
     init_distributed,
 )
-from dfdetect.errors import NothingUsableError
+from dfdetect.errors import DfdetectError, NothingUsableError
 from dfdetect.metrics import choose_threshold, compute_metrics
 from dfdetect.parallel import run_threads
 from dfdetect.stage import ProgressCallback
@@ -81,8 +84,18 @@ class TrainResult:
 
 
 def _seed_everything(seed: int) -> None:
+    random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's draws (sampler order, dropout), from ``(seed, epoch)`` alone.
+
+    Why: a generator seeded once and advanced epoch by epoch is state a checkpoint would have to carry;
+    seeded from the epoch, a resumed run draws exactly what the uninterrupted run drew.
+    """
+    return int(np.random.SeedSequence([seed % 2**63, epoch]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -113,9 +126,24 @@ def _epoch_record(epoch: int, tr_loss: float, tr_acc: float, y: np.ndarray, p: n
 
 
 def _protocol_hash(protocol: Protocol, table_fp: str) -> str:
-    """What a checkpoint must match to be resumed; how members are scheduled does not change what they learn."""
-    recipe = protocol.model_dump_json(exclude={"train": {"parallel_members"}})
-    return hashlib.sha256((recipe + table_fp).encode()).hexdigest()[:16]
+    """What a checkpoint must match to be resumed: the recipe and the data, never the run settings (workers,
+    how members are scheduled), which do not change what is learnt."""
+    return hashlib.sha256((protocol.recipe_json() + table_fp).encode()).hexdigest()[:16]
+
+
+def _check_classes(train_t: CropTable, val_t: CropTable, cfg: Any, notes: list[str]) -> None:
+    """Refuse a one-class training split (it would save a detector that learnt nothing, val_auc nan); note a
+    one-class validation split. SBI makes its own fakes, so it may train on real crops alone."""
+    names = {0: "real", 1: "fake"}
+    classes = sorted(set(train_t.labels.tolist()))
+    sbi_on_reals = cfg.mode == "full" and cfg.pseudo_fakes == "sbi" and classes == [0]
+    if len(classes) == 1 and not sbi_on_reals:
+        raise NothingUsableError(f"the training split has only {names[classes[0]]} crops ({len(train_t)}); "
+                                 "a detector needs both real and fake ones to learn from")
+    val_classes = sorted(set(val_t.labels.tolist()))
+    if len(val_classes) == 1:
+        notes.append(f"the validation split has only {names[val_classes[0]]} crops: val_auc is undefined "
+                     "and the threshold is the fixed 0.5")
 
 
 def _usable(table: CropTable, ok: np.ndarray, what: str, notes: list[str]) -> np.ndarray:
@@ -236,6 +264,26 @@ def _save_weights(path: Path, model: nn.Module) -> None:
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(sd, str(tmp))
+
+
+@contextmanager
+def _saving(path: Path, kept: str) -> Iterator[None]:
+    """A save the disk refuses (full, read-only) becomes one line naming the file and saying what is kept.
+
+    torch.save reports a full disk as a RuntimeError and safetensors as a SafetensorError, not an OSError.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).strip().splitlines()
+                                                                                or [type(exc).__name__])[0]
+        raise DfdetectError(f"cannot save ({why}); {kept}", path=path) from None
+
+
+_KEEP_CHECKPOINT = ("the last checkpoint written is kept: free space and run the same command again to resume "
+                    "from it")
 
 
 def _decoded(table: CropTable, size: int, cache_dir: Path, info: DistInfo) -> DecodedCrops:
@@ -366,8 +414,13 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         if done:
             break
         started = time.perf_counter()
+        # Every draw of this epoch follows from (seed, epoch), so a resumed epoch equals the uninterrupted one:
+        # the sampler's order, and dropout / stochastic depth from the global generators.
+        _seed_everything(_epoch_seed(cfg.seed, epoch))
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        else:
+            sampler.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
         train_ds.set_epoch(epoch)
         if device.type == "cpu" and epoch > start_epoch and threads is None:
             # A run started just after other work would keep its first choice for hours: each epoch looks
@@ -416,16 +469,18 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         if improved:
             best_auc, bad_epochs, best_p = score, 0, p
             if info.is_main:
-                _save_weights(best_path, scored)
+                with _saving(best_path, _KEEP_CHECKPOINT):
+                    _save_weights(best_path, scored)
         else:
             bad_epochs += 1
         done = bool(broadcast_object(bad_epochs >= cfg.patience, info))
         if info.is_main:
-            _save_state(ckpt, {"key": key, "epoch": epoch, "model": model.state_dict(),
-                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                               "history": history, "best_auc": best_auc, "bad_epochs": bad_epochs,
-                               "best_p": torch.from_numpy(np.asarray(best_p, dtype=np.float32)),
-                               **({"ema": ema.module.state_dict()} if ema is not None else {})})
+            with _saving(ckpt, _KEEP_CHECKPOINT):
+                _save_state(ckpt, {"key": key, "epoch": epoch, "model": model.state_dict(),
+                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                   "history": history, "best_auc": best_auc, "bad_epochs": bad_epochs,
+                                   "best_p": torch.from_numpy(np.asarray(best_p, dtype=np.float32)),
+                                   **({"ema": ema.module.state_dict()} if ema is not None else {})})
         if info.distributed:
             torch.distributed.barrier()
     if best_path.is_file():
@@ -471,6 +526,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
             notes.append("ensemble applies to mode='full' only; head mode trains one head")
         if len(val_t) == 0:
             raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
+        _check_classes(train_t, val_t, cfg, notes)
         m = protocol.model
         cache = Path(cache_dir) if cache_dir else out_dir / "features"
         models: list[BackboneClassifier] = []
@@ -512,18 +568,26 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
         if len(members) > 1:  # the ensemble's validation scores, as it scores: the mean member logit
             val_p = torch.sigmoid(torch.logit(torch.from_numpy(np.stack(member_p)), eps=1e-12).mean(0)).numpy()
         model = ensemble_of(members)
-        threshold = choose_threshold(val_y, val_p, cfg.threshold) if val_y.size else 0.5
+        # one class in validation (SBI on real crops alone): nothing to choose on (noted); the fixed 0.5
+        threshold = choose_threshold(val_y, val_p, cfg.threshold) if np.unique(val_y).size > 1 else 0.5
         detector = Detector.from_model(model, protocol, threshold)
         if info.is_main:
-            detector.save(out_dir / DETECTOR_FILE)
-            write_json(out_dir / HISTORY_FILE, history)
-            save_config(protocol, out_dir / CONFIG_FILE)
-            write_json(out_dir / "train.json", {
+            summary = {
                 "threshold": threshold, "threshold_method": cfg.threshold, "weights": model.weights_id,
                 "counts": {"train": train_t.counts(), "val": val_t.counts(), "test": test_t.counts()},
                 "notes": notes, "wall_s": round(time.perf_counter() - t0, 2), "world_size": info.world_size,
                 "device": str(info.device),
-            })
+            }
+            kept = (f"the trained model is kept in {', '.join(str(d / CHECKPOINT_FILE) for _, d in runs)}: free "
+                    "space and run the same command again; it resumes there and saves without training again"
+                    if cfg.mode == "full" else
+                    f"the features cached in {cache} are kept: free space and run again (only the head is refit)")
+            for name, write in ((DETECTOR_FILE, detector.save),
+                                (HISTORY_FILE, lambda p: write_json(p, history)),
+                                (CONFIG_FILE, lambda p: save_config(protocol, p)),
+                                ("train.json", lambda p: write_json(p, summary))):
+                with _saving(out_dir / name, kept):
+                    write(out_dir / name)
         return TrainResult(detector, history, np.asarray(val_y, dtype=np.int64), np.asarray(val_p),
                            [val_t.videos[i] for i in va], out_dir,
                            {"train": train_t.counts(), "val": val_t.counts(), "test": test_t.counts()}, notes)

@@ -53,10 +53,10 @@ def resolve_cli(model: str | None) -> Any:
 
 def load_scorer(path: Path | None, *, onnx: bool = False) -> Any:
     """A torch Detector for .safetensors (or a run folder holding one), an OnnxDetector for .onnx (or --onnx)."""
-    from dfdetect.hub import HUB_FILE
+    if path is not None and path.is_dir():  # a run folder, as Detector.load takes it
+        from dfdetect.detector import detector_file
 
-    if path is not None and path.is_dir() and (path / HUB_FILE).is_file():  # a run folder, as Detector.load
-        path = path / HUB_FILE
+        path = detector_file(path)
     if path is None or not path.is_file():
         raise WeightsError(no_model_help(path))
     if onnx or path.suffix.lower() == ".onnx":
@@ -69,6 +69,19 @@ def load_scorer(path: Path | None, *, onnx: bool = False) -> Any:
     from dfdetect.detector import Detector
 
     return Detector.load(path)
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written in (``--json``, ``--save``)."""
+    import os
+
+    there = folder
+    while not there.exists() and there != there.parent:  # the folders the write would make
+        there = there.parent
+    if not there.is_dir():
+        raise DfdetectError(f"cannot write {flag} into {folder}: {there} is a file, not a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise DfdetectError(f"cannot write {flag} into {folder}: no permission to write in {there}")
 
 
 def _fmt(v: float | None) -> str:
@@ -115,6 +128,10 @@ def predict(
         raise DfdetectError("--json names a folder; give a file such as results.json", path=json_out)
     if save is not None and save.exists() and not save.is_dir():
         raise DfdetectError("--save names a file; give a folder for the pictures", path=save)
+    if json_out is not None:
+        _check_writable(json_out.parent, "--json")
+    if save is not None:
+        _check_writable(save, "--save")
     used = resolve_cli(model)
     scorer = load_scorer(used.path, onnx=onnx)
     report = StageReport("predict", save or Path("."))

@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dfdetect.metrics import choose_threshold, compute_metrics, eer, video_scores
+from dfdetect.metrics import (
+    apply_temperature,
+    choose_threshold,
+    compute_metrics,
+    eer,
+    expected_calibration_error,
+    fit_temperature,
+    video_scores,
+)
 
 
 def test_frame_metrics_match_sklearn_and_confusion_uses_fake_as_positive():
@@ -74,3 +82,23 @@ def test_bad_shapes_name_the_problem():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="NaN"):
             compute_metrics([0, 1], [0.1, float("nan")])
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_scores_overconfident():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)  # calibrated at T = 1
+    over = 1 / (1 + np.exp(-3 * z))  # the same ranking, three times too confident
+    t = fit_temperature(y, over)
+    assert t == pytest.approx(3.0, rel=0.08)
+    fixed = apply_temperature(over, t)
+    assert expected_calibration_error(y, fixed) < 0.02 < expected_calibration_error(y, over)
+    assert roc_auc_score(y, fixed) == pytest.approx(roc_auc_score(y, over))
+
+
+def test_temperature_and_ece_edge_cases():
+    assert fit_temperature([1, 1, 1], [0.2, 0.7, 0.9]) == 1.0  # one class: nothing to fit
+    assert expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0
+    assert expected_calibration_error([0, 1], [1.0, 0.0]) == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        expected_calibration_error([0, 1], [np.nan, 0.5])

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from dfdetect.config import ModelConfig, Protocol
-from dfdetect.data import build_crop_table
+from dfdetect.data import augment_crop, build_crop_table
 from dfdetect.datasets import discover
 from dfdetect.detector import Detector
 from dfdetect.distributed import cpu_threads
 from dfdetect.features import extract_features
-from dfdetect.metrics import choose_threshold
+from dfdetect.metrics import apply_temperature, choose_threshold
 from dfdetect.train import CHECKPOINT_FILE, train
 
 SIZE = 32
@@ -321,3 +321,31 @@ def test_head_mode_trains_one_head_even_when_the_protocol_asks_for_an_ensemble(t
     r = train(table, p, tmp_path)
     assert not hasattr(r.detector.model_, "members") and r.detector.protocol_.model.ensemble == 1
     assert any("ensemble applies to mode='full' only" in n for n in r.notes)
+
+
+def test_temperature_calibration_is_folded_into_the_saved_detector(table, tmp_path):
+    """calibration='temperature': the saved detector's P(fake) is sigmoid(logit / T) of the uncalibrated run's,
+    the threshold moves with it (same verdicts), and the ranking is unchanged."""
+    kw = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "split": "random", "ema": 0.0}
+    plain = train(table, _proto(Protocol.default(), **kw), tmp_path / "plain", device=CPU)
+    cal = train(table, _proto(Protocol.default(), calibration="temperature", **kw), tmp_path / "cal", device=CPU)
+    t = json.loads((tmp_path / "cal" / "train.json").read_text())["temperature"]
+    assert t != 1.0 and any("temperature" in n for n in cal.notes)
+    crops = [cv2.imread(str(p)) for p in table.paths]
+    p0 = Detector.load(tmp_path / "plain").predict_proba(crops)
+    p1 = Detector.load(tmp_path / "cal").predict_proba(crops)
+    np.testing.assert_allclose(p1, apply_temperature(p0, t), atol=1e-4)
+    np.testing.assert_allclose(cal.val_p, apply_temperature(plain.val_p, t), atol=1e-4)
+    v0 = p0 >= plain.detector.threshold_
+    v1 = p1 >= cal.detector.threshold_
+    assert (v0 == v1).mean() > 0.95
+
+
+def test_launder_augmentation_resizes_and_adds_noise_reproducibly():
+    img = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    outs = [augment_crop(img, np.random.default_rng(s), launder=True) for s in range(40)]
+    again = [augment_crop(img, np.random.default_rng(s), launder=True) for s in range(40)]
+    plain = [augment_crop(img, np.random.default_rng(s)) for s in range(40)]
+    assert all(a.shape == img.shape and a.dtype == np.uint8 for a in outs)
+    assert all(np.array_equal(a, b) for a, b in zip(outs, again, strict=True))
+    assert sum(not np.array_equal(a, b) for a, b in zip(outs, plain, strict=True)) >= 10

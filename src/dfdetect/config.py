@@ -110,6 +110,11 @@ class TrainConfig(_Config):
     parallel_members: bool = Field(True, description="full mode on a CPU with no more cores than ensemble "
                                    "members: train the members side by side, one thread each (faster there)")
     threshold: Literal["fixed", "val_eer", "val_youden"] = "fixed"
+    launder: bool = Field(False, description="with augment: also what sharing sites do to a video: down- and "
+                          "re-upscaling (0.25-0.8x), sensor noise and harder JPEG (quality 30-100)")
+    calibration: Literal["none", "temperature"] = Field(
+        "none", description="full mode: fit one temperature on the validation logits (Guo et al. 2017) and fold "
+        "it into the last layer, so P(fake) = 0.8 means about 80 %; the threshold is chosen after it")
 
 
 class EvalConfig(_Config):

@@ -369,14 +369,16 @@ def preprocess_crops(crops_bgr: Sequence[np.ndarray], data_config: dict[str, Any
     return _normalise(x, data_config["mean"], data_config["std"]).contiguous(memory_format=torch.channels_last)
 
 
-def augment_crop(rgb: np.ndarray, rng: np.random.Generator, *, erase: float = 0.0) -> np.ndarray:
+def augment_crop(rgb: np.ndarray, rng: np.random.Generator, *, erase: float = 0.0, launder: bool = False) -> np.ndarray:
     """Full-mode augmentation of one RGB uint8 crop (never changed in place): what a re-uploaded video goes
     through.
 
     Colour (saturation, contrast, brightness; p 0.8), Gaussian blur (sigma 0.3-1.5; p 0.2), JPEG at
     quality 40-100 (p 0.5), horizontal flip (p 0.5): the recipe bench/quality.py measured. With
     ``erase`` > 0, random erasing (Zhong et al. 2020) with that probability, last: it hides one region so
-    the model cannot lean on a single artefact.
+    the model cannot lean on a single artefact. With ``launder``, what re-sharing does before the JPEG
+    step: a down- and re-upscale (0.25-0.8x; p 0.3) and Gaussian sensor noise (sigma 2-8; p 0.2), with JPEG
+    from quality 30, so the score cannot hang on detail that one re-upload removes.
     Why OpenCV rather than torchvision.transforms.v2: these are the exact ops the recipe was measured
     with, they are cheap on small uint8 arrays, and every draw comes from ``rng``, so a batch is the same
     with or without DataLoader workers.
@@ -389,8 +391,11 @@ def augment_crop(rgb: np.ndarray, rng: np.random.Generator, *, erase: float = 0.
                               (1 - sat) * con * bri, float(gray.mean()) * (1 - con) * bri)
     if rng.random() < 0.2:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.5))
+    if launder:
+        img = _launder(img, rng)
     if rng.random() < 0.5:
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 101))])
+        q_low = 30 if launder else 40
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(q_low, 101))])
         if ok:
             img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if rng.random() < 0.5:
@@ -398,6 +403,19 @@ def augment_crop(rgb: np.ndarray, rng: np.random.Generator, *, erase: float = 0.
     img = np.ascontiguousarray(img)
     if erase and rng.random() < erase:
         img = _erase(img, rng)
+    return img
+
+
+def _launder(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A re-upload's resize and sensor noise (see :func:`augment_crop`)."""
+    h, w = img.shape[:2]
+    if rng.random() < 0.3:
+        f = rng.uniform(0.25, 0.8)
+        small = cv2.resize(img, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.2:
+        noise = rng.normal(0.0, rng.uniform(2.0, 8.0), img.shape)
+        img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return img
 
 
@@ -481,7 +499,8 @@ class CropDataset(TorchDataset):
     """
 
     def __init__(self, table: CropTable, *, input_size: int, data_config: dict[str, Any], augment: bool = False,
-                 erase: float = 0.0, seed: int = 0, decoded: DecodedCrops | None = None):
+                 erase: float = 0.0, seed: int = 0, decoded: DecodedCrops | None = None, launder: bool = False):
+        self.launder = launder
         self.paths = [str(p) for p in table.paths]
         self.labels = table.labels.astype(np.float32)
         self.input_size = input_size
@@ -505,7 +524,7 @@ class CropDataset(TorchDataset):
     def _tensor(self, bgr: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         rgb = resize_rgb(bgr, self.input_size)
         if self.augment:
-            rgb = augment_crop(rgb, rng, erase=self.erase)
+            rgb = augment_crop(rgb, rng, erase=self.erase, launder=self.launder)
         return _normalise(torch.from_numpy(rgb).permute(2, 0, 1), self.mean, self.std)
 
     def _read(self, i: int) -> np.ndarray | None:
@@ -533,9 +552,9 @@ class PairDataset(CropDataset):
     def __init__(self, table: CropTable, *, input_size: int, data_config: dict[str, Any], augment: bool = False,
                  erase: float = 0.0, seed: int = 0, sbi: float = 0.0, same_group: bool = True,
                  decoded: DecodedCrops | None = None,
-                 blend_fn: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None):
+                 blend_fn: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None, launder: bool = False):
         super().__init__(table, input_size=input_size, data_config=data_config, augment=augment, erase=erase,
-                         seed=seed, decoded=decoded)
+                         seed=seed, decoded=decoded, launder=launder)
         self.real = np.flatnonzero(table.labels == Label.REAL)
         self.fake = np.flatnonzero(table.labels == Label.FAKE)
         if self.real.size == 0:

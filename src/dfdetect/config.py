@@ -110,6 +110,10 @@ class TrainConfig(_Config):
     parallel_members: bool = Field(True, description="full mode on a CPU with no more cores than ensemble "
                                    "members: train the members side by side, one thread each (faster there)")
     threshold: Literal["fixed", "val_eer", "val_youden"] = "fixed"
+    sbi_mask: Literal["ellipse", "landmarks"] = Field(
+        "ellipse", description="with pseudo_fakes='sbi': the blend region; 'landmarks' = five face points found on "
+        "each real crop (YuNet), extended to the face outline (sbi.face_outline); a crop with none falls back "
+        "to the ellipse")
     launder: bool = Field(False, description="with augment: also what sharing sites do to a video: down- and "
                           "re-upscaling (0.25-0.8x), sensor noise and harder JPEG (quality 30-100)")
     calibration: Literal["none", "temperature"] = Field(

@@ -552,9 +552,13 @@ class PairDataset(CropDataset):
     def __init__(self, table: CropTable, *, input_size: int, data_config: dict[str, Any], augment: bool = False,
                  erase: float = 0.0, seed: int = 0, sbi: float = 0.0, same_group: bool = True,
                  decoded: DecodedCrops | None = None,
-                 blend_fn: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None, launder: bool = False):
+                 blend_fn: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None, launder: bool = False,
+                 landmarks: np.ndarray | None = None):
         super().__init__(table, input_size=input_size, data_config=data_config, augment=augment, erase=erase,
                          seed=seed, decoded=decoded, launder=launder)
+        if landmarks is not None and landmarks.shape != (len(table), 5, 2):
+            raise ValueError(f"landmarks have shape {landmarks.shape}; want ({len(table)}, 5, 2), NaN where none")
+        self.landmarks = landmarks  #: in the pixels of the crop as read (decoded: input_size), NaN = none
         self.real = np.flatnonzero(table.labels == Label.REAL)
         self.fake = np.flatnonzero(table.labels == Label.FAKE)
         if self.real.size == 0:
@@ -574,7 +578,7 @@ class PairDataset(CropDataset):
     def __len__(self) -> int:
         return int(self.real.size)
 
-    def _blend(self, face: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _blend(self, face: np.ndarray, rng: np.random.Generator, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(real, fake) for one SBI pair.
 
         ``sbi_pair`` JPEG-compresses both halves at the same quality; compressing only the fake would
@@ -584,7 +588,8 @@ class PairDataset(CropDataset):
             return face, self.blend_fn(face, rng)[0]
         from dfdetect.sbi import sbi_pair
 
-        pair = sbi_pair(face, rng)
+        lm = None if self.landmarks is None else self.landmarks[row]
+        pair = sbi_pair(face, rng, landmarks=lm if lm is not None and np.isfinite(lm).all() else None)
         return pair.real, pair.fake
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -594,7 +599,7 @@ class PairDataset(CropDataset):
             z = torch.zeros((2, 3, self.input_size, self.input_size))
             return z, torch.tensor([0.0, 1.0]), torch.zeros(2)
         if rng.random() < self.sbi:
-            real, fake = self._blend(real, rng)
+            real, fake = self._blend(real, rng, int(self.real[i]))
         else:
             pool = self.partners[i] or self.fake
             fake = self._read(int(pool[rng.integers(len(pool))]))

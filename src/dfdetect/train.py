@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dfdetect._io import atomic_path, write_json
+from dfdetect._io import atomic_path, read_image, write_json
 from dfdetect.backbones import BackboneClassifier, create_backbone, ensemble_of, new_head
 from dfdetect.config import Protocol, save_config
 from dfdetect.data import (
@@ -296,6 +296,38 @@ def _decoded(table: CropTable, size: int, cache_dir: Path, info: DistInfo) -> De
     return decoded
 
 
+def crop_landmarks(table: CropTable, size: int, cache_dir: Path, *, finder: Any = None) -> np.ndarray:
+    """Five face points for each real crop of ``table``, in the pixels of the crop resized to ``size``.
+
+    ``(n, 5, 2)`` float32, NaN for fakes and for crops where none was found; found once and cached by the
+    files' fingerprint. ``finder(bgr) -> (5, 2) | None`` defaults to YuNet (``faces.landmarks_for_crop``).
+    """
+    key = hashlib.sha256(f"{table.fingerprint()}\0{size}\0landmarks-v1".encode()).hexdigest()[:20]
+    path = cache_dir / f"{key}.landmarks.npy"
+    if path.is_file():
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.shape == (len(table), 5, 2):
+                return cached
+        except (OSError, ValueError):
+            pass  # damaged: find them again
+    if finder is None:
+        from dfdetect.faces import landmarks_for_crop as finder
+    out = np.full((len(table), 5, 2), np.nan, np.float32)
+    for i in np.flatnonzero(table.labels == 0):
+        img = read_image(table.paths[i])
+        if img is None:
+            continue
+        pts = finder(img)
+        if pts is not None:
+            h, w = img.shape[:2]
+            out[i] = np.asarray(pts, np.float32).reshape(5, 2) * np.array([size / w, size / h], np.float32)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, out, allow_pickle=False)
+    return out
+
+
 @torch.no_grad()
 def _scale_head(model: BackboneClassifier, factor: float) -> None:
     """Multiply the logit by ``factor``: the head is linear, so its weight and bias scale."""
@@ -340,7 +372,8 @@ class _Stopped(Exception):
 def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable, protocol: Protocol,
                 out_dir: Path, decoded: tuple[DecodedCrops, DecodedCrops], info: DistInfo, notes: list[str],
                 progress: ProgressCallback | None, blend_fn: Any, *, threads: int | None = None,
-                stop: threading.Event | None = None) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
+                stop: threading.Event | None = None, landmark_cache: Path | None = None,
+                landmark_finder: Any = None) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray]:
     """``decoded``: the train and validation crops, decoded once for every member. ``threads``: a fixed torch
     thread count (members side by side), else chosen again every epoch."""
     from torch.nn.parallel import DistributedDataParallel
@@ -351,11 +384,18 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
         torch.set_num_threads(threads)
     dc = model.data_config
     dec_tr, dec_va = decoded
+    landmarks = None
+    if cfg.pseudo_fakes == "sbi" and cfg.sbi_mask == "landmarks":
+        landmarks = crop_landmarks(train_t, size, out_dir / "features" if landmark_cache is None else landmark_cache,
+                                   finder=landmark_finder)
+        notes.append(f"SBI masks from landmarks on {int(np.isfinite(landmarks[:, 0, 0]).sum())} of "
+                     f"{int((train_t.labels == 0).sum())} real training crops (the rest: the ellipse)")
     if cfg.pseudo_fakes == "sbi" or cfg.pairs:
         sbi = 0.0 if cfg.pseudo_fakes != "sbi" else (0.5 if cfg.sbi_mix else 1.0)
         train_ds: CropDataset = PairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
                                             erase=cfg.erase, seed=cfg.seed, sbi=sbi, blend_fn=blend_fn,
-                                            decoded=dec_tr, launder=cfg.launder)
+                                            decoded=dec_tr, launder=cfg.launder,
+                                            landmarks=landmarks)
         per_batch = max(1, cfg.batch_size // 2)  # each item is a (real, fake) pair
     else:
         train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment, erase=cfg.erase,
@@ -508,13 +548,14 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
 
 
 def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress: ProgressCallback | None = None,
-          cache_dir: str | Path | None = None, device: str = "auto", blend_fn: Any = None) -> TrainResult:
+          cache_dir: str | Path | None = None, device: str = "auto", blend_fn: Any = None,
+          landmark_finder: Any = None) -> TrainResult:
     """Split ``table``, fit ``protocol``'s model, choose the threshold on validation, save the run.
 
     Writes ``detector.safetensors``, ``history.json`` and ``config.yaml`` to ``out_dir`` (rank 0 only
     under torchrun). ``cache_dir`` holds frozen features and decoded crops (default
     ``out_dir/features``); share it between runs over the same crops to reuse them. ``blend_fn``
-    replaces ``sbi.self_blend`` (tests).
+    replaces ``sbi.self_blend`` and ``landmark_finder`` YuNet's five points (tests).
     """
     out_dir = Path(out_dir)
     cfg = protocol.train
@@ -562,7 +603,8 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
                 return _train_head(models[k], train_t, val_t, protocol, cache, info.device, member_notes[k],
                                    progress if info.is_main else None)
             return _train_full(models[k], train_t, val_t, runs[k][0], runs[k][1], decoded, info, member_notes[k],
-                               progress, blend_fn, threads=1 if at_once > 1 else None, stop=stop)
+                               progress, blend_fn, threads=1 if at_once > 1 else None, stop=stop,
+                               landmark_cache=cache, landmark_finder=landmark_finder)
 
         fitted = run_threads([partial(fit, k) for k in range(len(models))], at_once)
         if at_once > 1:

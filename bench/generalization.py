@@ -70,7 +70,7 @@ def reencode_h264(src: Path, dest: Path, crf: int = 35) -> Path:
     with av.open(str(src)) as inp, av.open(str(tmp), "w") as out:
         vin = inp.streams.video[0]
         rate = vin.average_rate or 25
-        stream = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "veryfast"})
+        stream = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "ultrafast"})
         stream.width, stream.height = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
         stream.pix_fmt = "yuv420p"
         for frame in inp.decode(vin):

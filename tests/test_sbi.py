@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dfdetect.errors import BadInputError
-from dfdetect.sbi import BLEND_RATIOS, SBIPairs, face_hull_mask, face_outline, sbi_pair, self_blend
+from dfdetect.sbi import BLEND_RATIOS, face_hull_mask, face_outline, sbi_pair, self_blend
 
 SIDE = 128
 
@@ -59,16 +59,6 @@ def test_deterministic_per_seed(face: np.ndarray) -> None:
     assert np.array_equal(a_fake, b_fake) and np.array_equal(a_mask, b_mask)
     assert not np.array_equal(a_fake, c_fake)
     assert a_fake.shape == face.shape and a_fake.dtype == np.uint8
-
-
-def test_pairs_keyed_by_sample_are_reproducible_in_any_order(face: np.ndarray) -> None:
-    pairs = SBIPairs(seed=3)
-    r1, f1 = pairs(face, key=5)
-    pairs(face, key=1)
-    r2, f2 = pairs(face, key=5)
-    assert np.array_equal(r1, r2) and np.array_equal(f1, f2)
-    seq = SBIPairs(seed=3)
-    assert not np.array_equal(seq(face)[1], seq(face)[1])  # without a key the generator advances
 
 
 def test_five_landmarks_extend_to_a_face_shaped_hull() -> None:

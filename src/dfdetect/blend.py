@@ -25,7 +25,6 @@ __all__ = [
     "ellipse_mask",
     "jpeg_roundtrip",
     "polygon_mask",
-    "random_affine",
     "random_affine_matrix",
 ]
 
@@ -63,15 +62,6 @@ def random_affine_matrix(width: int, height: int, rng: np.random.Generator, *, s
     m = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), a, s)
     m[:, 2] += rng.uniform(-shift, shift, 2) * (width, height)
     return m
-
-
-def random_affine(image: np.ndarray, rng: np.random.Generator, *, shift: float = 0.03,
-                  scale: float = 0.05, rotate: float = 0.0,
-                  border: int = cv2.BORDER_REFLECT101) -> np.ndarray:
-    """Warp ``image`` by :func:`random_affine_matrix`."""
-    h, w = image.shape[:2]
-    m = random_affine_matrix(w, h, rng, shift=shift, scale=scale, rotate=rotate)
-    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border)
 
 
 def elastic_warp(image: np.ndarray, rng: np.random.Generator, *, alpha: float, sigma: float) -> np.ndarray:

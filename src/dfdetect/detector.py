@@ -1,7 +1,8 @@
 """A trained detector: the network, its protocol and the validation-chosen threshold, in one file.
 
-Follows the scikit-learn estimator habits: ``__init__`` only stores, :meth:`Detector.fit` trains and
-returns ``self``, and learned state ends in ``_`` (``model_``, ``threshold_``, ``protocol_``,
+Follows the scikit-learn estimator habits: ``__init__`` only stores, training
+(:func:`dfdetect.train.train`, which returns a fitted one) or :meth:`Detector.load` fits it, and learned state
+ends in ``_`` (``model_``, ``threshold_``, ``protocol_``,
 ``data_config_``). :meth:`Detector.save` writes ONE ``.safetensors`` file whose metadata holds the
 protocol JSON and the threshold; :meth:`Detector.load` rebuilds the network with
 ``pretrained=False`` (no network, no pretrained weights needed) and loads it strictly.
@@ -26,8 +27,6 @@ from dfdetect.errors import DfdetectError, WeightsError
 
 if TYPE_CHECKING:
     from dfdetect.backbones import BackboneClassifier, EnsembleClassifier
-    from dfdetect.data import CropTable
-    from dfdetect.stage import ProgressCallback
 
 __all__ = ["DETECTOR_FILE", "FORMAT", "Detector", "NotFittedError", "detector_file", "score_logits"]
 
@@ -110,16 +109,6 @@ class Detector:
         det.data_config_ = {**model.data_config, "input_size": (3, protocol.model.input_size,
                                                                  protocol.model.input_size)}
         return det
-
-    def fit(self, table: CropTable, out_dir: str | Path, *, progress: ProgressCallback | None = None) -> Detector:
-        """Train with ``self.protocol`` (see :func:`dfdetect.train.train`); returns ``self``."""
-        from dfdetect.train import train
-
-        result = train(table, self.protocol or Protocol.default(), out_dir, progress=progress)
-        fitted = result.detector
-        self.model_, self.protocol_ = fitted.model_, fitted.protocol_
-        self.threshold_, self.data_config_ = fitted.threshold_, fitted.data_config_
-        return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):

@@ -551,11 +551,3 @@ def save_visuals(result: PredictResult, out_dir: str | Path, *, taken: set[str] 
         if img is not None:
             written.append(_io.write_image(out_dir / f"{stem}_{suffix}.png", img))
     return written
-
-
-def summary_rows(results: Sequence[PredictResult]) -> list[dict[str, Any]]:
-    """Table rows the CLI renders (kept here so the CLI does no arithmetic)."""
-    return [{"file": r.file, "verdict": r.verdict, "p_fake_mean": r.p_fake_mean, "p_fake_max_face": r.p_fake_max_face,
-             "threshold": r.threshold, "frames": f"{r.frames_with_face}/{len(r.frames)}", "faces": r.n_faces}
-            for r in results]
-

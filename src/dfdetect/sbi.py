@@ -18,7 +18,7 @@ generator's look. The recipe (``../shared/REFERENCE.md``), written here with num
 
 When the *target* copy is the altered one, the whole crop changes, not just the face; the real
 half of the pair is then that altered target (as in the SBI code), so the pair differs only
-inside the mask. Use :func:`sbi_pair` / :class:`SBIPairs` for training; :func:`self_blend` keeps
+inside the mask. Use :func:`sbi_pair` for training; :func:`self_blend` keeps
 the architecture's ``(fake, mask)`` signature.
 
 Everything draws from the ``numpy.random.Generator`` it is given: same seed, same output.
@@ -47,7 +47,6 @@ from dfdetect.errors import BadInputError
 __all__ = [
     "BLEND_RATIOS",
     "SBIPair",
-    "SBIPairs",
     "deform_mask",
     "face_hull_mask",
     "face_outline",
@@ -192,27 +191,3 @@ def self_blend(face_bgr: np.ndarray, rng: np.random.Generator, *,
     """
     pair = sbi_pair(face_bgr, rng, landmarks=landmarks)
     return pair.fake, pair.mask
-
-
-class SBIPairs:
-    """(real, fake) pairs for training, reproducible per ``(seed, key)``.
-
-    ``pairs(face, key=i)`` seeds a fresh generator from ``(seed, i)``, so data-loader workers
-    give the same pair for the same sample in any order; without ``key`` an internal generator
-    advances. Train on half real, half SBI (the recipe's batches), e.g. both halves of each pair.
-    """
-
-    def __init__(self, seed: int = 0, jpeg_quality: tuple[int, int] | None = (40, 100)):
-        self.seed = seed
-        self.jpeg_quality = jpeg_quality
-        self._rng = np.random.default_rng(seed)
-
-    def pair(self, face_bgr: np.ndarray, key: int | None = None, *,
-             landmarks: np.ndarray | None = None) -> SBIPair:
-        rng = self._rng if key is None else np.random.default_rng([self.seed, int(key)])
-        return sbi_pair(face_bgr, rng, landmarks=landmarks, jpeg_quality=self.jpeg_quality)
-
-    def __call__(self, face_bgr: np.ndarray, key: int | None = None, *,
-                 landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        p = self.pair(face_bgr, key, landmarks=landmarks)
-        return p.real, p.fake

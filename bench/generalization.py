@@ -46,6 +46,12 @@ def _auc(y, p) -> float:
     return float(roc_auc_score(y, p)) if np.unique(y).size == 2 else float("nan")
 
 
+def _acc(y, p, threshold: float) -> float:
+    """Balanced accuracy (mean of the real and the fake recall) of the verdicts at ``threshold``."""
+    y, v = np.asarray(y), np.asarray(p) >= threshold
+    return float(np.mean([np.mean(v[y == c] == c) for c in (0, 1) if (y == c).any()]))
+
+
 def ffpp_videos(root: Path) -> list[dict]:
     """Each FF++ video with its label (1 = fake), method ('real' for originals) and compression."""
     from dfdetect.datasets import load_ffpp
@@ -170,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for n, det in detectors.items():
         p = det.predict_proba(crops)
-        results[n] = {"dfdc_auc": _auc(test.labels, p), "dfdc_ece": expected_calibration_error(test.labels, p)}
+        results[n] = {"dfdc_auc": _auc(test.labels, p), "dfdc_ece": expected_calibration_error(test.labels, p),
+                      "threshold": det.threshold_, "dfdc_acc": _acc(test.labels, p, det.threshold_),
+                      "dfdc_acc_0.5": _acc(test.labels, p, 0.5)}
     print(f"DFDC test: {len(test)} crops ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     # one face finder for every detector: the shipped model's (falls back as predict does)
@@ -192,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in detectors:
         results[n]["ffpp"] = ffpp_table(videos, scores[n])
         results[n]["ffpp_ece"] = expected_calibration_error([v["y"] for v in videos], scores[n]["original"])
+        y = [v["y"] for v in videos]
+        results[n]["ffpp_acc"] = _acc(y, scores[n]["original"], detectors[n].threshold_)
+        results[n]["ffpp_acc_0.5"] = _acc(y, scores[n]["original"], 0.5)
         jp = results[n]["ffpp"]["jpeg50"]
         results[n]["jpeg50_drop"] = results[n]["ffpp"]["overall"] - jp
     counts = {m: sum(v["method"] == m for v in videos) for m in ("real", *METHODS)}
@@ -215,7 +226,12 @@ def markdown_table(results: dict[str, dict], meta: dict) -> str:
     rows += [("ffpp AUC, JPEG q50", lambda r: r["ffpp"]["jpeg50"]),
              ("ffpp AUC, 0.5x downscale", lambda r: r["ffpp"]["down0.5"]),
              ("ffpp AUC, H.264 CRF 35", lambda r: r["ffpp"]["h264crf35"]),
-             ("drop under JPEG q50", lambda r: r["jpeg50_drop"]), ("ffpp video ECE", lambda r: r["ffpp_ece"])]
+             ("drop under JPEG q50", lambda r: r["jpeg50_drop"]), ("ffpp video ECE", lambda r: r["ffpp_ece"]),
+             ("threshold (chosen on DFDC validation)", lambda r: r["threshold"]),
+             ("DFDC balanced accuracy at it", lambda r: r["dfdc_acc"]),
+             ("ffpp balanced accuracy at it", lambda r: r["ffpp_acc"]),
+             ("DFDC balanced accuracy at P = 0.5", lambda r: r["dfdc_acc_0.5"]),
+             ("ffpp balanced accuracy at P = 0.5", lambda r: r["ffpp_acc_0.5"])]
     lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     lines += [f"| {label} | " + " | ".join(f"{get(results[c]):.3f}" for c in cols) + " |" for label, get in rows]
     c = meta["ffpp_counts"]

@@ -197,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                 scores[n][var][k] = float(np.mean(det.predict_proba(cs))) if cs else 0.5  # no face: undecided
         print(f"  [{k + 1}/{len(videos)}] {video['rel']}: " + ", ".join(
             f"{n} {scores[n]['original'][k]:.2f}" for n in detectors), flush=True)
-    for n in detectors:
+    for n, det in detectors.items():
         results[n]["ffpp"] = ffpp_table(videos, scores[n])
         results[n]["ffpp_ece"] = expected_calibration_error([v["y"] for v in videos], scores[n]["original"])
         y = [v["y"] for v in videos]
-        results[n]["ffpp_acc"] = _acc(y, scores[n]["original"], detectors[n].threshold_)
+        results[n]["ffpp_acc"] = _acc(y, scores[n]["original"], det.threshold_)
         results[n]["ffpp_acc_0.5"] = _acc(y, scores[n]["original"], 0.5)
         jp = results[n]["ffpp"]["jpeg50"]
         results[n]["jpeg50_drop"] = results[n]["ffpp"]["overall"] - jp

@@ -23,6 +23,8 @@ __all__ = ["CpuSample", "DistInfo", "auto_threads", "broadcast_object", "cleanup
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in a torchrun job; the one distributed context the trainer consults."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -36,6 +38,15 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in one process)."""
+        if self.distributed:
+            dist.barrier()
+
+    def agree(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (:func:`broadcast_object`), so the ranks decide alike."""
+        return broadcast_object(value, self)
 
 
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:

@@ -24,12 +24,12 @@ from dfdetect._io import read_image, write_text
 from dfdetect.errors import BadInputError
 from dfdetect.evaluate import HISTORY_JSON, METRICS_JSON, SCORES_CSV, read_scores
 from dfdetect.plots import CONFUSION_PNG, HISTORY_PNG, ROC_PNG, plot_history
+from dfdetect.rundir import TRAIN_JSON
 from dfdetect.study import TABLE_CSV, TABLE_MD
 
 __all__ = ["REPORT_HTML", "confident_errors", "write_report"]
 
 REPORT_HTML = "report.html"
-TRAIN_JSON = "train.json"  #: written by dfdetect.train
 THUMB = 112  #: side of the error thumbnails, in pixels
 FIGURE_ORDER = (HISTORY_PNG, CONFUSION_PNG, ROC_PNG)
 METRIC_ROWS = (

@@ -87,8 +87,7 @@ def cpu_sample() -> CpuSample | None:
 
 # A fallback window for a call without ``since``: other processes' use since dfdetect was imported (at most
 # 10 minutes back). At a fresh start the load average still counts what this process did a minute ago as
-# someone else's: bench/quality.py's first recipe made its second start on 1 thread (96-117 s for epoch 1,
-# 60-75 s for the rest).
+# someone else's (docs/QUALITY.md#measurements).
 _IMPORTED = cpu_sample()
 _IMPORTED_WINDOW_S = 600.0
 
@@ -105,13 +104,12 @@ def auto_threads(world_size: int = 1, running: int = 1, since: CpuSample | None 
     """CPU threads for torch: this process's share of the cores, minus what other processes keep busy.
 
     Why: OpenMP threads spin while they wait, so oversubscribed cores make a step tens of times slower
-    (measured here: MobileNetV2 at 32 px, batch 8, 0.19 s/step with 1 thread vs 21-27 s with 2 threads
-    when the 2-core machine had a load of 11). An explicit ``OMP_NUM_THREADS`` is always respected.
+    (docs/QUALITY.md#measurements). An explicit ``OMP_NUM_THREADS`` is always respected.
     With ``since`` (a :func:`cpu_sample` from, say, the start of the last epoch) other processes' use is
     measured from ``/proc/stat``; without it, since this module was imported, if that is 1 s to 10 min
     ago. Otherwise the load average stands in; it lags a minute and counts this process too, so
-    ``running`` (the threads this process kept busy lately) is taken off it. The load average alone kept a
-    fine-tune at 1 thread on an idle machine (110 s per epoch instead of 70).
+    ``running`` (the threads this process kept busy lately) is taken off it; alone, it kept a fine-tune at
+    1 thread on an idle machine.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()

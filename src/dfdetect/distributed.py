@@ -129,14 +129,21 @@ def auto_threads(world_size: int = 1, running: int = 1, since: CpuSample | None 
 
 @contextmanager
 def cpu_threads(world_size: int = 1) -> Iterator[int]:
-    """Run a block with :func:`auto_threads` torch threads, then restore the caller's setting."""
+    """Run a block with :func:`auto_threads` threads, then restore the caller's settings.
+
+    torch's own pool is set by torch; threadpoolctl limits the BLAS pools torch does not own (numpy's and
+    scipy's OpenBLAS), which would otherwise spin on the same busy cores.
+    """
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     n = auto_threads(world_size)
-    torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(before)
+    with threadpool_limits(limits=n, user_api="blas"):
+        torch.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            torch.set_num_threads(before)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -290,3 +290,25 @@ def test_random_erasing_hides_one_region_and_keeps_the_draws_without_it(tmp_path
     t = CropTable([_img(tmp_path / "a.png", 120, 40)], np.array([0]), ["a"], [("a",)], np.zeros(1, bool))
     kept, hidden = (CropDataset(t, input_size=32, data_config=DC, augment=True, erase=e, seed=3)[0][0] for e in (0, 1))
     assert not torch.equal(kept, hidden)  # the dataset passes erase on
+
+
+def test_group_components_is_the_graphs_connected_components():
+    """scipy as the oracle: the same partition of rows (the ids may differ; data._UnionFind says why)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = 60
+        videos = [f"v{i}" if rng.random() < 0.7 else f"v{rng.integers(0, i + 1)}" for i in range(n)]
+        groups = [tuple(f"id{g}" for g in rng.choice(12, 1 + int(rng.random() < 0.1), replace=False))
+                  for _ in range(n)]
+        keys: dict = {}
+        edges = [(keys.setdefault(("v", v), len(keys)), keys.setdefault(("g", g), len(keys)))
+                 for v, gs in zip(videos, groups, strict=True) for g in gs]
+        r, c = np.array(edges).T
+        _, lab = connected_components(coo_matrix((np.ones(r.size), (r, c)), shape=(len(keys),) * 2),
+                                      directed=False)
+        want = lab[[keys[("v", v)] for v in videos]]
+        got = group_components(videos, groups)
+        assert np.array_equal(got[:, None] == got[None, :], want[:, None] == want[None, :])

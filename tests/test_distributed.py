@@ -152,3 +152,19 @@ def test_cpu_sample_reads_this_machine():
         assert s is None
         return
     assert s is not None and s.machine > 0 and s.own > 0 and s.wall > 0
+
+
+def test_cpu_threads_limits_the_blas_pools_too_and_restores_them(monkeypatch):
+    """numpy's OpenBLAS keeps its own threads, which torch.set_num_threads never reaches."""
+    from threadpoolctl import threadpool_info
+
+    from dfdetect import distributed as D
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(D, "auto_threads", lambda world_size=1: 1)
+    blas = lambda: [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    before, torch_before = blas(), torch.get_num_threads()
+    with D.cpu_threads() as n:
+        assert n == 1 and torch.get_num_threads() == 1
+        assert all(t == 1 for t in blas())
+    assert blas() == before and torch.get_num_threads() == torch_before

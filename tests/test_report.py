@@ -133,3 +133,16 @@ def test_damaged_run_file_becomes_a_note_not_a_traceback(tmp_path, name, text):
     (run / name).write_text(text)
     page = write_report(run).read_text(encoding="utf-8")
     assert f"{name}: cannot read" in page
+
+
+def test_text_from_run_files_is_escaped_not_markup(tmp_path):
+    """The template autoescapes: a note or a study cell holding markup shows as text and adds no tag."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.json").write_text(json.dumps({"threshold": 0.5, "notes": ["<script>alert(1)</script> & co"]}))
+    (run / "table.md").write_text("| backbone | <b>AUC</b> |\n|---|---|\n| mobilenet_v2 | 0.9 |\n")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in text
+    assert "<b>AUC</b>" not in text and "&lt;b&gt;AUC&lt;/b&gt;" in text

@@ -225,7 +225,12 @@ def load_label_table(label_file: str | Path, root: str | Path, *, is_test: bool 
 
 
 class _UnionFind:
-    """Disjoint sets over hashable keys (path halving); why hand-written: 15 lines, no dependency."""
+    """Disjoint sets over hashable keys (path halving).
+
+    Why not scipy's ``connected_components``: it finds the same components (tests check it) but numbers them
+    otherwise, and the numbers order StratifiedGroupKFold's shuffle, so the same seed would give other splits
+    (docs/QUALITY.md#measurements).
+    """
 
     def __init__(self) -> None:
         self.parent: dict[Any, Any] = {}

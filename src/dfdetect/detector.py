@@ -24,6 +24,7 @@ from dfdetect.config import MAX_ENSEMBLE, Protocol
 from dfdetect.data import preprocess_crops
 from dfdetect.distributed import cpu_threads
 from dfdetect.errors import DfdetectError, WeightsError
+from dfdetect.rundir import DETECTOR_FILE
 
 if TYPE_CHECKING:
     from dfdetect.backbones import BackboneClassifier, EnsembleClassifier
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["DETECTOR_FILE", "FORMAT", "Detector", "NotFittedError", "detector_file", "score_logits"]
 
 FORMAT = "dfdetect.detector/1"
-DETECTOR_FILE = "detector.safetensors"
 
 
 def detector_file(path: str | Path) -> Path:

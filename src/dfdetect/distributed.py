@@ -23,6 +23,8 @@ __all__ = ["CpuSample", "DistInfo", "auto_threads", "broadcast_object", "cleanup
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in a torchrun job; the one distributed context the trainer consults."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -36,6 +38,15 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for in one process)."""
+        if self.distributed:
+            dist.barrier()
+
+    def agree(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (:func:`broadcast_object`), so the ranks decide alike."""
+        return broadcast_object(value, self)
 
 
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
@@ -76,8 +87,7 @@ def cpu_sample() -> CpuSample | None:
 
 # A fallback window for a call without ``since``: other processes' use since dfdetect was imported (at most
 # 10 minutes back). At a fresh start the load average still counts what this process did a minute ago as
-# someone else's: bench/quality.py's first recipe made its second start on 1 thread (96-117 s for epoch 1,
-# 60-75 s for the rest).
+# someone else's (docs/QUALITY.md#measurements).
 _IMPORTED = cpu_sample()
 _IMPORTED_WINDOW_S = 600.0
 
@@ -94,13 +104,12 @@ def auto_threads(world_size: int = 1, running: int = 1, since: CpuSample | None 
     """CPU threads for torch: this process's share of the cores, minus what other processes keep busy.
 
     Why: OpenMP threads spin while they wait, so oversubscribed cores make a step tens of times slower
-    (measured here: MobileNetV2 at 32 px, batch 8, 0.19 s/step with 1 thread vs 21-27 s with 2 threads
-    when the 2-core machine had a load of 11). An explicit ``OMP_NUM_THREADS`` is always respected.
+    (docs/QUALITY.md#measurements). An explicit ``OMP_NUM_THREADS`` is always respected.
     With ``since`` (a :func:`cpu_sample` from, say, the start of the last epoch) other processes' use is
     measured from ``/proc/stat``; without it, since this module was imported, if that is 1 s to 10 min
     ago. Otherwise the load average stands in; it lags a minute and counts this process too, so
-    ``running`` (the threads this process kept busy lately) is taken off it. The load average alone kept a
-    fine-tune at 1 thread on an idle machine (110 s per epoch instead of 70).
+    ``running`` (the threads this process kept busy lately) is taken off it; alone, it kept a fine-tune at
+    1 thread on an idle machine.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
@@ -120,14 +129,21 @@ def auto_threads(world_size: int = 1, running: int = 1, since: CpuSample | None 
 
 @contextmanager
 def cpu_threads(world_size: int = 1) -> Iterator[int]:
-    """Run a block with :func:`auto_threads` torch threads, then restore the caller's setting."""
+    """Run a block with :func:`auto_threads` threads, then restore the caller's settings.
+
+    torch's own pool is set by torch; threadpoolctl limits the BLAS pools torch does not own (numpy's and
+    scipy's OpenBLAS), which would otherwise spin on the same busy cores.
+    """
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     n = auto_threads(world_size)
-    torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(before)
+    with threadpool_limits(limits=n, user_api="blas"):
+        torch.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            torch.set_num_threads(before)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

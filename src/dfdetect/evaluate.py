@@ -24,6 +24,7 @@ from dfdetect import plots
 from dfdetect._io import read_image, write_json, write_text
 from dfdetect.errors import NothingUsableError
 from dfdetect.metrics import compute_metrics
+from dfdetect.rundir import HISTORY_FILE
 from dfdetect.stage import ProgressCallback
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ __all__ = ["HISTORY_JSON", "METRICS_JSON", "SCORES_CSV", "Scorer", "evaluate", "
 
 METRICS_JSON = "metrics.json"
 SCORES_CSV = "scores.csv"
-HISTORY_JSON = "history.json"
+HISTORY_JSON = HISTORY_FILE  #: the run folder's name for it (dfdetect.rundir)
 BATCH_SIZE = 64
 MAX_SKIPPED_LISTED = 100  #: metrics.json lists this many skipped crops; the count is always exact
 

@@ -50,8 +50,7 @@ def fold_batchnorm(model: BackboneClassifier) -> BackboneClassifier:
     """An eval-only copy with each BatchNorm folded into the convolution just before it.
 
     Why: a frozen backbone's BatchNorm is a fixed affine map, so folding it into the conv weights gives
-    the same features with about a third less CPU time (MobileNetV2, 128 px: 0.65 -> 0.42 s per batch of
-    64, measured here). Conv/BN pairs are found as adjacent siblings (timm's layout); the copy is checked
+    the same features for about a third less CPU time (docs/QUALITY.md#measurements). Conv/BN pairs are found as adjacent siblings (timm's layout); the copy is checked
     against the original on a random batch and discarded if the outputs differ.
     """
     from timm.layers import BatchNormAct2d
@@ -118,10 +117,9 @@ class _Pooled(torch.nn.Module):
 def onnx_featuriser(model: BackboneClassifier, input_size: int) -> Callable[[torch.Tensor], np.ndarray] | None:
     """onnxruntime computing the pooled features on CPU, or None where it cannot be built or disagrees.
 
-    Why: onnxruntime runs MobileNetV2 at 128 px in 1.5-1.8 ms per crop on this 2-core CPU, against
-    3.85 ms for eager PyTorch with BatchNorm folded, and the in-memory export takes about 0.5 s
-    (bench/frozen_study.py). Its features are checked against torch's on a random batch before use
-    (they agree to ~1e-5).
+    Why: on CPU it is about twice as fast as eager PyTorch with BatchNorm folded, and the in-memory export
+    is cheap (bench/frozen_study.py; docs/QUALITY.md#measurements). Its features are checked against
+    torch's on a random batch before use.
     """
     from dfdetect.export import onnx_session
 
@@ -142,8 +140,8 @@ def onnx_featuriser(model: BackboneClassifier, input_size: int) -> Callable[[tor
 def _read_ahead(batches: Iterable[T]) -> Iterator[T]:
     """Yield each batch while a thread reads the next one.
 
-    Why: decoding crops cost about 1 ms each against 1.8 ms for the onnxruntime forward, and both release
-    the GIL, so one reader thread hides most of it without the start-up of DataLoader worker processes.
+    Why: decoding a crop costs about half its onnxruntime forward, and both release the GIL, so one reader
+    thread hides most of it without the start-up of DataLoader worker processes (docs/QUALITY.md#measurements).
     """
     it = iter(batches)
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -28,6 +28,7 @@ from dfdetect._io import write_json, write_text
 from dfdetect.config import Protocol, load_protocol
 from dfdetect.errors import BadInputError, DfdetectError, WeightsError
 from dfdetect.evaluate import HISTORY_JSON, METRICS_JSON, evaluate
+from dfdetect.rundir import CONFIG_FILE, DETECTOR_FILE
 from dfdetect.stage import ProgressCallback
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ DEFAULT_BACKBONES: tuple[str, ...] = ("mobilenet_v2", "vgg16", "resnet50v2")
 VARIANTS: dict[str, str] = {"faces": "faces", "srm": "faces+SRM"}
 TABLE_MD = "table.md"
 TABLE_CSV = "table.csv"
-DETECTOR_FILE = "detector.safetensors"  #: written by dfdetect.train
-CONFIG_FILE = "config.yaml"  #: the protocol dfdetect.train used
 
 #: ``progress(description, total)`` -> context manager yielding ``advance(n)``; cli._app.progress_bar fits.
 ProgressFactory = Callable[[str, int | None], AbstractContextManager[ProgressCallback | None]]

@@ -21,8 +21,6 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,36 +34,20 @@ from torch.utils.data import DataLoader
 from dfdetect._io import atomic_path, read_image, write_json
 from dfdetect.backbones import BackboneClassifier, create_backbone, ensemble_of, new_head
 from dfdetect.config import Protocol, save_config
-from dfdetect.data import (
-    CropDataset,
-    CropTable,
-    DecodedCrops,
-    PairDataset,
-    balanced_sampler,
-    decode_crops,
-    pos_weight,
-    split_table,
-)
-from dfdetect.detector import DETECTOR_FILE, Detector, score_logits
-from dfdetect.distributed import (
-    DistInfo,
-    auto_threads,
-    broadcast_object,
-    cleanup,
-    cpu_sample,
-    init_distributed,
-)
-from dfdetect.errors import DfdetectError, NothingUsableError
+from dfdetect.data import CropTable, DecodedCrops, balanced_sampler, decode_crops, pos_weight, split_table
+from dfdetect.detector import Detector, score_logits
+from dfdetect.distributed import DistInfo, auto_threads, cleanup, cpu_sample, init_distributed
+from dfdetect.errors import NothingUsableError
+from dfdetect.loaders import TrainLoaders, make_loaders
 from dfdetect.metrics import apply_temperature, choose_threshold, compute_metrics, fit_temperature
 from dfdetect.parallel import run_threads
+from dfdetect.rundir import BEST_FILE, CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, RunDir
 from dfdetect.stage import ProgressCallback
+from dfdetect.training_policies import EMA, BestWeights, EarlyStopping
+from dfdetect.training_policies import saving as _saving
 
 __all__ = ["BEST_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "HISTORY_FILE", "TrainResult", "train"]
 
-CHECKPOINT_FILE = "last.ckpt"  #: resume state (model, optimiser, schedule, history), every epoch
-BEST_FILE = "best.safetensors"  #: weights of the best validation epoch (full mode)
-HISTORY_FILE = "history.json"
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -229,13 +211,6 @@ def _cosine(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
-def _ema(model: nn.Module, decay: float) -> Any:
-    """timm's weight EMA, warmed up (the average follows the weights closely in the first steps)."""
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(model, decay=decay, use_warmup=True)
-
-
 @torch.no_grad()
 def _predict(model: nn.Module, loader: DataLoader, device: torch.device,
              tta_flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -258,30 +233,6 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def _save_weights(path: Path, model: nn.Module) -> None:
-    from safetensors.torch import save_file
-
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(sd, str(tmp))
-
-
-@contextmanager
-def _saving(path: Path, kept: str) -> Iterator[None]:
-    """A save the disk refuses (full, read-only) becomes one line naming the file and saying what is kept.
-
-    torch.save reports a full disk as a RuntimeError and safetensors as a SafetensorError, not an OSError.
-    """
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (OSError, RuntimeError, SafetensorError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).strip().splitlines()
-                                                                                or [type(exc).__name__])[0]
-        raise DfdetectError(f"cannot save ({why}); {kept}", path=path) from None
-
-
 _KEEP_CHECKPOINT = ("the last checkpoint written is kept: free space and run the same command again to resume "
                     "from it")
 
@@ -289,10 +240,10 @@ _KEEP_CHECKPOINT = ("the last checkpoint written is kept: free space and run the
 def _decoded(table: CropTable, size: int, cache_dir: Path, info: DistInfo) -> DecodedCrops:
     """The crops decoded once, read every epoch: rank 0 writes the cache, the other ranks wait and read it."""
     if not info.is_main:
-        torch.distributed.barrier()
+        info.barrier()
     decoded = decode_crops(table, size, cache_dir)
-    if info.is_main and info.distributed:
-        torch.distributed.barrier()
+    if info.is_main:
+        info.barrier()
     return decoded
 
 
@@ -348,25 +299,87 @@ def _members_at_once(protocol: Protocol, info: DistInfo) -> int:
     """How many ensemble members train side by side, each in its own thread on one torch thread (1 = in turn).
 
     Why: on a CPU with no more cores than members, single-threaded steps side by side beat one multi-threaded
-    step, because the step is bound by memory traffic and OpenMP threads wait on each other. On this
-    project's 2 cores MobileNetV2 at 128 px (batch 32) trained at 68-70 img/s as two or three members at
-    once against 50-60 img/s (once 80) for one member on 2 threads; the whole train call ran 1.13-1.15x
-    faster (bench/train_members.py).
-    With more cores than members each member keeps all of them, in turn. Dropout and stochastic depth draw
-    from torch's one global generator, which threads would share in no fixed order, so they keep members
-    in turn, where a run repeats exactly; so do DataLoader worker processes, which must not be forked from
-    a process running several threads.
+    step (the step is bound by memory traffic; docs/QUALITY.md#measurements). With more cores than members
+    each member keeps all of them, in turn. Dropout and stochastic depth draw from torch's one global
+    generator, which threads would share in no fixed order, so they keep members in turn, where a run repeats
+    exactly; so do DataLoader worker processes, which must not be forked from a process running several threads.
     """
     m, cfg, cores = protocol.model, protocol.train, torch.get_num_threads()
     if (cfg.mode != "full" or m.ensemble < 2 or not cfg.parallel_members or info.distributed
             or info.device.type != "cpu" or cfg.workers > 0 or m.drop_rate > 0 or m.drop_path_rate > 0):
         return 1
-    # at most two threads per core: three members on two cores measured the same 68-70 img/s as two
+    # at most two threads per core (three members on two cores ran no faster than two)
     return min(m.ensemble, 2 * cores) if 2 <= cores <= m.ensemble else 1
 
 
 class _Stopped(Exception):
     """Another member failed, or the run was interrupted: this one stops at its next batch."""
+
+
+def _sbi_landmarks(train_t: CropTable, protocol: Protocol, cache: Path, finder: Any,
+                   notes: list[str]) -> np.ndarray | None:
+    """SBI's five face points per real crop when its masks follow landmarks (else None: the ellipse)."""
+    cfg = protocol.train
+    if cfg.pseudo_fakes != "sbi" or cfg.sbi_mask != "landmarks":
+        return None
+    landmarks = crop_landmarks(train_t, protocol.model.input_size, cache, finder=finder)
+    notes.append(f"SBI masks from landmarks on {int(np.isfinite(landmarks[:, 0, 0]).sum())} of "
+                 f"{int((train_t.labels == 0).sum())} real training crops (the rest: the ellipse)")
+    return landmarks
+
+
+def _resume(run: RunDir, key: str, parts: dict[str, Any], policies: list[Any],
+            notes: list[str]) -> tuple[list[dict[str, float]], int]:
+    """Load the checkpoint into ``parts`` (model, optimizer, scheduler) and ``policies`` when it is of this
+    recipe and data; returns the history so far and the first epoch to run."""
+    state: dict[str, Any] = {}
+    if run.checkpoint.is_file():
+        try:
+            state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs the resume
+            notes.append(f"{run.checkpoint}: unreadable ({type(exc).__name__}); starting afresh")
+    if not state:
+        return [], 1
+    if state.get("key") != key:
+        notes.append(f"{run.checkpoint}: from another configuration or data; starting afresh")
+        return [], 1
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    for policy in policies:
+        policy.load_state_dict(state)
+    notes.append(f"resumed from {run.checkpoint} after epoch {int(state['epoch'])}")
+    return list(state["history"]), int(state["epoch"]) + 1
+
+
+def _train_epoch(net: nn.Module, model: nn.Module, data: TrainLoaders, opt: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler, ema: EMA | None, device: torch.device,
+                 stop: threading.Event | None, progress: ProgressCallback | None) -> tuple[float, float, float]:
+    """One pass over the training loader: (mean loss, accuracy, readable rows seen)."""
+    net.train()
+    tot_loss = tot_ok = n_seen = 0.0
+    for x, y, ok in data.train:
+        if stop is not None and stop.is_set():
+            raise _Stopped
+        if x.ndim == 5:  # pairs: (B, 2, 3, S, S) -> (2B, 3, S, S), half real half fake
+            x, y, ok = x.flatten(0, 1), y.flatten(), ok.flatten()
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y, ok = y.to(device), ok.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = net(x).float().squeeze(1)
+        loss = _bce(logits, y, ok, data.pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema.update(model, step=sched.last_epoch)
+        n = float(ok.sum())
+        tot_loss += loss.item() * n
+        tot_ok += float((((logits >= 0) == (y == 1)).float() * ok).sum())
+        n_seen += n
+        if progress is not None:
+            progress(len(x))
+    return tot_loss / max(n_seen, 1), tot_ok / max(n_seen, 1), n_seen
 
 
 def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable, protocol: Protocol,
@@ -377,168 +390,76 @@ def _train_full(model: BackboneClassifier, train_t: CropTable, val_t: CropTable,
     """``decoded``: the train and validation crops, decoded once for every member. ``threads``: a fixed torch
     thread count (members side by side), else chosen again every epoch."""
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data.distributed import DistributedSampler
 
-    cfg, size, device = protocol.train, protocol.model.input_size, info.device
+    cfg, device, run = protocol.train, info.device, RunDir(out_dir)
     if threads is not None:
         torch.set_num_threads(threads)
-    dc = model.data_config
-    dec_tr, dec_va = decoded
-    landmarks = None
-    if cfg.pseudo_fakes == "sbi" and cfg.sbi_mask == "landmarks":
-        landmarks = crop_landmarks(train_t, size, out_dir / "features" if landmark_cache is None else landmark_cache,
-                                   finder=landmark_finder)
-        notes.append(f"SBI masks from landmarks on {int(np.isfinite(landmarks[:, 0, 0]).sum())} of "
-                     f"{int((train_t.labels == 0).sum())} real training crops (the rest: the ellipse)")
-    if cfg.pseudo_fakes == "sbi" or cfg.pairs:
-        sbi = 0.0 if cfg.pseudo_fakes != "sbi" else (0.5 if cfg.sbi_mix else 1.0)
-        train_ds: CropDataset = PairDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment,
-                                            erase=cfg.erase, seed=cfg.seed, sbi=sbi, blend_fn=blend_fn,
-                                            decoded=dec_tr, launder=cfg.launder,
-                                            landmarks=landmarks)
-        per_batch = max(1, cfg.batch_size // 2)  # each item is a (real, fake) pair
-    else:
-        train_ds = CropDataset(train_t, input_size=size, data_config=dc, augment=cfg.augment, erase=cfg.erase,
-                               seed=cfg.seed, decoded=dec_tr, launder=cfg.launder)
-        per_batch = cfg.batch_size
-    val_ds = CropDataset(val_t, input_size=size, data_config=dc, decoded=dec_va)
-    if info.distributed:
-        sampler: Any = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=False)
-    elif cfg.balance == "sampler" and not isinstance(train_ds, PairDataset):  # pairs are balanced already
-        sampler = balanced_sampler(train_t.labels, cfg.seed)
-    else:
-        sampler = torch.utils.data.RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
-    # Under DDP the sampler shards the data, so class balance falls back to a weighted loss.
-    weighted = cfg.balance == "weighted" or (cfg.balance == "sampler" and info.distributed)
-    pw = pos_weight(train_t.labels).to(device) if weighted and not isinstance(train_ds, PairDataset) else None
-    loader_kw: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
-                                 "persistent_workers": False}
-    train_dl = DataLoader(train_ds, batch_size=per_batch, sampler=sampler, drop_last=len(train_ds) > per_batch,
-                          **loader_kw)
-    val_dl = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False, **loader_kw)
+    landmarks = _sbi_landmarks(train_t, protocol, landmark_cache or run.features, landmark_finder, notes)
+    data = make_loaders(train_t, val_t, protocol, model.data_config, decoded, info, blend_fn=blend_fn,
+                        landmarks=landmarks)
 
     model = model.to(device).to(memory_format=torch.channels_last)
-    net: nn.Module = model
-    ema = _ema(model, cfg.ema) if cfg.ema > 0 else None
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     scored = ema.module if ema is not None else model  # what is validated, kept and saved
+    net: nn.Module = model
     if info.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    steps = max(1, len(train_dl)) * cfg.epochs
+    steps = max(1, len(data.train)) * cfg.epochs
     sched = _cosine(opt, steps, warmup=round(cfg.warmup * steps))
+    stopping = EarlyStopping(cfg.patience, agree=info.agree)
+    best = BestWeights(run.best, writes=info.is_main, kept=_KEEP_CHECKPOINT)
+    policies: list[Any] = [stopping, best, *([ema] if ema is not None else [])]  # checkpoint keys in this order
 
-    ckpt, best_path = out_dir / CHECKPOINT_FILE, out_dir / BEST_FILE
     key = _protocol_hash(protocol, train_t.fingerprint() + val_t.fingerprint())
-    history: list[dict[str, float]] = []
-    start_epoch, best_auc, bad_epochs = 1, -math.inf, 0
-    best_p = np.empty(0)
-    state: dict[str, Any] = {}
-    if ckpt.is_file():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs the resume
-            notes.append(f"{ckpt}: unreadable ({type(exc).__name__}); starting afresh")
-    if state:
-        if state.get("key") == key:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if ema is not None:
-                ema.module.load_state_dict(state["ema"])
-            history, best_auc, bad_epochs = list(state["history"]), float(state["best_auc"]), int(state["bad_epochs"])
-            best_p = state["best_p"].numpy()
-            start_epoch = int(state["epoch"]) + 1
-            notes.append(f"resumed from {ckpt} after epoch {start_epoch - 1}")
-        else:
-            notes.append(f"{ckpt}: from another configuration or data; starting afresh")
-    if not history and info.is_main:
-        best_path.unlink(missing_ok=True)  # a best epoch of another run must never be loaded at the end
-    if info.distributed:
-        torch.distributed.barrier()
-    done = bool(history) and (bad_epochs >= cfg.patience)
+    history, start_epoch = _resume(run, key, {"model": model, "optimizer": opt, "scheduler": sched}, policies,
+                                   notes)
+    if not history:
+        best.clear()
+    info.barrier()
     okv: np.ndarray | None = None
     cpu_then = cpu_sample()
-
     for epoch in range(start_epoch, cfg.epochs + 1):
-        if done:
+        if stopping.stopped:
             break
         started = time.perf_counter()
         # Every draw of this epoch follows from (seed, epoch), so a resumed epoch equals the uninterrupted one:
         # the sampler's order, and dropout / stochastic depth from the global generators.
         _seed_everything(_epoch_seed(cfg.seed, epoch))
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        else:
-            sampler.generator.manual_seed(_epoch_seed(cfg.seed, epoch))
-        train_ds.set_epoch(epoch)
+        data.set_epoch(epoch, _epoch_seed(cfg.seed, epoch))
         if device.type == "cpu" and epoch > start_epoch and threads is None:
-            # A run started just after other work would keep its first choice for hours: each epoch looks
-            # again, at what other processes used during the last one.
+            # A long run keeps looking at what other processes used during the last epoch.
             torch.set_num_threads(auto_threads(info.world_size, running=torch.get_num_threads(), since=cpu_then))
         cpu_then = cpu_sample()
-        net.train()
-        tot_loss = tot_ok = n_seen = 0.0
-        for x, y, ok in train_dl:
-            if stop is not None and stop.is_set():
-                raise _Stopped
-            if x.ndim == 5:  # pairs: (B, 2, 3, S, S) -> (2B, 3, S, S), half real half fake
-                x, y, ok = x.flatten(0, 1), y.flatten(), ok.flatten()
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y, ok = y.to(device), ok.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = net(x).float().squeeze(1)
-            loss = _bce(logits, y, ok, pw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(model, step=sched.last_epoch)
-            n = float(ok.sum())
-            tot_loss += loss.item() * n
-            tot_ok += float((((logits >= 0) == (y == 1)).float() * ok).sum())
-            n_seen += n
-            if progress is not None and info.is_main:
-                progress(len(x))
-        # Head mode refuses this up front; here unreadable rows are masked, so an all-unreadable split
-        # would otherwise "train" on nothing and save a detector (rank 0 decides, so all ranks stop together).
-        if bool(broadcast_object(n_seen == 0, info)):
+        tr_loss, tr_acc, n_seen = _train_epoch(net, model, data, opt, sched, ema, device, stop,
+                                               progress if info.is_main else None)
+        # Unreadable rows are masked, so an all-unreadable split would otherwise "train" on nothing and save
+        # a detector (rank 0 decides, so all ranks stop together).
+        if bool(info.agree(n_seen == 0)):
             raise NothingUsableError("no readable training crops (every one failed to decode)")
         # Every rank scores the whole (small) validation set with identical weights. Epochs are compared
         # without flip-TTA (half the cost); the kept epoch is scored as the detector scores, below.
-        p, yv, okv = _predict(scored, val_dl, device)
+        p, yv, okv = _predict(scored, data.val, device)
         if not okv.any():
             raise NothingUsableError("no readable validation crops (every one failed to decode)")
         p, yv = p[okv], yv[okv]
-        rec = _epoch_record(epoch, tot_loss / max(n_seen, 1), tot_ok / max(n_seen, 1), yv, p, started)
+        rec = _epoch_record(epoch, tr_loss, tr_acc, yv, p, started)
         history.append(rec)
         auc = rec["val_auc"]
-        score = -rec["val_loss"] if math.isnan(auc) else auc  # one-class validation: fall back to loss
-        improved = bool(broadcast_object(score > best_auc, info))
-        if improved:
-            best_auc, bad_epochs, best_p = score, 0, p
-            if info.is_main:
-                with _saving(best_path, _KEEP_CHECKPOINT):
-                    _save_weights(best_path, scored)
-        else:
-            bad_epochs += 1
-        done = bool(broadcast_object(bad_epochs >= cfg.patience, info))
+        if stopping.update(-rec["val_loss"] if math.isnan(auc) else auc):  # one-class validation: the loss
+            best.update(scored, p)
         if info.is_main:
-            with _saving(ckpt, _KEEP_CHECKPOINT):
-                _save_state(ckpt, {"key": key, "epoch": epoch, "model": model.state_dict(),
-                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                   "history": history, "best_auc": best_auc, "bad_epochs": bad_epochs,
-                                   "best_p": torch.from_numpy(np.asarray(best_p, dtype=np.float32)),
-                                   **({"ema": ema.module.state_dict()} if ema is not None else {})})
-        if info.distributed:
-            torch.distributed.barrier()
-    if best_path.is_file():
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(best_path)))
-    tta = protocol.model.tta_flip
+            state = {"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "history": history}
+            for policy in policies:
+                state.update(policy.state_dict())
+            with _saving(run.checkpoint, _KEEP_CHECKPOINT):
+                _save_state(run.checkpoint, state)
+        info.barrier()
+    best.restore(model)
+    tta, best_p = protocol.model.tta_flip, best.scores
     if tta or okv is None or best_p.size != int(okv.sum()):  # TTA, or a finished run resumed: score again
-        best_p, _, okv = _predict(model, val_dl, device, tta)
+        best_p, _, okv = _predict(model, data.val, device, tta)
         best_p = best_p[okv]
     okv_idx = np.flatnonzero(okv)
     return history, val_t.labels[okv_idx], np.asarray(best_p, dtype=np.float64), okv_idx
@@ -558,6 +479,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
     replaces ``sbi.self_blend`` and ``landmark_finder`` YuNet's five points (tests).
     """
     out_dir = Path(out_dir)
+    run = RunDir(out_dir)
     cfg = protocol.train
     t0 = time.perf_counter()
     _seed_everything(cfg.seed)
@@ -578,7 +500,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
             raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
         _check_classes(train_t, val_t, cfg, notes)
         m = protocol.model
-        cache = Path(cache_dir) if cache_dir else out_dir / "features"
+        cache = Path(cache_dir) if cache_dir else run.features
         models: list[BackboneClassifier] = []
         runs: list[tuple[Protocol, Path]] = []  # each member's protocol (its own seed) and folder
         for k in range(m.ensemble):
@@ -586,7 +508,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
             if m.ensemble > 1:  # (full mode) same split; own seed, set before the head is drawn, and own folder
                 _seed_everything(cfg.seed + k)
                 member = protocol.model_copy(update={"train": cfg.model_copy(update={"seed": cfg.seed + k})})
-                member_dir = out_dir / f"member{k}"
+                member_dir = run.member(k).path
                 member_dir.mkdir(parents=True, exist_ok=True)
             models.append(create_backbone(m.backbone, pretrained=m.pretrained, weights=m.weights,
                                           srm_in_model=m.srm_in_model, pool=m.pool, num_classes=1,
@@ -636,16 +558,16 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
                 "notes": notes, "wall_s": round(time.perf_counter() - t0, 2), "world_size": info.world_size,
                 "device": str(info.device),
             }
-            kept = (f"the trained model is kept in {', '.join(str(d / CHECKPOINT_FILE) for _, d in runs)}: free "
+            kept = (f"the trained model is kept in {', '.join(str(RunDir(d).checkpoint) for _, d in runs)}: free "
                     "space and run the same command again; it resumes there and saves without training again"
                     if cfg.mode == "full" else
                     f"the features cached in {cache} are kept: free space and run again (only the head is refit)")
-            for name, write in ((DETECTOR_FILE, detector.save),
-                                (HISTORY_FILE, lambda p: write_json(p, history)),
-                                (CONFIG_FILE, lambda p: save_config(protocol, p)),
-                                ("train.json", lambda p: write_json(p, summary))):
-                with _saving(out_dir / name, kept):
-                    write(out_dir / name)
+            for path, write in ((run.detector, detector.save),
+                                (run.history, lambda p: write_json(p, history)),
+                                (run.config, lambda p: save_config(protocol, p)),
+                                (run.summary, lambda p: write_json(p, summary))):
+                with _saving(path, kept):
+                    write(path)
         return TrainResult(detector, history, np.asarray(val_y, dtype=np.int64), np.asarray(val_p),
                            [val_t.videos[i] for i in va], out_dir,
                            {"train": train_t.counts(), "val": val_t.counts(), "test": test_t.counts()}, notes)

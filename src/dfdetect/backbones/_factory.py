@@ -27,7 +27,7 @@ def new_head(num_features: int, num_classes: int = 1) -> nn.Linear:
     """A linear head with glorot-uniform weights and zero bias.
 
     Why: it is Keras' ``Dense`` default, so the seed's head started this way, and fine-tuning from it
-    beat PyTorch's default init and timm's (test AUC 0.930 vs 0.912 on dfdc-faces, docs/QUALITY.md).
+    beat PyTorch's default init and timm's (docs/QUALITY.md#measurements).
     """
     head = nn.Linear(num_features, num_classes)
     nn.init.xavier_uniform_(head.weight)
@@ -100,9 +100,8 @@ class BackboneClassifier(nn.Module):
 class EnsembleClassifier(nn.Module):
     """Members of one architecture and input; the logit is the mean of theirs.
 
-    Why: seeds spread fine-tuned models more than any recipe change moved them. On dfdc-faces, six
-    128 px MobileNetV2s scored 0.916-0.925 test AUC alone, 0.926-0.936 in pairs and 0.931-0.939 in
-    triples (docs/QUALITY.md). It answers to what a
+    Why: seeds spread fine-tuned models more than any recipe change moved them, and averaging removes part
+    of that spread (docs/QUALITY.md#measurements). It answers to what a
     :class:`BackboneClassifier` answers to, so the detector, Grad-CAM and ONNX export take either.
     """
 

@@ -166,8 +166,10 @@ def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
             found = _images_in(crops / item.video_id)
             if not found and not item.is_video:
                 # A mirrored copy may change the suffix (the SRM stage writes PNG for JPEG crops).
+                # A twin's copy is named <stem>_<ext>.png (face.jpg beside face.png; see srm.srm_names).
                 mirrored = crops / item.rel
-                found = [c for c in (mirrored, *(mirrored.with_suffix(s) for s in sorted(IMAGE_SUFFIXES)))
+                twin = mirrored.with_name(f"{mirrored.stem}_{mirrored.suffix.lstrip('.').lower()}.png")
+                found = [c for c in (mirrored, twin, *(mirrored.with_suffix(s) for s in sorted(IMAGE_SUFFIXES)))
                          if c.is_file()][:1]
             why = f"no face crops in {crops / item.video_id}"
         if not found:

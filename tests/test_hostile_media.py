@@ -475,3 +475,47 @@ def test_truncated_and_polyglot_files_are_one_line_each(tmp_path, monkeypatch):
     for name in bad:
         assert len([s for s in lines_naming(res.output, name) if "skipped" in s]) <= 1, res.output
     assert snapshot(tmp_path, tmp_path / "frames") == before
+
+
+# --------------------------------------------------------------------------- found by a hostile run of my own
+
+
+def test_dfdc_metadata_that_is_a_pipe_or_nested_too_deep_is_one_line(tmp_path):
+    """Regression: a metadata.json that is a named pipe hung discovery; one nested 100000 deep raised a
+    RecursionError traceback."""
+    data = tmp_path / "dfdc"
+    make_video(data / "p0" / "ok.mp4", n=6)
+    (data / "p0" / "metadata.json").write_text(json.dumps({"ok.mp4": {"label": "REAL"}}))
+    (data / "p1").mkdir()
+    (data / "p1" / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)
+    (data / "p2").mkdir()
+    os.mkfifo(data / "p2" / "metadata.json")
+    hung = _unblock_after(data / "p2" / "metadata.json", 30)
+    res = cli("frames", str(data), "--out", str(tmp_path / "frames"), "--frames", "2")
+    assert not hung.is_set(), "discovery blocked on the named pipe"
+    assert res.exit_code == 0 and "2 written" in res.output, res.output
+    [deep] = lines_naming(res.output, "p1/metadata.json")
+    [pipe] = lines_naming(res.output, "p2/metadata.json")
+    assert "nested too deeply" in deep and "named pipe" in pipe
+
+
+def test_file_names_that_are_not_utf8_survive_labels_faces_and_srm(tmp_path):
+    """Regression: a file name that is not UTF-8 (bytes \\xff\\xfe) crashed labels and faces with a
+    UnicodeEncodeError traceback when they wrote the label file or the manifest."""
+    frames = tmp_path / "frames"
+    (frames / "Celeb-real" / "v").mkdir(parents=True)
+    name = os.fsdecode(b"\xff\xfe.png")
+    photo(frames / "Celeb-real" / "v" / name, face_frame())
+    photo(frames / "Celeb-real" / "v" / "plain.png", face_frame(at=(60, 20)))
+    res = cli("labels", str(frames), "--out", str(tmp_path / "labels.txt"))
+    assert res.exit_code == 0, res.output
+    lines, bad = read_label_file(tmp_path / "labels.txt")
+    assert bad == [] and sorted(x.path for x in lines) == sorted(
+        [f"Celeb-real/v/{name}", "Celeb-real/v/plain.png"])
+    assert all((frames / x.path).is_file() for x in lines)
+    res = cli("faces", str(frames), "--out", str(tmp_path / "faces"), "--protocol", "seed")
+    assert res.exit_code == 0 and "2 written" in res.output, res.output
+    rows = read_manifest(tmp_path / "faces" / "manifest.csv")
+    assert all((tmp_path / "faces" / r["path"]).is_file() for r in rows if r["status"] == "ok")
+    res = cli("srm", str(tmp_path / "faces"), "--out", str(tmp_path / "srm"))
+    assert res.exit_code == 0 and "2 written" in res.output, res.output

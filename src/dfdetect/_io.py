@@ -152,8 +152,10 @@ def load_cached(path: Path, ok_path: Path) -> tuple[np.ndarray, np.ndarray] | No
 
 
 def write_text(dest: str | Path, text: str) -> Path:
+    """UTF-8; a file name that is not UTF-8 (Python holds its bytes as surrogates) is written as those very
+    bytes (``surrogateescape``), so a manifest or label file naming it reads back to the same path."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
     return Path(dest)
 
 

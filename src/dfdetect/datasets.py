@@ -225,10 +225,16 @@ def load_dfdc(root: str | Path) -> Dataset:
     items: list[MediaItem] = []
     skipped: list[str] = []
     for meta_path in sorted(root.rglob("metadata.json")):
+        if problem := media_problem(meta_path):  # a named pipe would block the read forever
+            skipped.append(problem)
+            continue
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             skipped.append(f"{meta_path}: cannot read metadata ({exc})")
+            continue
+        except RecursionError:  # "[[[[..." nested deeper than the JSON parser recurses
+            skipped.append(f"{meta_path}: cannot read metadata (nested too deeply)")
             continue
         if not isinstance(meta, dict):
             skipped.append(f"{meta_path}: expected an object of file name -> {{label, original}}, "

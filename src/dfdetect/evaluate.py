@@ -101,7 +101,7 @@ def official_test_subset(table: CropTable) -> tuple[CropTable, str | None]:
 
 def read_scores(path: str | Path) -> list[dict[str, Any]]:
     """Read a ``scores.csv`` back as dicts with ``label`` as int and ``p_fake`` as float."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
+    with Path(path).open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         return [{**r, "label": int(r["label"]), "p_fake": float(r["p_fake"])} for r in csv.DictReader(fh)]
 
 

@@ -525,5 +525,5 @@ def write_manifest(dest: Path, rows: list[dict]) -> Path:
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    with Path(path).open(newline="", encoding="utf-8") as fh:
+    with Path(path).open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         return list(csv.DictReader(fh))

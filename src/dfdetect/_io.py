@@ -6,18 +6,24 @@ one, never half of one, and a rerun can trust any file it finds.
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import os
 import re
+import stat
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
+from dfdetect.config import MediaLimits
 from dfdetect.errors import BadInputError
 
 _UMASK = os.umask(0)
@@ -81,9 +87,51 @@ def inside(root: str | Path, rel: str | Path) -> Path:
     return Path(root) / rel
 
 
+def output_stems(names: Iterable[str], keep_ext: str | None = None) -> dict[str, str]:
+    """The output stem for each input name (a file name or a POSIX path), distinct from every other.
+
+    An output is named after its input without the suffix, so ``clip.mp4`` and ``clip.mkv`` (or ``face.bmp``
+    and ``face.webp``) would write the same output. Names that share a stem keep it only when their
+    suffix is ``keep_ext`` (the output's own format: ``face.png`` stays ``face``); the others become
+    ``<stem>_<ext>`` (``clip_mp4``, ``face_bmp``), with ``-2``, ``-3`` if even that is taken. A name with no
+    such twin keeps its plain stem, so outputs of earlier runs keep their names.
+    """
+    names = sorted(set(names))
+    by_stem: dict[str, list[str]] = {}
+    for n in names:
+        by_stem.setdefault(_stem(n), []).append(n)
+    out: dict[str, str] = {}
+    renamed: list[str] = []
+    for stem, group in by_stem.items():
+        keeper = group[0] if len(group) == 1 else next(
+            (n for n in group if keep_ext is not None and _ext(n) == keep_ext.lower()), None)
+        if keeper is not None:
+            out[keeper] = stem
+        renamed += [n for n in group if n != keeper]
+    taken = set(out.values())
+    for n in renamed:
+        base = f"{_stem(n)}_{_ext(n) or 'noext'}"
+        stem, k = base, 1
+        while stem in taken:
+            k += 1
+            stem = f"{base}-{k}"
+        taken.add(stem)
+        out[n] = stem
+    return out
+
+
+def _stem(name: str) -> str:
+    head, _ = os.path.splitext(name)
+    return head
+
+
+def _ext(name: str) -> str:
+    return os.path.splitext(name)[1].lstrip(".").lower()
+
+
 def check_separate(src: str | Path, out_dir: str | Path, what: str) -> None:
     """Refuse an output folder at or under the input: its files would be taken for outputs or inputs."""
-    src_r, out_r = Path(src).resolve(), Path(out_dir).resolve()
+    src_r, out_r = Path(os.path.realpath(src)), Path(os.path.realpath(out_dir))
     if out_r == src_r or src_r in out_r.parents:
         raise BadInputError(f"--out {out_dir} is inside the {what} folder {src}; choose a separate folder "
                             "(files there would be taken for finished outputs, or overwritten)")
@@ -104,8 +152,10 @@ def load_cached(path: Path, ok_path: Path) -> tuple[np.ndarray, np.ndarray] | No
 
 
 def write_text(dest: str | Path, text: str) -> Path:
+    """UTF-8; a file name that is not UTF-8 (Python holds its bytes as surrogates) is written as those very
+    bytes (``surrogateescape``), so a manifest or label file naming it reads back to the same path."""
     with atomic_path(dest) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
     return Path(dest)
 
 
@@ -126,15 +176,95 @@ def write_image(dest: str | Path, image_bgr: np.ndarray, jpeg_quality: int = 95)
     return dest
 
 
-def read_image(path: str | Path) -> np.ndarray | None:
-    """Read a BGR uint8 image, or None if the file is missing, empty or not an image."""
+@functools.lru_cache(maxsize=8)
+def _limits_from(env: tuple[str | None, ...]) -> MediaLimits:
+    return MediaLimits.from_env()
+
+
+def media_limits(limits: MediaLimits | None = None) -> MediaLimits:
+    """``limits``, or the defaults with the environment's overrides (``DFDETECT_MAX_PIXELS``, ...)."""
+    if limits is not None:
+        return limits
+    return _limits_from(tuple(os.environ.get(var) for var in MediaLimits.ENV.values()))
+
+
+def regular_file(path: str | Path) -> int:
+    """The size of ``path``, refused in one line unless it is a regular file (a symlink to one is fine).
+
+    Why: opening a named pipe blocks until someone writes to it (a stage would hang forever), and a
+    device or a folder is no media file either.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadInputError("not found", path=path) from None
+    except OSError as exc:  # ELOOP: a symlink loop; EACCES; ENAMETOOLONG
+        raise BadInputError(f"cannot open ({exc.strerror or exc})", path=path) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
+        raise BadInputError(f"{kind}, not a regular file; skipped", path=path)
+    return st.st_size
+
+
+def image_size(data: bytes | np.ndarray) -> tuple[int, int, str]:
+    """``(width, height, format)`` from an encoded image's header, without decoding its pixels (Pillow
+    reads only the header); BadInputError when the header is not an image's."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+            with Image.open(io.BytesIO(memoryview(data))) as im:
+                return int(im.width), int(im.height), str(im.format)
+    except Image.DecompressionBombError as exc:  # above Pillow's own cut (~179 MP): far past any limit
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{int(m[1]) / 1e6:.0f} MP" if m else "more pixels than Pillow's own limit"
+        raise BadInputError(f"declares an image of {what}, too large to decode; not decoded") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on a hostile header
+        raise BadInputError(f"cannot read as an image (no image header: {type(exc).__name__})") from None
+
+
+def load_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarray:
+    """Read a BGR uint8 image, or raise :class:`BadInputError` saying why not, in one line naming ``path``.
+
+    The one image loader every stage uses. Checked before any pixel is decoded: a regular file (a named
+    pipe would block), at most ``limits.max_image_bytes``, and a header declaring at most
+    ``limits.max_pixels`` (a 1 KB PNG may declare 100000 x 100000). Any decoder error is this one error.
+    """
+    lim = media_limits(limits)
+    size = regular_file(path)
+    if size == 0:
+        raise BadInputError("empty file (0 bytes), cannot read as an image", path=path)
+    if size > lim.max_image_bytes:
+        raise BadInputError(f"{size / 2**20:.0f} MB, above the {lim.max_image_bytes / 2**20:.0f} MB limit for an "
+                            f"image ({MediaLimits.ENV['max_image_bytes']}); skipped", path=path)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
+    except OSError as exc:
+        raise BadInputError(f"cannot read ({exc.strerror or exc})", path=path) from None
+    try:
+        w, h, fmt = image_size(data)
+    except BadInputError as exc:
+        raise BadInputError(str(exc), path=path) from None
+    if w * h > lim.max_pixels:
+        raise BadInputError(f"{fmt} declares {w} x {h} pixels ({w * h / 1e6:.0f} MP), above the "
+                            f"{lim.max_pixels / 1e6:g} MP limit ({MediaLimits.ENV['max_pixels']}); not decoded",
+                            path=path)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise BadInputError(f"cannot decode the {fmt} image ({str(exc).strip().splitlines()[-1][:120]})",
+                            path=path) from None
+    if image is None:
+        raise BadInputError(f"cannot decode the {fmt} image (corrupt or truncated)", path=path)
+    return image
+
+
+def read_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarray | None:
+    """:func:`load_image`, or None when the file is missing, empty, too large or not an image."""
+    try:
+        return load_image(path, limits)
+    except BadInputError:
         return None
-    if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
 
 
 def is_valid_image(path: str | Path) -> bool:

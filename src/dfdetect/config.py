@@ -7,17 +7,53 @@ a run folder records exactly how it was made.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ProtocolName = Literal["seed", "default"]
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MediaLimits(_Config):
+    """How large an input may be: checked from the file's header, before anything is decoded.
+
+    Why: a 1 KB PNG can declare 100000 x 100000 pixels (30 GB decoded), and an 8K video decodes to 100 MB
+    per frame. Images above ``max_pixels`` are refused in one line; video frames are decoded scaled down
+    so their longer side is at most ``max_frame_side`` (what the face stages need: detection runs at
+    <= 640 px, crops are 256 px). Change them with ``DFDETECT_MAX_PIXELS`` / ``DFDETECT_MAX_FRAME_SIDE``
+    (see :meth:`from_env` and docs/MEDIA_LIMITS.md).
+    """
+
+    max_pixels: int = Field(40_000_000, ge=1, description="largest width x height an image (or a video's "
+                            "declared frame size) may have; larger ones are refused, not decoded")
+    max_frame_side: int = Field(1920, ge=64, description="decoded video frames whose longer side exceeds "
+                                "this are scaled down to it (aspect kept); smaller ones are untouched")
+    max_image_bytes: int = Field(256 * 2**20, ge=1, description="largest image file read (bytes): the file is "
+                                 "read whole before its header is checked")
+
+    #: Environment variables :meth:`from_env` reads, per field.
+    ENV: ClassVar[dict[str, str]] = {"max_pixels": "DFDETECT_MAX_PIXELS", "max_frame_side": "DFDETECT_MAX_FRAME_SIDE",
+                                     "max_image_bytes": "DFDETECT_MAX_IMAGE_BYTES"}
+
+    @classmethod
+    def from_env(cls) -> MediaLimits:
+        """The defaults, overridden by ``DFDETECT_MAX_PIXELS`` / ``DFDETECT_MAX_FRAME_SIDE`` where set
+        (pool workers inherit them); a bad value is one line naming the variable."""
+        from dfdetect.errors import DfdetectError
+
+        values = {f: os.environ[var] for f, var in cls.ENV.items() if os.environ.get(var, "").strip()}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise DfdetectError(f"{cls.ENV[str(err['loc'][0])]}: {err['msg']}") from None
 
 
 class FrameConfig(_Config):

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from dfdetect._io import atomic_path, load_cached, read_image
 from dfdetect.config import TrainConfig
-from dfdetect.datasets import Dataset, parse_celebdf_name
+from dfdetect.datasets import Dataset, contained_rel, parse_celebdf_name
 from dfdetect.errors import NothingUsableError
 from dfdetect.labels import IMAGE_SUFFIXES, Label, read_label_file
 from dfdetect.stage import ProgressCallback
@@ -166,8 +166,10 @@ def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
             found = _images_in(crops / item.video_id)
             if not found and not item.is_video:
                 # A mirrored copy may change the suffix (the SRM stage writes PNG for JPEG crops).
+                # A twin's copy is named <stem>_<ext>.png (face.jpg beside face.png; see srm.srm_names).
                 mirrored = crops / item.rel
-                found = [c for c in (mirrored, *(mirrored.with_suffix(s) for s in sorted(IMAGE_SUFFIXES)))
+                twin = mirrored.with_name(f"{mirrored.stem}_{mirrored.suffix.lstrip('.').lower()}.png")
+                found = [c for c in (mirrored, twin, *(mirrored.with_suffix(s) for s in sorted(IMAGE_SUFFIXES)))
                          if c.is_file()][:1]
             why = f"no face crops in {crops / item.video_id}"
         if not found:
@@ -203,11 +205,16 @@ def load_label_table(label_file: str | Path, root: str | Path, *, is_test: bool 
     paths, labels, videos, groups = [], [], [], []
     skipped = list(bad)
     for line in lines:
-        p = root / line.path
+        try:  # a line that is absolute or climbs with ../ would read outside the root
+            rel_s = contained_rel(root, line.path)
+        except ValueError as exc:
+            skipped.append(f"{label_file}: {exc}; skipped")
+            continue
+        p = root / rel_s
         if not p.is_file():
             skipped.append(f"{p}: listed in {Path(label_file).name} but not found")
             continue
-        rel = Path(line.path)
+        rel = Path(rel_s)
         video = rel.parent.as_posix() if len(rel.parts) >= 3 else rel.with_suffix("").as_posix()
         paths.append(p)
         labels.append(int(line.label))

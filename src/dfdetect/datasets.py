@@ -11,10 +11,11 @@ import csv
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from dfdetect._io import output_stems, regular_file
 from dfdetect.errors import BadInputError
 from dfdetect.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Label, parse_label_name, read_label_file
 
@@ -35,11 +36,13 @@ class MediaItem:
     label: Label  #: internal convention, 1 = fake
     groups: tuple[str, ...]  #: identities / source videos it shows; splits keep these on one side
     is_test: bool = False  #: in the dataset's official test list
+    id: str | None = None  #: set when ``rel`` without its suffix is another item's too (``clip.mp4``, ``clip.mkv``)
 
     @property
     def video_id(self) -> str:
-        """``rel`` without its suffix: the key that frames, crops and scores are grouped by."""
-        return str(Path(self.rel).with_suffix("").as_posix())
+        """``rel`` without its suffix: the key that frames, crops and scores are grouped by. Two files that
+        differ only in suffix get distinct ids (see :func:`dfdetect._io.output_stems`): ``clip_mp4``, ``clip_mkv``."""
+        return self.id or str(Path(self.rel).with_suffix("").as_posix())
 
     @property
     def is_video(self) -> bool:
@@ -53,12 +56,32 @@ class Dataset:
     items: list[MediaItem]
     skipped: list[str] = field(default_factory=list)  #: one line per unusable entry
 
+    def __post_init__(self) -> None:
+        self.items = with_distinct_ids(self.items)
+
     def __len__(self) -> int:
         return len(self.items)
 
     def counts(self) -> dict[str, int]:
         fake = sum(1 for it in self.items if it.label == Label.FAKE)
         return {"real": len(self.items) - fake, "fake": fake, "test": sum(it.is_test for it in self.items)}
+
+
+def with_distinct_ids(items: list[MediaItem]) -> list[MediaItem]:
+    """``items``, where two share a ``video_id`` (``clip.mp4`` and ``clip.mkv`` in one folder), each with its
+    own: their frames and crops would otherwise mix in one folder. Unique ids are left as they were."""
+    stems = output_stems(it.rel for it in items if it.id is None)
+    return [it if it.id is not None or stems[it.rel] == it.video_id else replace(it, id=stems[it.rel])
+            for it in items]
+
+
+def media_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a media file (a named pipe, a folder, a symlink loop), or None."""
+    try:
+        regular_file(path)
+    except BadInputError as exc:
+        return str(exc)
+    return None
 
 
 def contained_rel(root: Path, raw: object, *, base: Path | None = None) -> str:
@@ -152,6 +175,9 @@ def load_celebdf(root: str | Path) -> Dataset:
         for path in sorted((root / folder).iterdir()):
             if path.suffix.lower() not in VIDEO_SUFFIXES:
                 continue
+            if problem := media_problem(path):
+                skipped.append(problem)
+                continue
             rel = path.relative_to(root).as_posix()
             try:
                 name = parse_celebdf_name(path.name)
@@ -179,6 +205,9 @@ def load_ffpp(root: str | Path) -> Dataset:
         for path in sorted((root / top).rglob("*")):
             if path.suffix.lower() not in VIDEO_SUFFIXES:
                 continue
+            if problem := media_problem(path):
+                skipped.append(problem)
+                continue
             ids = tuple(f"ff{p}" for p in path.stem.split("_") if p.isdigit())
             if not ids:
                 skipped.append(f"{path}: not an FF++ name (expected NNN or NNN_MMM)")
@@ -196,10 +225,16 @@ def load_dfdc(root: str | Path) -> Dataset:
     items: list[MediaItem] = []
     skipped: list[str] = []
     for meta_path in sorted(root.rglob("metadata.json")):
+        if problem := media_problem(meta_path):  # a named pipe would block the read forever
+            skipped.append(problem)
+            continue
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             skipped.append(f"{meta_path}: cannot read metadata ({exc})")
+            continue
+        except RecursionError:  # "[[[[..." nested deeper than the JSON parser recurses
+            skipped.append(f"{meta_path}: cannot read metadata (nested too deeply)")
             continue
         if not isinstance(meta, dict):
             skipped.append(f"{meta_path}: expected an object of file name -> {{label, original}}, "
@@ -221,8 +256,8 @@ def load_dfdc(root: str | Path) -> Dataset:
             except (KeyError, TypeError, ValueError) as exc:
                 skipped.append(f"{meta_path}: entry {name!r} has no usable label ({exc})")
                 continue
-            if not path.is_file():
-                skipped.append(f"{path}: listed in {meta_path.name} but not found")
+            if problem := media_problem(path):
+                skipped.append(f"{problem} (listed in {meta_path})")
                 continue
             original = entry.get("original")
             group = Path(original if isinstance(original, str) and original else name).stem
@@ -237,12 +272,16 @@ def load_folder(root: str | Path) -> Dataset:
     """``real/`` and ``fake/`` subfolders of images or videos; each file is its own group."""
     root = Path(root)
     items: list[MediaItem] = []
+    skipped: list[str] = []
     for sub, label in (("real", Label.REAL), ("fake", Label.FAKE)):
         for path in sorted((root / sub).rglob("*")):
-            if path.suffix.lower() in MEDIA_SUFFIXES:
+            if path.suffix.lower() in MEDIA_SUFFIXES and not path.is_dir():
                 rel = path.relative_to(root).as_posix()
+                if problem := media_problem(_data_path(root, rel)):
+                    skipped.append(problem)
+                    continue
                 items.append(MediaItem(_data_path(root, rel), rel, label, (Path(rel).with_suffix("").as_posix(),)))
-    return Dataset(root, "folder", items, [])
+    return Dataset(root, "folder", items, skipped)
 
 
 GROUP_COLUMNS = ("group", "original_video", "original", "video", "identity")
@@ -282,8 +321,8 @@ def load_csv(csv_path: str | Path) -> Dataset:
             skipped.append(f"{csv_path}:{n}: {exc}")
             continue
         path = _data_path(root, rel)
-        if not path.is_file():
-            skipped.append(f"{path}: listed in {csv_path.name} but not found")
+        if problem := media_problem(path):
+            skipped.append(f"{problem} (listed in {csv_path.name}:{n})")
             continue
         group = (row.get(group_col) or "").strip() if group_col else ""
         group = Path(group).stem if group else Path(rel).with_suffix("").as_posix()

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from dfdetect import plots
-from dfdetect._io import read_image, write_json, write_text
-from dfdetect.errors import NothingUsableError
+from dfdetect._io import load_image, write_json, write_text
+from dfdetect.errors import BadInputError, NothingUsableError
 from dfdetect.metrics import compute_metrics
 from dfdetect.rundir import HISTORY_FILE
 from dfdetect.stage import ProgressCallback
@@ -53,9 +53,10 @@ def _batches(paths: Sequence[Any], size: int) -> Iterator[tuple[list[int], list[
     for start in range(0, len(paths), size):
         idx, imgs, bad = [], [], []
         for i in range(start, min(start + size, len(paths))):
-            img = read_image(paths[i])
-            if img is None:
-                bad.append(f"{paths[i]}: cannot read image (missing, empty or not an image); skipped")
+            try:
+                img = load_image(paths[i])
+            except BadInputError as exc:  # a bomb, a pipe, a corrupt file: named, the rest go on
+                bad.append(f"{exc}; skipped")
             else:
                 idx.append(i)
                 imgs.append(img)
@@ -101,7 +102,7 @@ def official_test_subset(table: CropTable) -> tuple[CropTable, str | None]:
 
 def read_scores(path: str | Path) -> list[dict[str, Any]]:
     """Read a ``scores.csv`` back as dicts with ``label`` as int and ``p_fake`` as float."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
+    with Path(path).open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         return [{**r, "label": int(r["label"]), "p_fake": float(r["p_fake"])} for r in csv.DictReader(fh)]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,18 @@ from typing import Protocol as TypingProtocol
 import cv2
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, write_image, write_json, write_text
-from dfdetect.config import FaceConfig
+from dfdetect._io import (
+    is_valid_image,
+    load_image,
+    media_limits,
+    output_stems,
+    write_image,
+    write_json,
+    write_text,
+)
+from dfdetect.config import FaceConfig, MediaLimits
 from dfdetect.errors import BadInputError, DfdetectError
-from dfdetect.frames import JobResult
+from dfdetect.frames import JobResult, _error_line
 from dfdetect.labels import IMAGE_SUFFIXES, files_under
 from dfdetect.parallel import Engine, in_worker, map_items
 from dfdetect.stage import ProgressCallback, StageReport
@@ -355,9 +364,17 @@ def _marker_rows(marker: Path, cfg_key: str, frames: list[str], out_dir: Path) -
     return rows if all(p.is_file() and p.stat().st_size > 0 for p in ok_paths) else None
 
 
-def _faces_job(job: tuple[str, str, list[str], int], frames_dir: str, out_dir: str, cfg: FaceConfig) -> tuple:
+def _load(path: Path, limits: MediaLimits | None) -> tuple[np.ndarray | None, str]:
+    try:
+        return load_image(path, limits), ""
+    except BadInputError as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
+
+
+def _faces_job(job: tuple[str, str, list[str], int, dict[str, str]], frames_dir: str, out_dir: str, cfg: FaceConfig,
+               limits: MediaLimits | None = None) -> tuple:
     """Detect and crop the faces of one group of frames; returns (JobResult, manifest rows)."""
-    video_id, marker_name, frames, _ = job
+    video_id, marker_name, frames, _, stems = job
     src_root, out_root = Path(frames_dir), Path(out_dir)
     marker = out_root / video_id / marker_name
     cfg_key = cfg.model_dump_json()
@@ -371,15 +388,16 @@ def _faces_job(job: tuple[str, str, list[str], int], frames_dir: str, out_dir: s
     rows = []
     for start in range(0, len(frames), _DETECT_CHUNK):
         names = frames[start:start + _DETECT_CHUNK]
-        images = [read_image(src_root / video_id / name) for name in names]
+        loaded = [_load(src_root / video_id / name, limits) for name in names]
+        images = [im for im, _ in loaded]
         readable = [im for im in images if im is not None]
         try:
             batched: Iterator[list[FaceCrop]] | None = iter(faces_in_frames(readable, detector, cfg))
         except Exception:  # noqa: BLE001 - a crash in the batch: find the frame that causes it, one by one
             batched = None
-        for name, image in zip(names, images, strict=True):
+        for name, (image, why) in zip(names, loaded, strict=True):
             _crop_one(name, image, batched, detector, cfg, src_root=src_root, out_root=out_root, video_id=video_id,
-                      result=result, rows=rows)
+                      result=result, rows=rows, why=why, stem=stems.get(name))
     write_json(marker, {"config": cfg_key, "frames": frames, "rows": rows})
     return result, rows
 
@@ -389,11 +407,14 @@ _DETECT_CHUNK = 16  #: frames read and detected together per job step (bounds me
 
 def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCrop]] | None, detector: Detector,
               cfg: FaceConfig, *, src_root: Path, out_root: Path, video_id: str, result: JobResult,
-              rows: list[dict]) -> None:
-    """Write one frame's crops and manifest rows; ``batched`` yields its detections (None: detect it alone)."""
-    src, video_out, stem = src_root / video_id / name, out_root / video_id, Path(name).stem
+              rows: list[dict], why: str = "", stem: str | None = None) -> None:
+    """Write one frame's crops and manifest rows; ``batched`` yields its detections (None: detect it alone).
+
+    ``stem`` names the crop when the frame's own stem is another frame's too (``face.bmp``, ``face.webp``).
+    """
+    src, video_out, stem = src_root / video_id / name, out_root / video_id, stem or Path(name).stem
     if image is None:
-        reason = "cannot read as an image (missing, empty or corrupt)"
+        reason = why or "cannot read as an image (missing, empty or corrupt)"
         result.failed.append(f"{src}: {reason}")
         rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "unreadable", reason))
         return
@@ -425,18 +446,21 @@ def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCr
         rows.append(_row(dest.relative_to(out_root).as_posix(), video_id, stem, face.box, "ok"))
 
 
-def _jobs(files: Iterable[Path], frames_dir: Path) -> list[tuple[str, str, list[str], int]]:
+def _jobs(files: Iterable[Path], frames_dir: Path, image_format: str = "png"
+          ) -> list[tuple[str, str, list[str], int, dict[str, str]]]:
     groups: dict[str, list[str]] = {}
     for f in files:
         rel = f.relative_to(frames_dir)
         groups.setdefault(_video_id(rel), []).append(rel.name)
     jobs = []
     for vid, names in groups.items():
+        # face.bmp and face.webp would both crop to face.png: the twins get face_bmp.png, face_webp.png
+        stems = {n: st for n, st in output_stems(names, image_format).items() if st != Path(n).stem}
         for start in range(0, len(names), JOB_FRAMES):
             part = start // JOB_FRAMES
             marker = DONE_MARKER if len(names) <= JOB_FRAMES else f".faces-{part:04d}.json"
             chunk = names[start:start + JOB_FRAMES]
-            jobs.append((vid, marker, chunk, len(chunk)))
+            jobs.append((vid, marker, chunk, len(chunk), {n: stems[n] for n in chunk if n in stems}))
     return jobs
 
 
@@ -449,6 +473,7 @@ def extract_faces(
     engine: Engine = "process",
     ray_address: str | None = None,
     progress: ProgressCallback | None = None,
+    limits: MediaLimits | None = None,
 ) -> StageReport:
     """Crop faces from every frame under ``frames_dir`` into ``out_dir``, mirroring its structure.
 
@@ -467,10 +492,16 @@ def extract_faces(
         create_detector(cfg)
     report = StageReport("faces", out)
     report.remove_stale_temps()
-    jobs = _jobs(files, src)
-    job = partial(_faces_job, frames_dir=str(src.resolve()), out_dir=str(out.resolve()), cfg=cfg)
+    jobs = _jobs(files, src, cfg.image_format)
+    # Absolute, not resolved: lines name the folder the user gave, not a symlink's target
+    job = partial(_faces_job, frames_dir=os.path.abspath(src), out_dir=os.path.abspath(out), cfg=cfg,
+                  limits=media_limits(limits))
+
+    def failed(j: tuple, exc: Exception) -> tuple[JobResult, list[dict]]:
+        return JobResult(failed=[_error_line(src / j[0], exc)]), []
+
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
-                        weight=lambda j: j[3])
+                        weight=lambda j: j[3], on_error=failed)
     rows: list[dict] = []
     for r, job_rows in results:
         report.written += r.written
@@ -494,5 +525,5 @@ def write_manifest(dest: Path, rows: list[dict]) -> Path:
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    with Path(path).open(newline="", encoding="utf-8") as fh:
+    with Path(path).open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         return list(csv.DictReader(fh))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,8 +29,17 @@ from pathlib import Path
 import av
 import numpy as np
 
-from dfdetect._io import inside, is_valid_image, read_image, write_image, write_json
-from dfdetect.config import FrameConfig
+from dfdetect._io import (
+    inside,
+    is_valid_image,
+    load_image,
+    media_limits,
+    read_image,
+    regular_file,
+    write_image,
+    write_json,
+)
+from dfdetect.config import FrameConfig, MediaLimits
 from dfdetect.datasets import MediaItem
 from dfdetect.errors import BadInputError
 from dfdetect.labels import IMAGE_SUFFIXES
@@ -86,18 +96,26 @@ class _PacketIndex:
         return sorted(self.pts)
 
 
-def _open(path: Path) -> av.container.InputContainer:
-    if not path.exists():
-        raise BadInputError("not found", path=path)
-    if path.is_file() and path.stat().st_size == 0:
+def _open(path: Path, limits: MediaLimits) -> av.container.InputContainer:
+    if regular_file(path) == 0:  # a named pipe would block av.open forever
         raise BadInputError("empty file (0 bytes), not a video", path=path)
+    # max_pixels: FFmpeg decodes a frame while probing, so a PNG "video" declaring 16000 x 16000 would take
+    # 800 MB before our own check below; with it the decoder refuses such frames (probing, then decoding).
+    limit = {"max_pixels": str(limits.max_pixels)}
     try:
-        container = av.open(str(path), mode="r")
+        container = av.open(str(path), mode="r", options=limit)
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise BadInputError(f"cannot open as a video ({_reason(exc)})", path=path) from None
     if not container.streams.video:
         container.close()
         raise BadInputError("no video stream in the file", path=path)
+    cc = container.streams.video[0].codec_context
+    cc.options = limit
+    if (cc.width or 0) * (cc.height or 0) > limits.max_pixels:
+        container.close()
+        raise BadInputError(f"declares {cc.width} x {cc.height} frames ({cc.width * cc.height / 1e6:.0f} MP), above "
+                            f"the {limits.max_pixels / 1e6:g} MP limit ({MediaLimits.ENV['max_pixels']}); not decoded",
+                            path=path)
     return container
 
 
@@ -122,18 +140,25 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> _P
     return idx
 
 
-def _bgr(frame: av.VideoFrame) -> np.ndarray:
+def _bgr(frame: av.VideoFrame, max_side: int | None = None) -> np.ndarray:
+    """The frame as BGR uint8, scaled down (area filter, aspect kept) so its longer side is at most
+    ``max_side``: an 8K frame is 100 MB as BGR, and no stage needs more than ``max_side`` pixels."""
+    w, h = frame.width, frame.height
+    if max_side is not None and max(w, h) > max_side:
+        s = max_side / max(w, h)
+        return frame.to_ndarray(format="bgr24", width=max(1, round(w * s)), height=max(1, round(h * s)),
+                                interpolation="AREA")
     return frame.to_ndarray(format="bgr24")
 
 
-def _decode_sequential(container, stream, wanted: set[int]) -> dict[int, np.ndarray]:
+def _decode_sequential(container, stream, wanted: set[int], max_side: int | None = None) -> dict[int, np.ndarray]:
     """Frame i = i-th decoded frame. Slow but needs no timestamps; the fallback and the test oracle."""
     container.seek(0)
     out: dict[int, np.ndarray] = {}
     try:
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                out[i] = _bgr(frame)
+                out[i] = _bgr(frame, max_side)
                 if len(out) == len(wanted):
                     break
     except av.FFmpegError:  # damaged from here on (a truncated file): the frames before it still count
@@ -142,7 +167,7 @@ def _decode_sequential(container, stream, wanted: set[int]) -> dict[int, np.ndar
 
 
 def _decode_seeking(container, stream, idx: _PacketIndex, wanted: list[int],
-                    stats: dict[str, int] | None = None) -> dict[int, np.ndarray]:
+                    stats: dict[str, int] | None = None, max_side: int | None = None) -> dict[int, np.ndarray]:
     """Seek to the keyframe before each wanted frame and decode forward to it (see module docstring).
 
     ``stats``, if given, counts ``packets`` sent to the decoder and ``seeks`` (tests and benchmarks).
@@ -190,14 +215,14 @@ def _decode_seeking(container, stream, idx: _PacketIndex, wanted: list[int],
                 frames = cc.decode(packet)
             except av.FFmpegError:  # a corrupt packet: its frame is lost, the rest may decode
                 frames = []
-            _collect(frames, need, target_pts, out)
+            _collect(frames, need, target_pts, out, max_side)
             if t not in need:
                 ended = False
                 break
         if ended:  # end of stream: flush what the decoder still holds; the rest cannot be had from here
             cc.skip_frame = "DEFAULT"
             try:
-                _collect(cc.decode(None), need, target_pts, out)
+                _collect(cc.decode(None), need, target_pts, out, max_side)
             except av.FFmpegError:  # a truncated last packet: keep the frames already decoded
                 pass
             packets = None
@@ -223,28 +248,40 @@ def _seek(container, stream, idx: _PacketIndex, start: int, order_of: dict[int, 
     return container.demux(stream)
 
 
-def _collect(frames, need: set[int], target_pts: dict[int, int], out: dict[int, np.ndarray]) -> None:
+def _collect(frames, need: set[int], target_pts: dict[int, int], out: dict[int, np.ndarray],
+             max_side: int | None = None) -> None:
     for frame in frames:
         if frame.pts in need:
-            out[target_pts[frame.pts]] = _bgr(frame)
+            out[target_pts[frame.pts]] = _bgr(frame, max_side)
             need.discard(frame.pts)
 
 
-def _decode_at(container, stream, idx: _PacketIndex, wanted: list[int]) -> dict[int, np.ndarray]:
-    if in_worker():  # N workers already use the N cores
+def _decode_at(container, stream, idx: _PacketIndex, wanted: list[int], max_side: int | None = None
+               ) -> dict[int, np.ndarray]:
+    # Each frame thread holds frames of its own: on a 16-core machine an 8K stream would hold ~2 GB that way
+    frame_bytes = 1.5 * (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
+    threads = int(_DECODER_BUDGET // max(8 * frame_bytes, 1))
+    if in_worker() or threads <= 1:  # N workers already use the N cores
         stream.thread_count = 1
     else:
+        if threads < (os.cpu_count() or 1):
+            stream.thread_count = threads
         # Frame threads: x264 writes one slice per frame, so slice threads alone leave cores idle. FFmpeg
         # hands each packet's skip_frame to its frame thread (update_context_from_user), so the per-packet
         # NONREF skipping below stays exact; tests compare against a sequential decode.
         stream.thread_type = "AUTO"
     if idx.sequential_only:
-        return _decode_sequential(container, stream, set(wanted))
-    out = _decode_seeking(container, stream, idx, wanted)
+        return _decode_sequential(container, stream, set(wanted), max_side)
+    out = _decode_seeking(container, stream, idx, wanted, max_side=max_side)
     missing = set(wanted) - set(out)
     if missing:  # timestamps lied (rare, broken files): the sequential decode is the authority
-        out.update(_decode_sequential(container, stream, missing))
+        out.update(_decode_sequential(container, stream, missing, max_side))
     return out
+
+
+#: Bytes the decoder's frame threads may hold together (about 8 YUV frames each, its own and references): an
+#: 8K video decodes on 1 thread (280 MB peak RSS against 470 MB on 2), 4K on 4, 1080p on up to 16.
+_DECODER_BUDGET = 400e6
 
 
 def _count(container, stream, idx: _PacketIndex) -> int:
@@ -254,12 +291,12 @@ def _count(container, stream, idx: _PacketIndex) -> int:
     return sum(1 for _ in container.decode(stream))
 
 
-def count_frames(path: str | Path) -> int:
+def count_frames(path: str | Path, limits: MediaLimits | None = None) -> int:
     """Frames a sequential decode yields, without decoding (from the packet index) where possible."""
-    path = Path(path)
+    path, limits = Path(path), media_limits(limits)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return 1 if read_image(path) is not None else 0
-    container = _open(path)
+        return 1 if read_image(path, limits) is not None else 0
+    container = _open(path, limits)
     try:
         stream = container.streams.video[0]
         return _count(container, stream, _index(container, stream))
@@ -269,14 +306,17 @@ def count_frames(path: str | Path) -> int:
         container.close()
 
 
-def _read(path: Path, select: Callable[[int], list[int]]) -> list[tuple[int, np.ndarray]]:
-    """Open once, count frames, ask ``select(total)`` which indices to decode, decode them."""
+def _read(path: Path, select: Callable[[int], list[int]], limits: MediaLimits | None = None
+          ) -> list[tuple[int, np.ndarray]]:
+    """Open once, count frames, ask ``select(total)`` which indices to decode, decode them.
+
+    Any error of a decoder on this one file is a :class:`BadInputError` naming it: callers skip and count it.
+    """
+    limits = media_limits(limits)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = read_image(path)
-        if image is None:
-            raise BadInputError("cannot read as an image (missing, empty or corrupt)", path=path)
+        image = load_image(path, limits)
         return [(0, image)] if 0 in select(1) else []
-    container = _open(path)
+    container = _open(path, limits)
     try:
         stream = container.streams.video[0]
         idx = _index(container, stream)
@@ -284,9 +324,13 @@ def _read(path: Path, select: Callable[[int], list[int]]) -> list[tuple[int, np.
         if total == 0:
             raise BadInputError("no decodable video frames", path=path)
         wanted = sorted(i for i in select(total) if 0 <= i < total)
-        frames = _decode_at(container, stream, idx, wanted) if wanted else {}
+        frames = _decode_at(container, stream, idx, wanted, limits.max_frame_side) if wanted else {}
+    except BadInputError:
+        raise
     except av.FFmpegError as exc:
         raise BadInputError(f"cannot decode ({_reason(exc)})", path=path) from None
+    except Exception as exc:  # noqa: BLE001 - PyAV raises more than FFmpegError on hostile files
+        raise BadInputError(f"cannot decode ({type(exc).__name__}: {_reason(exc)})", path=path) from None
     finally:
         container.close()
     if wanted and not frames:
@@ -294,19 +338,21 @@ def _read(path: Path, select: Callable[[int], list[int]]) -> list[tuple[int, np.
     return sorted(frames.items())
 
 
-def read_frames(path: str | Path, n: int) -> list[tuple[int, np.ndarray]]:
+def read_frames(path: str | Path, n: int, limits: MediaLimits | None = None) -> list[tuple[int, np.ndarray]]:
     """``n`` evenly spaced frames of a video (see :func:`sample_indices`) as ``(index, bgr uint8)``.
 
     An image file is one frame, index 0. A missing, empty or undecodable file raises
     :class:`~dfdetect.errors.BadInputError` naming it. Frames that are wanted but cannot be decoded
-    (a truncated file) are left out, so fewer than ``n`` may come back.
+    (a truncated file) are left out, so fewer than ``n`` may come back. Frames come back scaled down to
+    ``limits.max_frame_side`` (see :class:`~dfdetect.config.MediaLimits`); images are never scaled.
     """
-    return _read(Path(path), lambda total: sample_indices(total, n))
+    return _read(Path(path), lambda total: sample_indices(total, n), limits)
 
 
-def read_frames_at(path: str | Path, indices: list[int]) -> list[tuple[int, np.ndarray]]:
+def read_frames_at(path: str | Path, indices: list[int], limits: MediaLimits | None = None
+                   ) -> list[tuple[int, np.ndarray]]:
     """Frames at explicit indices (out-of-range ones are ignored), decoded by seeking."""
-    return _read(Path(path), lambda total: list(indices))
+    return _read(Path(path), lambda total: list(indices), limits)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -378,7 +424,7 @@ def _remove_unplanned(video_dir: Path, keep: set[str], ours: set[str]) -> None:
             f.unlink(missing_ok=True)
 
 
-def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str) -> JobResult:
+def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str, limits: MediaLimits | None = None) -> JobResult:
     """One video (or image): write its sampled frames, skipping valid ones, then its marker."""
     src, video_id, cfg = Path(item[0]), item[1], item[2]
     result = JobResult()
@@ -403,7 +449,7 @@ def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str) -> JobResult:
     meta = {"source": src.name, "source_stamp": _source_stamp(src), "num_frames": cfg.num_frames, "format": ext}
     try:
         ours = _ours(_read_marker(video_dir))
-        got = dict(_read(src, select))
+        got = dict(_read(src, select, limits))
         indices, missing = plan["all"], plan["missing"]
         names = {i: frame_name(i, ext) for i in indices}
         # The record comes first: a run killed mid-way still knows which files are its own.
@@ -426,14 +472,22 @@ def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str) -> JobResult:
         result.failed.append(str(exc))
     except OSError as exc:  # e.g. the output disk is full: name the file, skip, go on
         result.failed.append(f"{src}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, is one line; the stage goes on
+        result.failed.append(_error_line(src, exc))
     return result
+
+
+def _error_line(src: Path, exc: BaseException) -> str:
+    """``file: problem (Type)``, one line, for an error no stage foresaw."""
+    text = (str(exc).strip().splitlines() or [""])[-1][:160]
+    return f"{src}: failed ({type(exc).__name__}{': ' + text if text else ''}); skipped"
 
 
 def _refuse_sources_inside(items: list[MediaItem], out: Path) -> None:
     """An output folder that holds the inputs would mix frames with them (and reuse them as frames)."""
-    out_r = out.resolve()
-    for it in items:
-        if out_r in Path(it.path).resolve().parents:
+    out_r = Path(os.path.realpath(out))
+    for it in items:  # realpath, not resolve(): a symlink loop among the inputs is that item's problem, not ours
+        if out_r in Path(os.path.realpath(it.path)).parents:
             raise BadInputError(f"the output folder holds the input {it.path}; choose a separate folder",
                                 path=out)
 
@@ -447,6 +501,7 @@ def extract_frames(
     engine: Engine = "process",
     ray_address: str | None = None,
     progress: ProgressCallback | None = None,
+    limits: MediaLimits | None = None,
 ) -> StageReport:
     """Write ``cfg.num_frames`` frames of every item to ``out_dir/<video_id>/<frame:05d>.<ext>``.
 
@@ -464,8 +519,9 @@ def extract_frames(
     report.remove_stale_temps()
     # Absolute paths: Ray workers (possibly on other machines) do not share our working directory.
     jobs = [(str(it.path), it.video_id, cfg.for_item(it.is_test)) for it in items]
-    results = map_items(partial(_frames_job, out_dir=str(out.resolve())), jobs, workers=workers, engine=engine,
-                        ray_address=ray_address, progress=progress)
+    job = partial(_frames_job, out_dir=os.path.abspath(out), limits=media_limits(limits))
+    results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
+                        on_error=lambda item, exc: JobResult(failed=[_error_line(Path(item[0]), exc)]))
     for r in results:
         report.written += r.written
         report.reused += r.reused

@@ -10,11 +10,12 @@ places the two meet.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from dfdetect._io import write_text
+from dfdetect._io import regular_file, write_text
 from dfdetect.errors import BadInputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -63,11 +64,15 @@ def read_label_file(path: str | Path) -> tuple[list[LabelLine], list[str]]:
     and count bad lines rather than stop.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise BadInputError("label file not found", path=path)
+    regular_file(path)  # a named pipe would block the read forever
     lines: list[LabelLine] = []
     bad: list[str] = []
-    for n, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() would also cut a name at "\x0c", "\x1c" or "\u2028"
+    # surrogateescape: bytes that are not UTF-8 (a file name written as its own bytes) come back as that name
+    text_all = path.read_text(encoding="utf-8", errors="surrogateescape")
+    for n, raw in enumerate(text_all.split("\n"), start=1):
         text = raw.strip()
         if not text:
             continue
@@ -83,7 +88,23 @@ def read_label_file(path: str | Path) -> tuple[list[LabelLine], list[str]]:
     return lines, bad
 
 
+def label_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be one line of a label file, or None: a line break would split the row in two
+    (the second half lost or misread), and leading or trailing blanks are stripped when the line is read."""
+    if "\n" in path or "\r" in path:
+        return "its name holds a line break, which would split its row in the label file"
+    if path != path.strip():
+        return "its name starts or ends with a blank, which reading the label file would strip"
+    if not path:
+        return "an empty path"
+    return None
+
+
 def format_label_lines(lines: list[LabelLine]) -> str:
+    """The lines as text; BadInputError for a path no line can hold (see :func:`label_path_problem`)."""
+    for line in lines:
+        if problem := label_path_problem(line.path):
+            raise BadInputError(f"{line.path!r}: {problem}")
     return "".join(f"{to_seed_value(line.label)} {line.path}\n" for line in lines)
 
 
@@ -102,19 +123,29 @@ def files_under(folder: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list
 
 
 def generate_labels(
-    root: str | Path, subfolder: str, label: Label, *, dest: str | Path, append: bool = True
+    root: str | Path, subfolder: str, label: Label, *, dest: str | Path, append: bool = True,
+    skipped: list[str] | None = None,
 ) -> list[LabelLine]:
     """The seed's ``generate_labels``: label every file under ``root/subfolder`` with one value.
 
     Paths are written relative to ``root`` (``Celeb-real/id0_0000/00000.png``), so the same file
-    serves the face crops and their SRM copy, which mirror one structure.
+    serves the face crops and their SRM copy, which mirror one structure. A file whose name no line can
+    hold (a line break in it) is left out with one line in ``skipped``, never written half.
     """
     root = Path(root)
     folder = root / subfolder
     if not folder.is_dir():
         raise BadInputError("folder not found", path=folder)
     files = files_under(folder, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-    new = [LabelLine(label, p.relative_to(root).as_posix()) for p in files]
+    new: list[LabelLine] = []
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        if problem := label_path_problem(rel):
+            if skipped is not None:
+                skipped.append(f"{p!s:.300}: {problem}; left out of {Path(dest).name}".replace("\n", "\\n")
+                               .replace("\r", "\\r"))
+            continue
+        new.append(LabelLine(label, rel))
     dest = Path(dest)
     old: list[LabelLine] = []
     if append and dest.is_file():

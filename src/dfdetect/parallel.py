@@ -23,6 +23,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Literal, TypeVar
 
 from dfdetect.errors import DfdetectError
@@ -118,6 +119,7 @@ def map_items(
     progress: ProgressCallback | None = None,
     initializer: Callable[[], None] | None = None,
     weight: Callable[[T], int] | None = None,
+    on_error: Callable[[T, Exception], R] | None = None,
 ) -> list[R]:
     """Apply ``fn`` to every item and return the results in input order.
 
@@ -136,6 +138,10 @@ def map_items(
         ``progress(n)`` after each item, with ``n = weight(item)`` (1 without ``weight``).
     initializer : callable, optional
         Run once per worker process (and once in-process when serial), e.g. to warm a model.
+    on_error : callable, optional
+        ``on_error(item, exc)`` is the result of an item whose ``fn`` raised, or whose worker process died
+        (a crash in a native decoder), so one bad input never stops the others; without it, the error
+        propagates. Ctrl-C always propagates.
     """
     items = list(items)
     if workers < 0:
@@ -144,23 +150,33 @@ def map_items(
         raise DfdetectError(f"unknown engine {engine!r}; use 'process' or 'ray'")
     step = weight or (lambda _item: 1)
     if engine == "ray":
-        return _map_ray(fn, items, workers, ray_address, progress, initializer, step)
+        return _map_ray(fn, items, workers, ray_address, progress, initializer, step, on_error)
     if workers == 0 or len(items) <= 1:
         if initializer is not None:
             initializer()
         results = []
         for item in items:
-            results.append(fn(item))
+            try:
+                results.append(fn(item))
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                results.append(on_error(item, exc))
             if progress is not None:
                 progress(step(item))
         return results
-    return _map_pool(fn, items, workers, progress, initializer, step)
+    return _map_pool(fn, items, workers, progress, initializer, step, on_error)
 
 
-def _map_pool(fn, items, workers, progress, initializer, step) -> list:
+def _pool(workers: int, initializer) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=pool_context(), initializer=_pool_worker_init,
+                               initargs=(os.getpid(), initializer))
+
+
+def _map_pool(fn, items, workers, progress, initializer, step, on_error=None) -> list:
     results: list = [None] * len(items)
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=pool_context(),
-                             initializer=_pool_worker_init, initargs=(os.getpid(), initializer)) as pool:
+    lost: list[int] = []  #: items whose worker died (all in flight when it did): retried one by one below
+    with _pool(min(workers, len(items)), initializer) as pool:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         pending = set(futures)
         try:
@@ -168,13 +184,42 @@ def _map_pool(fn, items, workers, progress, initializer, step) -> list:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     i = futures[fut]
-                    results[i] = fut.result()
+                    try:
+                        results[i] = fut.result()
+                    except BrokenProcessPool:
+                        if on_error is None:
+                            raise
+                        lost.append(i)
+                        continue
+                    except Exception as exc:
+                        if on_error is None:
+                            raise
+                        results[i] = on_error(items[i], exc)
                     if progress is not None:
                         progress(step(items[i]))
         except BaseException:
             for fut in pending:
                 fut.cancel()
             raise
+    # A dead worker fails every item still queued: run those one at a time, so a second crash names the very
+    # item that caused it (and only that one), in a fresh worker each time one dies.
+    single: ProcessPoolExecutor | None = None
+    try:
+        for i in sorted(lost):
+            single = single or _pool(1, initializer)
+            try:
+                results[i] = single.submit(fn, items[i]).result()
+            except BrokenProcessPool:
+                results[i] = on_error(items[i], RuntimeError("its worker process died (a crash in a decoder?)"))
+                single.shutdown(cancel_futures=True)
+                single = None
+            except Exception as exc:  # noqa: BLE001 - on_error decides what any failure is
+                results[i] = on_error(items[i], exc)
+            if progress is not None:
+                progress(step(items[i]))
+    finally:
+        if single is not None:
+            single.shutdown(cancel_futures=True)
     return results
 
 
@@ -186,7 +231,7 @@ def _import_ray():
     return ray
 
 
-def _map_ray(fn, items, workers, ray_address, progress, initializer, step) -> list:
+def _map_ray(fn, items, workers, ray_address, progress, initializer, step, on_error=None) -> list:
     ray = _import_ray()
     if not ray.is_initialized():
         kwargs = {"address": ray_address, "ignore_reinit_error": True, "log_to_driver": False}
@@ -209,7 +254,12 @@ def _map_ray(fn, items, workers, ray_address, progress, initializer, step) -> li
         done, in_flight = ray.wait(in_flight, num_returns=1)
         for ref in done:
             i = index_of.pop(ref)
-            results[i] = ray.get(ref)
+            try:
+                results[i] = ray.get(ref)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                results[i] = on_error(items[i], exc)
             if progress is not None:
                 progress(step(items[i]))
     return results

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -247,8 +248,9 @@ def media_files(path: str | Path) -> list[Path]:
     """A media file -> [it]; a folder -> its videos and images (recursive, sorted). Raises if neither."""
     p = Path(path)
     if p.is_dir():
-        return sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in MEDIA_SUFFIXES)
-    if not p.exists():
+        # Not only regular files: a named pipe or a symlink loop among them is then one line, not left out silently
+        return sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_SUFFIXES and not q.is_dir())
+    if not os.path.lexists(p):
         raise BadInputError("no such file or folder", path=p)
     if p.suffix.lower() not in MEDIA_SUFFIXES:
         raise BadInputError(f"not a video or image (expected one of {', '.join(sorted(MEDIA_SUFFIXES))})", path=p)
@@ -403,9 +405,10 @@ def iter_predict(
             try:
                 res = predict_file(f, scorer, frames=frames, face_cfg=face_cfg, face_detector=detector, name=name,
                                    **kwargs)
-            except (DfdetectError, OSError, ValueError, RuntimeError, cv2.error) as exc:
-                # frames.py raises BadInputError; the others are decoder errors it did not wrap
-                report.failed.append(str(exc) if isinstance(exc, DfdetectError) else f"{f}: {exc}".splitlines()[0])
+            except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, is one line
+                # frames.py raises BadInputError; anything else is an error no one foresaw
+                report.failed.append(str(exc) if isinstance(exc, DfdetectError) else
+                                     f"{f}: failed ({type(exc).__name__}: {exc})".splitlines()[0])
             else:
                 report.written += 1
                 res.rel = rel

@@ -15,6 +15,7 @@ Two ways to use them:
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,11 +23,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from dfdetect._io import is_valid_image, read_image, write_image, write_text
-from dfdetect.config import SRMConfig
+from dfdetect._io import is_valid_image, load_image, media_limits, output_stems, write_image, write_text
+from dfdetect.config import MediaLimits, SRMConfig
 from dfdetect.errors import BadInputError
 from dfdetect.faces import MANIFEST_NAME, frame_files, read_manifest, write_manifest
-from dfdetect.frames import JobResult
+from dfdetect.frames import JobResult, _error_line
 from dfdetect.parallel import Engine, map_items
 from dfdetect.stage import ProgressCallback, StageReport
 
@@ -137,21 +138,32 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which cannot follow __getattr__
 # --------------------------------------------------------------------------- the stage
 
 
-def _srm_job(job: tuple[str, list[str]], faces_dir: str, out_dir: str, cfg: SRMConfig) -> JobResult:
-    _, rels = job
+def srm_names(rels: list[str]) -> dict[str, str]:
+    """Output path (relative, ``.png``) per input crop: ``face.jpg`` and ``face.png`` would both become
+    ``face.png``; the twin that is not PNG gets ``face_jpg.png`` (see :func:`dfdetect._io.output_stems`)."""
+    return {rel: f"{stem}.{OUTPUT_EXT}" for rel, stem in output_stems(rels, OUTPUT_EXT).items()}
+
+
+def _srm_job(job: tuple[str, list[str], dict[str, str]], faces_dir: str, out_dir: str, cfg: SRMConfig,
+             limits: MediaLimits | None = None) -> JobResult:
+    _, rels, names = job
     result = JobResult()
     for rel in rels:
         src = Path(faces_dir) / rel
-        dest = (Path(out_dir) / rel).with_suffix(f".{OUTPUT_EXT}")
-        if is_valid_image(dest):
-            result.reused += 1
-            continue
-        image = read_image(src)
-        if image is None:
-            result.failed.append(f"{src}: cannot read as an image (missing, empty or corrupt)")
-            continue
-        write_image(dest, srm_filter_image(image, cfg))
-        result.written += 1
+        dest = Path(out_dir) / names[rel]
+        try:
+            if is_valid_image(dest):
+                result.reused += 1
+                continue
+            image = load_image(src, limits)
+            write_image(dest, srm_filter_image(image, cfg))
+            result.written += 1
+        except BadInputError as exc:
+            result.failed.append(str(exc))
+        except OSError as exc:  # the output disk refuses: name the file, go on
+            result.failed.append(f"{dest}: cannot write ({exc.strerror or exc})")
+        except Exception as exc:  # noqa: BLE001 - one crop's failure, whatever it is, is one line
+            result.failed.append(_error_line(src, exc))
     return result
 
 
@@ -164,6 +176,7 @@ def make_srm_copy(
     engine: Engine = "process",
     ray_address: str | None = None,
     progress: ProgressCallback | None = None,
+    limits: MediaLimits | None = None,
 ) -> StageReport:
     """Write the SRM-filtered copy of every crop under ``faces_dir`` to ``out_dir`` (same structure, PNG).
 
@@ -189,10 +202,15 @@ def make_srm_copy(
     for f in files:
         rel = f.relative_to(src)
         groups.setdefault(rel.parent.as_posix(), []).append(rel.as_posix())
-    jobs = [(g, rels[i:i + 256]) for g, rels in groups.items() for i in range(0, len(rels), 256)]
-    job = partial(_srm_job, faces_dir=str(src.resolve()), out_dir=str(out.resolve()), cfg=cfg)
+    names = {rel: name for rels in groups.values() for rel, name in srm_names(rels).items()}
+    jobs = [(g, rels[i:i + 256], {r: names[r] for r in rels[i:i + 256]})
+            for g, rels in groups.items() for i in range(0, len(rels), 256)]
+    # Absolute, not resolved: lines name the folder the user gave, not a symlink's target
+    job = partial(_srm_job, faces_dir=os.path.abspath(src), out_dir=os.path.abspath(out), cfg=cfg,
+                  limits=media_limits(limits))
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
-                        weight=lambda j: len(j[1]))
+                        weight=lambda j: len(j[1]),
+                        on_error=lambda j, exc: JobResult(failed=[_error_line(src / j[0], exc)]))
     for r in results:
         report.written += r.written
         report.reused += r.reused
@@ -202,7 +220,7 @@ def make_srm_copy(
         rows = read_manifest(manifest)
         for row in rows:
             if row.get("status") == "ok" and row.get("path"):
-                row["path"] = Path(row["path"]).with_suffix(f".{OUTPUT_EXT}").as_posix()
+                row["path"] = names.get(row["path"], Path(row["path"]).with_suffix(f".{OUTPUT_EXT}").as_posix())
         write_manifest(out / MANIFEST_NAME, rows)
     return report
 

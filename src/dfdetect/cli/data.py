@@ -188,7 +188,10 @@ def labels_cmd(
                                      "use --subfolder NAME --value 1|0", path=root)
     total = 0
     for name, v in plan.items():
-        lines = generate_labels(root, name, from_seed_value(v), dest=out_file)
+        skipped: list[str] = []
+        lines = generate_labels(root, name, from_seed_value(v), dest=out_file, skipped=skipped)
+        for line in skipped:
+            console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
         console.print(f"labels: {len(lines)} files in {name}/ -> {v} ({'real' if v == 1 else 'fake'})",
                       highlight=False)
         total += len(lines)

@@ -13,6 +13,7 @@ Examples::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -134,7 +135,9 @@ def predict(
         _check_writable(save, "--save")
     used = resolve_cli(model)
     scorer = load_scorer(used.path, onnx=onnx)
-    report = StageReport("predict", save or Path("."))
+    # Lines name what was given: "." would say nothing about which input had nothing usable
+    report = StageReport("predict", save or (paths[0] if len(paths) == 1 else Path(os.path.commonpath(
+        [os.path.abspath(p) for p in paths]))))
     results = []
     saved: set[str] = set()  # visual names used so far: same-named inputs must not overwrite each other
     with progress_bar("predict", P.count_media(paths)) as advance:

@@ -311,3 +311,26 @@ def test_multipart_bodies_never_give_a_500(client, case, quoted):
     assert r.status_code != 500, r.text
     assert r.headers["content-type"] == "application/json" and r.json()["status"] == r.status_code
     assert r.status_code in (200, 400, 408, 413, 415, 422)
+
+
+def test_every_body_byte_counts_against_the_limit(client):
+    """Regression: only the file part was counted, so a chunked body of other parts streamed without limit
+    until the client stopped. (An endless part header is python-multipart's to refuse: 400.)"""
+    def chunked(pieces: Iterator[bytes]) -> httpx.Response:
+        return client.post("/api/v1/detect", content=pieces,
+                           headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+
+    def fields() -> Iterator[bytes]:
+        for i in range(200):  # 200 x 10 kB of plain fields, limit 0.6 MB
+            yield f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\n".encode()
+            yield bytes(10_000) + b"\r\n"
+        yield multipart(png_bytes(face_frame()))
+
+    assert "limit" in assert_json_error(chunked(fields()), 413)["detail"]
+
+    def long_header() -> Iterator[bytes]:
+        yield f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"".encode()
+        for _ in range(50):
+            yield b"a" * 10_000
+
+    assert "header size" in assert_json_error(chunked(long_header()), 400)["detail"]

@@ -121,7 +121,7 @@ class _UploadSink:
         self._header_field += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
+        self._header_value += data[start:end]  # python-multipart caps a header's size (400 past it)
 
     def on_header_end(self) -> None:
         self._headers[self._header_field.strip().lower()] = self._header_value.strip()
@@ -291,8 +291,12 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
         from python_multipart.multipart import MultipartParser
 
         parser = MultipartParser(boundary, sink.callbacks())
+        total, limit = 0, cfg.max_upload_bytes + _MULTIPART_SLACK
         async for chunk in request.stream():
-            parser.write(chunk)
+            parser.write(chunk)  # the file part's own limit fires in here, as its bytes come
+            total += len(chunk)
+            if total > limit:  # every byte counts, not only the file's: other parts cost too
+                raise _Reject(413, f"upload larger than the limit of {cfg.max_upload_bytes / 2**20:.1f} MB")
             if sink.done:
                 return  # one file per request; the rest is not read
         parser.finalize()
@@ -347,7 +351,8 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
 
             def finished(_: Any) -> None:  # in the worker (or here, if cancelled): the job owns the folder
                 shutil.rmtree(tmp, ignore_errors=True)
-                loop.call_soon_threadsafe(_release)
+                with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
+                    loop.call_soon_threadsafe(_release)
 
             def _release() -> None:
                 load["jobs"] -= 1

@@ -199,3 +199,72 @@ def test_cli_onnx_flag_needs_onnx_file(tmp_path):
     model.write_bytes(b"x")
     r = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", str(model), "--onnx"])
     assert r.exit_code == 1 and "dfdetect export" in " ".join(r.output.split())
+
+
+def _with_metadata(src: Path, dest: Path, **updates: str | None) -> Path:
+    """A copy of the ONNX file ``src`` with ``dfdetect.<key>`` metadata replaced (None: removed)."""
+    proto = onnx.load(str(src))
+    props = {p.key: p.value for p in proto.metadata_props}
+    for k, v in updates.items():
+        props.pop("dfdetect." + k, None)
+        if v is not None:
+            props["dfdetect." + k] = v
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, str(dest))
+    return dest
+
+
+_GOOD_PRE = {"size": [48, 48], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "linear",
+             "rgb": True}
+BAD_ONNX_METADATA = [
+    ({"threshold": "nan"}, "dfdetect.threshold nan is not in [0, 1]"),
+    ({"threshold": "1.5"}, "dfdetect.threshold 1.5 is not in [0, 1]"),
+    ({"threshold": "-inf"}, "dfdetect.threshold -inf is not in [0, 1]"),
+    ({"threshold": "half"}, "dfdetect.threshold 'half' is not a number"),
+    ({"preprocess": '{"size": [48, 48'}, "dfdetect.preprocess is not JSON"),
+    ({"preprocess": "[1, 2]"}, "dfdetect.preprocess is invalid"),
+    ({"preprocess": json.dumps({**_GOOD_PRE, "size": [0, 48]})}, "dfdetect.preprocess is invalid (size.0"),
+    ({"preprocess": json.dumps({**_GOOD_PRE, "size": [10**9, 10**9]})}, "dfdetect.preprocess is invalid (size.0"),
+    ({"preprocess": json.dumps({**_GOOD_PRE, "std": [0, 1, 1]})}, "dfdetect.preprocess is invalid (std.0"),
+    ({"preprocess": json.dumps({**_GOOD_PRE, "mean": [0.5, 0.5]})}, "dfdetect.preprocess is invalid (mean"),
+    ({"preprocess": json.dumps({**_GOOD_PRE, "interpolation": "lanczos"})}, "preprocess is invalid (interpolation"),
+    ({"protocol": "{not json"}, "dfdetect.protocol is not JSON"),
+    ({"protocol": '{"model": {"input_size": 1}}'}, "dfdetect.protocol is invalid (model.input_size"),
+    ({"protocol": '"default"'}, "dfdetect.protocol is invalid"),
+    ({"format": "2"}, "not a dfdetect detector (metadata dfdetect.format '2', expected '1')"),
+    ({"threshold": None}, "dfdetect.threshold missing"),
+]
+
+
+@pytest.mark.parametrize("updates, want", BAD_ONNX_METADATA,
+                         ids=[f"{k}-{i}" for i, (u, _) in enumerate(BAD_ONNX_METADATA) for k in u])
+def test_damaged_onnx_metadata_is_refused_in_one_line(exported, tmp_path, updates, want):
+    """Regression: a NaN threshold loaded and made every verdict 'real'; broken JSON gave a traceback."""
+    bad = _with_metadata(exported[1], tmp_path / "bad.onnx", **updates)
+    with pytest.raises(WeightsError) as err:
+        OnnxDetector.load(bad)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: ") and want in msg and "\n" not in msg and len(msg) < 500
+
+
+def test_serve_refuses_a_damaged_onnx_model_in_one_line(exported, tmp_path, monkeypatch):
+    """Regression: serve started on a NaN-threshold model (every verdict 'real') or one whose protocol was broken
+    (every upload a 500)."""
+    import uvicorn
+
+    from dfdetect.cli import app
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    for i, updates in enumerate(({"threshold": "nan"}, {"protocol": "{"}, {"preprocess": "{}"})):
+        bad = _with_metadata(exported[1], tmp_path / f"bad{i}.onnx", **updates)
+        r = CliRunner().invoke(app, ["serve", "--model", str(bad)], env={"COLUMNS": "300"})
+        assert r.exit_code == 1 and not started, r.output
+        lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and str(bad) in lines[0] and f"dfdetect.{next(iter(updates))}" in lines[0]
+        assert "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["serve", "--model", str(exported[1])])  # the good file starts
+    assert r.exit_code == 0 and len(started) == 1, r.output

@@ -251,3 +251,33 @@ class SynthConfig(_Config):
     sbi_fraction: float = Field(0.5, ge=0, le=1, description="share of fakes made by self-blending, rest face swaps")
     test_fraction: float = Field(0.25, gt=0, lt=1, description="identities (and YouTube clips) held out for test")
     seed: int = 0
+
+
+class ServiceConfig(_Config):
+    """How ``dfdetect serve`` takes uploads and runs the detector: limits for a service facing the internet.
+
+    Why each exists: without a body timeout and an upload cap, stalled clients held connections and disk as
+    long as they liked; without a bounded pool and queue, a burst made every request wait. Past a cap the
+    answer is 503 with ``Retry-After``, never a hang.
+    """
+
+    max_upload_bytes: int = Field(200 * 2**20, ge=1, description="largest accepted upload (413 past it)")
+    upload_timeout: float = Field(120.0, gt=0, description="seconds the whole body may take to arrive; a slower "
+                                  "or stalled upload is cut with 408")
+    max_uploads: int = Field(16, ge=1, description="uploads being received at once; past it 503 + Retry-After")
+    workers: int = Field(0, ge=0, description="predictions run at once (a thread pool); 0 = one per CPU core")
+    max_queue: int = Field(8, ge=0, description="received uploads waiting for a worker; past it 503 + Retry-After")
+    retry_after: int = Field(5, ge=1, description="seconds a 503 tells the client to wait (Retry-After)")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest image (width x height, read from its "
+                                  "header before decoding); a larger one is refused with 422")
+    frames: int = Field(32, ge=1, description="frames sampled per video")
+    explain: bool = Field(True, description="Grad-CAM heatmaps (torch models only)")
+    max_explain: int = Field(8, ge=0, description="faces explained per upload, most likely fake first")
+
+    def pool_size(self) -> int:
+        """Worker threads: ``workers``, or the CPU cores this process may use."""
+        import os
+
+        if self.workers:
+            return self.workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

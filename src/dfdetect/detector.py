@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from dfdetect._io import atomic_path
-from dfdetect.config import MAX_ENSEMBLE, Protocol
+from dfdetect.config import Protocol
 from dfdetect.data import preprocess_crops
 from dfdetect.distributed import cpu_threads
 from dfdetect.errors import DfdetectError, WeightsError
+from dfdetect.metadata import check_metadata
 from dfdetect.rundir import DETECTOR_FILE
 
 if TYPE_CHECKING:
@@ -188,7 +189,6 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path) -> Detector:
         """Load a saved detector without the network or pretrained weights; problems -> one-line WeightsError."""
-        from pydantic import ValidationError
         from safetensors import safe_open
 
         from dfdetect.backbones import create_backbone, ensemble_of
@@ -204,20 +204,10 @@ class Detector:
                 state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         except Exception as exc:  # noqa: BLE001 - any reader error means "not a detector file"
             raise WeightsError(f"not a readable .safetensors file ({type(exc).__name__})", path=path) from None
-        if meta.get("format") != FORMAT:
-            raise WeightsError(f"not a dfdetect detector (metadata format {meta.get('format')!r}, "
-                               f"expected {FORMAT!r})", path=path)
-        try:
-            protocol = Protocol.model_validate_json(meta["protocol"])
-            threshold = float(meta["threshold"])
-            backbone = meta.get("backbone", protocol.model.backbone)
-            n_members = int(meta.get("members", "1"))
-        except (KeyError, ValueError, ValidationError) as exc:
-            raise WeightsError(f"detector metadata is damaged ({type(exc).__name__})", path=path) from None
-        if not 0.0 <= threshold <= 1.0:  # also NaN: every verdict would silently be "real"
-            raise WeightsError(f"detector metadata is damaged (threshold {threshold} is not in [0, 1])", path=path)
-        if not 1 <= n_members <= MAX_ENSEMBLE:  # never build a million networks from a damaged file
-            raise WeightsError(f"detector metadata is damaged ({n_members} ensemble members)", path=path)
+        fields = check_metadata(meta, path, fmt=FORMAT, required=("protocol", "threshold"))
+        protocol, threshold = fields["protocol"], fields["threshold"]
+        backbone = fields.get("backbone", protocol.model.backbone)
+        n_members = fields.get("members", 1)
         m = protocol.model
         try:
             members = [create_backbone(backbone, pretrained=False, srm_in_model=m.srm_in_model, pool=m.pool,

@@ -23,6 +23,7 @@ import numpy as np
 from dfdetect import _io
 from dfdetect.config import Protocol
 from dfdetect.errors import DfdetectError, WeightsError
+from dfdetect.metadata import INTERPOLATIONS, check_metadata
 
 __all__ = ["METADATA_PREFIX", "ExportInfo", "OnnxDetector", "PreprocessSpec", "export_onnx", "onnx_session",
            "torch_to_onnx"]
@@ -31,9 +32,9 @@ METADATA_PREFIX = "dfdetect."
 _FORMAT = "1"
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC,
            "nearest": cv2.INTER_NEAREST}
-#: "area_down": INTER_AREA when the crop's shorter side exceeds the input side, else INTER_LINEAR
-#: (dfdetect.data.resize_rgb, what Detector.preprocess does); tried first.
-INTERPOLATIONS = ("area_down", *_INTERP)
+# INTERPOLATIONS (dfdetect.metadata): "area_down" (INTER_AREA when the crop's shorter side exceeds the input
+# side, else INTER_LINEAR: dfdetect.data.resize_rgb, what Detector.preprocess does) first, then _INTERP's
+assert INTERPOLATIONS == ("area_down", *_INTERP)
 _TOL = 1e-5  # numpy preprocessing must reproduce Detector.preprocess to float32 rounding
 
 
@@ -256,18 +257,12 @@ class OnnxDetector:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for a corrupt file
             raise WeightsError(f"not a loadable ONNX model ({str(exc).splitlines()[0][:200]})", path=path) from None
         meta = session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ("preprocess", "threshold", "protocol") if METADATA_PREFIX + k not in meta]
-        if missing:
-            raise WeightsError(f"ONNX file lacks dfdetect metadata {missing}; export it with `dfdetect export`",
-                               path=path)
-        p = json.loads(meta[METADATA_PREFIX + "preprocess"])
-        if p.get("interpolation") not in INTERPOLATIONS:
-            raise WeightsError(f"unknown resize {p.get('interpolation')!r} in the ONNX metadata; this dfdetect "
-                               f"knows {', '.join(INTERPOLATIONS)}", path=path)
-        spec = PreprocessSpec(size=tuple(p["size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
-                              interpolation=p["interpolation"], rgb=p["rgb"])
-        protocol = Protocol.model_validate_json(meta[METADATA_PREFIX + "protocol"])
-        return cls(session, spec, float(meta[METADATA_PREFIX + "threshold"]), protocol, path)
+        fields = check_metadata(meta, path, fmt=_FORMAT, prefix=METADATA_PREFIX,
+                                required=("preprocess", "threshold", "protocol"),
+                                hint="; export it with `dfdetect export`")
+        p = fields["preprocess"]
+        spec = PreprocessSpec(size=p.size, mean=p.mean, std=p.std, interpolation=p.interpolation, rgb=p.rgb)
+        return cls(session, spec, fields["threshold"], fields["protocol"], path)
 
     def preprocess(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
         return self.preprocess_.apply(crops_bgr)

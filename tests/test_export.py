@@ -167,8 +167,8 @@ def test_onnx_scoring_and_predict_without_torch(exported, tmp_path):
     assert not got["torch_loaded"]
     assert np.abs(np.array(got["scores"]) - want).max() < 1e-4
     res = got["result"]
-    # the protocol says MTCNN, which needs torch: predict falls back to Haar and says so
-    assert res["face_detector"] == "haar" and any("Haar" in n for n in res["notes"])
+    # the default protocol's YuNet needs no torch: the torch-free path finds faces with it, as the torch one does
+    assert res["face_detector"] == "yunet" and res["notes"] == []
     assert res["faces"] >= 1 and res["verdict"] in ("fake", "real")
 
 

@@ -170,10 +170,12 @@ def test_json_schema_and_images(tmp_path, monkeypatch):
     assert res.to_json(images=True)["frames"][0]["faces"][0]["crop_png"] is None
 
 
-def test_haar_fallback_without_torch(monkeypatch):
+def test_yunet_replaces_mtcnn_without_torch(monkeypatch):
     monkeypatch.setattr(P, "torch_available", lambda: False)
     cfg, notes = P.resolve_face_config(FaceConfig(detector="mtcnn", keep="largest"))
-    assert cfg.detector == "haar" and cfg.keep == "all" and "Haar" in notes[0]
+    assert cfg.detector == "yunet" and cfg.keep == "all" and "YuNet" in notes[0]
+    cfg, notes = P.resolve_face_config(FaceConfig(detector="yunet"))  # needs no torch: kept, no note
+    assert cfg.detector == "yunet" and notes == []
     monkeypatch.setattr(P, "torch_available", lambda: True)
     cfg, notes = P.resolve_face_config(FaceConfig(detector="mtcnn"))
     assert cfg.detector == "mtcnn" and notes == []

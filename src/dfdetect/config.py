@@ -75,7 +75,7 @@ class FrameConfig(_Config):
 class FaceConfig(_Config):
     """How faces are found and cropped."""
 
-    detector: Literal["haar", "mtcnn"] = "haar"
+    detector: Literal["haar", "mtcnn", "yunet"] = "haar"
     min_size: int = Field(128, ge=1, description="smallest face side in pixels (Haar minSize)")
     scale_factor: float = Field(1.1, gt=1.0)
     min_neighbors: int = Field(5, ge=0)
@@ -83,7 +83,7 @@ class FaceConfig(_Config):
     output_size: int | None = Field(None, ge=8, description="resize crops to this square side; None keeps size")
     keep: Literal["largest", "all"] = "largest"
     image_format: Literal["png", "jpg"] = "png"
-    min_score: float = Field(0.0, ge=0, le=1, description="MTCNN: drop faces below this probability "
+    min_score: float = Field(0.0, ge=0, le=1, description="MTCNN, YuNet: drop faces below this confidence "
                              "(Haar gives no probability and ignores it)")
     detect_max_side: int | None = Field(None, ge=64, description="detect on a copy whose longer side is at "
                                         "most this (min_size scaled alike), boxes mapped back; None = full frame")
@@ -194,12 +194,13 @@ class Protocol(_Config):
 
     @classmethod
     def default(cls) -> Protocol:
-        """What works: identity splits, more frames, MTCNN crops with margin, balance, fine-tuning."""
+        """What works: identity splits, more frames, YuNet crops with margin, balance, fine-tuning."""
         return cls(
             name="default",
             frames=FrameConfig(num_frames=8, test_frames=32, image_format="png"),
-            # detect_max_side: MTCNN on a <=640 px copy found the same faces, 1.8-2.8x faster (bench/preprocess.py)
-            faces=FaceConfig(detector="mtcnn", min_size=40, margin=1.3, output_size=256, detect_max_side=640),
+            # YuNet (no torch) finds the faces MTCNN finds, several times faster; both on a <=640 px copy
+            # (MTCNN there found the same faces, 1.8-2.8x faster); figures in bench/preprocess.py, docs/SPEED.md
+            faces=FaceConfig(detector="yunet", min_size=40, margin=1.3, output_size=256, detect_max_side=640),
             # bench/quality.py's DEFAULT recipe (docs/QUALITY.md): MobileNetV2 at 128 px with a weight average,
             # two members of 14 epochs whose logits are averaged: test AUC 0.935 and 0.932, the best of every
             # recipe run end to end (10-epoch pairs and triples, three 112 px or 8-epoch members: 0.920-0.929);

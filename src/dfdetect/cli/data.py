@@ -99,7 +99,7 @@ def frames_cmd(
 def faces_cmd(
     frames_dir: Annotated[Path, typer.Argument(help="Folder of frames (the output of 'frames').")],
     out_dir: OutOpt,
-    detector: Annotated[str | None, typer.Option("--detector", help="haar (seed) or mtcnn (default).")] = None,
+    detector: Annotated[str | None, typer.Option("--detector", help="yunet (default), haar (seed) or mtcnn.")] = None,
     min_size: Annotated[int | None, typer.Option("--min-size", help="Smallest face side, px.")] = None,
     scale_factor: Annotated[float | None, typer.Option("--scale-factor", help="Haar scaleFactor.")] = None,
     min_neighbors: Annotated[int | None, typer.Option("--min-neighbors", help="Haar minNeighbors.")] = None,
@@ -108,8 +108,8 @@ def faces_cmd(
     keep: Annotated[str | None, typer.Option("--keep", help="largest (one per frame) or all.")] = None,
     image_format: Annotated[str | None, typer.Option("--format", help="png or jpg.")] = None,
     detect_max_side: Annotated[int | None, typer.Option(
-        "--detect-max-side", help="Detect on a copy at most this wide/high, boxes mapped back (faster MTCNN).")] = None,
-    min_score: Annotated[float | None, typer.Option("--min-score", help="MTCNN: drop faces below this.")] = None,
+        "--detect-max-side", help="Detect on a copy at most this wide/high, boxes mapped back (faster YuNet/MTCNN).")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="YuNet/MTCNN: drop faces below this.")] = None,
     workers: WorkersOpt = 0,
     engine: EngineOpt = EngineChoice.process,
     ray_address: RayAddressOpt = None,

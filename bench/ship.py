@@ -32,7 +32,7 @@ SETS = ("dfdc-faces", "dfdc-faces-more")
 NAME = "mobilenet_v2.dfdc_sbi"
 
 
-def recipe():  # -> dfdetect.config.Protocol
+def recipe(sbi_mask: str = "ellipse"):  # -> dfdetect.config.Protocol
     """The shipped model's protocol: what each lever was, in one place (docs/QUALITY.md has the figures)."""
     from dfdetect.config import Protocol
 
@@ -40,7 +40,8 @@ def recipe():  # -> dfdetect.config.Protocol
     return p.model_copy(update={
         "model": p.model.model_copy(update={"ensemble": 1}),
         "train": p.train.model_copy(update={"pseudo_fakes": "sbi", "sbi_mix": True, "launder": True,
-                                            "calibration": "temperature", "epochs": 7, "patience": 4}),
+                                            "calibration": "temperature", "epochs": 7, "patience": 4,
+                                            "sbi_mask": sbi_mask}),
     })
 
 
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--out", type=Path, default=Path("runs/ship"))
+    ap.add_argument("--sbi-mask", choices=("ellipse", "landmarks"), default="ellipse",
+                    help="the SBI blend region: a centred ellipse, or the face outline from YuNet's five points")
     ap.add_argument("--ship", action="store_true", help="write the trained model and its card into src/dfdetect/models/")
     args = ap.parse_args(argv)
     if args.ship:
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     table = held_out_table(args.data)
     run_dir = args.out / NAME
     t0 = time.perf_counter()
-    result = train(table, recipe(), run_dir)
+    result = train(table, recipe(args.sbi_mask), run_dir)
     train_s = time.perf_counter() - t0
     summary = json.loads((run_dir / "train.json").read_text())
     y, p = test_scores(run_dir / "detector.safetensors", table)

@@ -117,7 +117,7 @@ def training_crop_margin(face_cfg, data: Path, n: int = 200) -> float:
             ratios.append(img.shape[1] / max(b.width, b.height))
     if not ratios:
         raise SystemExit(f"no face found on {len(paths)} training crops: cannot measure their margin")
-    return round(float(np.median(ratios)), 2)
+    return max(1.0, round(float(np.median(ratios)), 2))  # FaceConfig's floor: never tighter than the box
 
 
 def ship(args: argparse.Namespace) -> int:
@@ -132,7 +132,7 @@ def ship(args: argparse.Namespace) -> int:
     ship_json = json.loads((args.out / "ship.json").read_text())
     det = Detector.load(args.out / NAME / "detector.safetensors")
     faces = Protocol.default().faces
-    faces = faces.model_copy(update={"margin": training_crop_margin(faces, args.data)})
+    faces = type(faces).model_validate({**faces.model_dump(), "margin": training_crop_margin(faces, args.data)})
     print(f"faces: {faces.detector}, margin {faces.margin} (the training crops' framing)")
     det.protocol_ = det.protocol_.model_copy(update={"faces": faces})
     table_path = Path("runs/generalization/table.json")

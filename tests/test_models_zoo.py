@@ -120,6 +120,24 @@ def test_ship_model_refuses_a_file_over_the_size_limit(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ship_model_refuses_a_detector_that_would_not_load(tmp_path):
+    """Regression: a protocol edited without validation (margin 0.73 < FaceConfig's floor) was shipped, and
+    every predict then failed on the shipped file."""
+    import torch
+
+    from dfdetect.backbones import create_backbone
+    from dfdetect.config import ModelConfig, Protocol
+
+    torch.manual_seed(0)
+    proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False)})
+    det = Detector.from_model(create_backbone("mobilenet_v2", pretrained=False), proto, 0.5)
+    det.protocol_ = det.protocol_.model_copy(update={"faces": det.protocol_.faces.model_copy(update={"margin": 0.73})})
+    card = ModelCard(name=NAME, summary="s", training_data="none", recipe_command="x")
+    with pytest.raises(WeightsError, match="margin"):
+        ship_model(det, card, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- resolution
 
 

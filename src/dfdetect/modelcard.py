@@ -216,8 +216,15 @@ def ship_model(detector: Detector, card: ModelCard, models_dir: str | Path = MOD
 
     Refuses a file over :data:`MAX_SHIPPED_BYTES` (and removes it), so the package stays small.
     """
+    from dfdetect.detector import Detector
+
     weights = Path(models_dir) / f"{card.name}.safetensors"
     detector.save(weights, half=half)
+    try:  # what predict will load: never ship a file that does not (e.g. a protocol changed by hand)
+        Detector.load(weights)
+    except WeightsError:
+        weights.unlink()
+        raise
     size = weights.stat().st_size
     if size > MAX_SHIPPED_BYTES:
         weights.unlink()

@@ -92,7 +92,7 @@ def scanned(tmp_path_factory, model, videos):
 
 
 def test_pool_of_two_gives_the_in_process_results(scanned, videos):
-    folder, here, pool = scanned
+    _, here, pool = scanned
     assert len(here) == len(videos) and set(here) == set(pool)
     assert all("error" not in line for line in here.values())
     assert sum(line["faces"] for line in here.values()) > 0  # Haar found the synthetic faces: real scoring
@@ -137,7 +137,7 @@ def test_killed_run_then_rerun_scores_every_file_exactly_once(tmp_path, model, v
         proc.wait()
     first = out.read_bytes().count(b"\n")
     assert 3 <= first < total, f"the kill came too late to test a resume ({first} of {total} lines)"
-    done = subprocess.run([*cmd, "--workers", "2"], env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr
     lines = _lines(out)
     assert len(lines) == total and len(by_file(lines)) == total  # every file, once

@@ -238,39 +238,44 @@ def expand_inputs(paths: Iterable[str | Path], report: StageReport | None = None
 # --------------------------------------------------------------------------- the jsonl file
 
 
-def read_done(jsonl: str | Path, *, repair: bool = False) -> tuple[list[dict[str, Any]], int]:
-    """The lines of an earlier scan (``[]`` if there is none) and how many were unreadable.
+def _line_key(obj: dict[str, Any]) -> tuple[Any, ...]:
+    return (obj.get("file"), obj.get("model_sha256"), obj.get("frames_requested"), bool(obj.get("crops")))
+
+
+def read_done(jsonl: str | Path, *, repair: bool = False) -> tuple[set[tuple[Any, ...]], int]:
+    """The keys (file, model sha256, frames, crops) of the lines an earlier scan wrote, and how many lines
+    were unreadable. Only the keys are kept: 100,000 lines of per-frame results are hundreds of MB.
 
     A kill can leave a torn last line (no newline): it is left out, and with ``repair=True`` cut off
     the file, so the next append starts on a fresh line.
     """
     path = Path(jsonl)
+    done: set[tuple[Any, ...]] = set()
     try:
-        data = path.read_bytes()
+        fh = path.open("rb")
     except FileNotFoundError:
-        return [], 0
-    end = data.rfind(b"\n") + 1
-    torn = len(data) > end
-    if torn and repair:
-        os.truncate(path, end)
-    lines, bad = [], int(torn)
-    for raw in data[:end].splitlines():
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("file"), str):
-            lines.append(obj)
-        else:
-            bad += 1
-    return lines, bad
-
-
-def _line_key(obj: dict[str, Any]) -> tuple[Any, ...]:
-    return (obj.get("file"), obj.get("model_sha256"), obj.get("frames_requested"), bool(obj.get("crops")))
+        return done, 0
+    bad, good_end = 0, 0
+    with fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):  # the torn tail of a killed run
+                bad += 1
+                break
+            good_end += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("file"), str):
+                done.add(_line_key(obj))
+            else:
+                bad += 1
+    if repair and good_end < path.stat().st_size:
+        os.truncate(path, good_end)
+    return done, bad
 
 
 class _Appender:
@@ -353,6 +358,10 @@ def _run_ray(job: _Job, files: list[str], workers: int, address: str | None) -> 
         actor_cls = ray.remote(num_cpus=1)(_RayScanner)
         actors = [actor_cls.remote(job) for _ in range(min(n, len(files)))]
         yield from ActorPool(actors).map_unordered(lambda a, f: a.score.remote(f), files)
+    except ray.exceptions.RayError as exc:  # an actor died (out of memory, a node lost) or raised
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DfdetectError(f"a Ray worker failed ({first[:300]}); the lines written so far are kept, run "
+                            "the same command again to resume") from None
     finally:
         for a in actors:
             ray.kill(a)
@@ -408,11 +417,10 @@ def scan(
         writer = _Appender(jsonl)  # locked before the file is read: no other scan appends meanwhile
     try:
         if writer is not None:
-            lines, bad = read_done(jsonl, repair=True)
+            done, bad = read_done(jsonl, repair=True)
             if bad:
                 report.notes.append(f"{bad} unreadable line(s) in {jsonl} left out (a torn last line is cut off); "
                                     "those files are scored again")
-            done = {_line_key(o) for o in lines}
             todo = [f for f in files if job.key(f) not in done]
             report.reused += len(files) - len(todo)
         else:

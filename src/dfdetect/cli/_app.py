@@ -18,10 +18,12 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from dfdetect.errors import DfdetectError
 from dfdetect.stage import ProgressCallback, StageReport
@@ -89,6 +91,26 @@ def progress_bar(description: str, total: int | None) -> Iterator[ProgressCallba
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+class _RateColumn(ProgressColumn):
+    """``3.2 files/s`` (Rich's own speed column counts bytes)."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- files/s" if speed is None else f"{speed:.2f} files/s", style="progress.data.speed")
+
+
+@contextmanager
+def rate_progress(description: str) -> Iterator[tuple[ProgressCallback, Callable[[int], None]]]:
+    """A progress bar with files per second, as ``(advance(n), set_total(n))``: a scan knows its total only
+    once it has listed the files and read what an earlier run finished."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+        yield (lambda n=1: bar.advance(task, n)), (lambda n: bar.update(task, total=n))
 
 
 def print_report(report: StageReport, max_lines: int = 20) -> None:

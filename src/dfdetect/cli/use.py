@@ -7,6 +7,8 @@ Examples::
     dfdetect predict clip.mp4 --model runs/best/detector.safetensors
     dfdetect predict ../shared/data/videos photos/ --model det.safetensors --json out.json --save vis/
     dfdetect predict faces/ --model det.onnx --crops          # images that are face crops already
+    dfdetect predict videos/ --workers 2 --jsonl out/scan.jsonl  # a folder: 2 processes, resumable lines
+    dfdetect predict list.txt --engine ray --ray-address auto --jsonl out/scan.jsonl  # on a Ray cluster
     dfdetect export --model runs/best/detector.safetensors --onnx det.onnx
     dfdetect serve --model det.safetensors --port 8000       # then open http://127.0.0.1:8000/
 """
@@ -20,7 +22,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dfdetect.cli._app import app, console, handle_errors, out, print_report, progress_bar
+from dfdetect.cli._app import (
+    EngineChoice,
+    RayAddressOpt,
+    app,
+    console,
+    handle_errors,
+    out,
+    print_report,
+    progress_bar,
+    rate_progress,
+)
 from dfdetect.errors import DfdetectError, WeightsError
 
 # A string, not a Path: a Path would fold the "//" of hf:// and https:// references.
@@ -106,7 +118,8 @@ def verdict_table(results: list[Any], title: str | None = None) -> Table:
 @app.command()
 @handle_errors
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Videos, images, or folders of them.")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Videos, images, folders of them, or list files (.txt, .lst, .list: one path a line).")],
     model: ModelOpt = None,
     frames: Annotated[int, typer.Option("--frames", "-n", min=1, help="Frames sampled per video.")] = 32,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write per-frame boxes, scores and verdicts.")]
@@ -118,12 +131,31 @@ def predict(
     = False,
     crops: Annotated[bool, typer.Option("--crops", help="Images are face crops already: score them whole.")]
     = False,
+    jsonl: Annotated[Path | None, typer.Option(
+        "--jsonl", help="Append one JSON line per file as it finishes; a rerun skips the files already there.")]
+    = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-j", min=0, help="Processes (or Ray actors) that each load the model once; 0 = this "
+        "process (with --engine ray: one per cluster CPU).")] = 0,
+    engine: Annotated[EngineChoice, typer.Option("--engine", help="'process' (local pool) or 'ray' (actors).")]
+    = EngineChoice.process,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """A fake/real verdict for each video or image, with P(fake) and the threshold used."""
     from dfdetect import predict as P
     from dfdetect._io import write_json
     from dfdetect.stage import StageReport
 
+    if jsonl is not None or workers > 0 or engine == EngineChoice.ray:
+        if json_out is not None or save is not None:
+            raise DfdetectError("--json and --save are for a few files in one process; a scan (--jsonl, "
+                                "--workers, --engine ray) writes its results to --jsonl")
+        _scan(paths, model, frames=frames, onnx=onnx, crops=crops, jsonl=jsonl, workers=workers,
+              engine=engine.value, ray_address=ray_address)
+        return
+    from dfdetect.scan import expand_lists
+
+    paths = expand_lists(paths)
     # Before any work: an output that cannot be written would otherwise fail after every file was scored.
     if json_out is not None and json_out.is_dir():
         raise DfdetectError("--json names a folder; give a file such as results.json", path=json_out)
@@ -158,6 +190,49 @@ def predict(
     for note in sorted({n for r in results for n in r.notes}):
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     print_report(report)
+
+
+def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs: Any) -> None:
+    """``predict`` over many files (dfdetect.scan): lines streamed to --jsonl, errors on stderr, a summary."""
+    from collections import Counter
+
+    from dfdetect.scan import ModelRef, scan
+    from dfdetect.stage import StageReport
+
+    if jsonl is not None:
+        if jsonl.is_dir():
+            raise DfdetectError("--jsonl names a folder; give a file such as scan.jsonl", path=jsonl)
+        _check_writable(jsonl.parent, "--jsonl")
+    used = resolve_cli(model)
+    ref = ModelRef.of(used.path, onnx=kwargs["onnx"], name=used.name)
+    report = StageReport("predict", jsonl.parent if jsonl is not None else Path("."))
+    verdicts: Counter[str] = Counter()
+    rows = []
+    shown = 0
+    with rate_progress("predict") as (advance, set_total):
+        for line in scan(paths, ref, jsonl=jsonl, report=report, progress=advance, on_total=set_total, **kwargs):
+            if "error" in line:
+                console.print(f"[yellow]skipped:[/] {line['error']}", highlight=False, soft_wrap=True)
+                shown += 1
+                continue
+            verdicts[line["verdict"]] += 1
+            if jsonl is None:
+                rows.append(line)
+    if rows:
+        table = Table(title="dfdetect predict")
+        for name in ("file", "verdict", "P(fake)", "threshold", "faces"):
+            table.add_column(name, overflow="fold")
+        for r in rows:
+            table.add_row(r["file"], r["verdict"], _fmt(r["p_fake"]), f"{r['threshold']:.3f}", str(r["faces"]))
+        out.print(table)
+    counts = ", ".join(f"{verdicts[v]} {v}" for v in ("fake", "real", "no_face"))
+    out.print(f"this run: {counts}, {len(report.failed)} failed; {report.reused} done by an earlier run"
+              + (f" -> {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
+    for line in report.failed[:len(report.failed) - shown]:  # inputs refused before any work (an empty folder)
+        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    report.raise_if_empty()
 
 
 @app.command()

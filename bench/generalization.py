@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/generalization"))
     ap.add_argument("--quality-runs", type=Path, default=Path("runs/quality"))
     ap.add_argument("--shipped", default=None, help="a model name or file (default: dfdetect's default model)")
+    ap.add_argument("--faces", default=None, help="whose face finder and framing cut the ffpp crops (a model name "
+                    "or file; default: the shipped model's), so detectors compared in two runs see the same crops")
     ap.add_argument("--only", nargs="*", default=None, help="detectors to run: seed default shipped")
     ap.add_argument("--limit", type=int, default=None, help="smoke test: this many ffpp videos")
     args = ap.parse_args(argv)
@@ -181,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                       "dfdc_acc_0.5": _acc(test.labels, p, 0.5)}
     print(f"DFDC test: {len(test)} crops ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    # one face finder for every detector: the shipped model's (falls back as predict does)
-    face_cfg, _ = resolve_face_config(detectors.get("shipped", next(iter(detectors.values()))).protocol_.faces)
+    # one face finder and framing for every detector: the shipped model's (falls back as predict does)
+    faces_from = Detector.load(resolve_model(args.faces or DEFAULT_MODEL)).protocol_.faces
+    face_cfg, _ = resolve_face_config(faces_from)
     finder = create_detector(face_cfg)
     videos = ffpp_videos(args.data / "ffpp-samples")[: args.limit]
     scores = {n: {v: np.full(len(videos), np.nan) for v in VARIANTS} for n in detectors}

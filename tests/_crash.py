@@ -17,3 +17,10 @@ def square_or_raise(x: int) -> int:
     if x == 2:
         raise MemoryError(f"no memory for item {x}")
     return x * x
+
+
+def no_weights(x: int) -> int:
+    """A problem of the run, not of the item: the same for every one."""
+    from dfdetect.errors import WeightsError
+
+    raise WeightsError("weights file not found")

@@ -28,7 +28,7 @@ from dfdetect.cli import app
 from dfdetect.config import FaceConfig, FrameConfig, SRMConfig
 from dfdetect.data import build_crop_table
 from dfdetect.datasets import discover
-from dfdetect.errors import BadInputError
+from dfdetect.errors import BadInputError, DfdetectError
 from dfdetect.faces import extract_faces, read_manifest
 from dfdetect.labels import read_label_file
 from dfdetect.srm import make_srm_copy
@@ -229,6 +229,8 @@ def test_map_items_turns_any_failure_into_the_items_result(workers):
 
     got = P.map_items(_crash.square_or_raise, [0, 1, 2, 3], workers=workers, on_error=on_error)
     assert got == [0, 1, "2: MemoryError", 9]
+    with pytest.raises(DfdetectError, match="weights file not found"):  # the run's problem ends the run, once
+        P.map_items(_crash.no_weights, [0, 1, 2], workers=workers, on_error=on_error)
     if workers:
         done: list[int] = []
         got = P.map_items(_crash.square_or_die, list(range(8)), workers=workers, on_error=on_error,

@@ -159,13 +159,21 @@ def map_items(
             try:
                 results.append(fn(item))
             except Exception as exc:
-                if on_error is None:
+                if on_error is None or _run_level(exc):
                     raise
                 results.append(on_error(item, exc))
             if progress is not None:
                 progress(step(item))
         return results
     return _map_pool(fn, items, workers, progress, initializer, step, on_error)
+
+
+def _run_level(exc: Exception) -> bool:
+    """A DfdetectError about the run itself (a detector that cannot be built, missing weights), not about one
+    input: the same for every item, so it ends the run in one line instead of one line per item."""
+    from dfdetect.errors import BadInputError
+
+    return isinstance(exc, DfdetectError) and not isinstance(exc, BadInputError)
 
 
 def _pool(workers: int, initializer) -> ProcessPoolExecutor:
@@ -192,7 +200,7 @@ def _map_pool(fn, items, workers, progress, initializer, step, on_error=None) ->
                         lost.append(i)
                         continue
                     except Exception as exc:
-                        if on_error is None:
+                        if on_error is None or _run_level(exc):
                             raise
                         results[i] = on_error(items[i], exc)
                     if progress is not None:
@@ -213,7 +221,9 @@ def _map_pool(fn, items, workers, progress, initializer, step, on_error=None) ->
                 results[i] = on_error(items[i], RuntimeError("its worker process died (a crash in a decoder?)"))
                 single.shutdown(cancel_futures=True)
                 single = None
-            except Exception as exc:  # noqa: BLE001 - on_error decides what any failure is
+            except Exception as exc:
+                if _run_level(exc):
+                    raise
                 results[i] = on_error(items[i], exc)
             if progress is not None:
                 progress(step(items[i]))
@@ -257,7 +267,7 @@ def _map_ray(fn, items, workers, ray_address, progress, initializer, step, on_er
             try:
                 results[i] = ray.get(ref)
             except Exception as exc:
-                if on_error is None:
+                if on_error is None or _run_level(exc):
                     raise
                 results[i] = on_error(items[i], exc)
             if progress is not None:

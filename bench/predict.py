@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Self
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "2")  # set: Detector.predict_proba then keeps the --threads we set
 
 import cv2
 import numpy as np
@@ -147,7 +146,7 @@ def dfdetect_predict(video: Path, scorer, face_cfg=None, detector=None):
 def breakdown(video: Path, scorer, face_detector, face_cfg) -> dict[str, Clock]:
     """Each stage of both pipelines on its own, in the order predict runs them."""
     from dfdetect.config import FaceConfig
-    from dfdetect.faces import HaarDetector, faces_in_frames
+    from dfdetect.faces import HaarDetector, crop_face
     from dfdetect.frames import read_frames
     from dfdetect.predict import resolve_face_config
 
@@ -163,12 +162,9 @@ def breakdown(video: Path, scorer, face_detector, face_cfg) -> dict[str, Clock]:
                             interpolation=cv2.INTER_AREA) for f in frames]
     with Clock() as out[f"dfdetect: {cfg.detector} on the copies"]:
         inner.detect_batch(small, max(1, round(cfg.min_size * (side or 1) / max(frames[0].shape[:2]))))
-    with Clock() as c:
-        found = faces_in_frames(frames, face_detector, cfg)
-    crops = [f.crop for fs in found for f in fs]
-    out["dfdetect: crops (margin, resize)"] = c
-    c.wall -= out[f"dfdetect: {cfg.detector} on the copies"].wall + out[f"dfdetect: resize to <= {side} px (INTER_AREA)"].wall
-    c.cpu -= out[f"dfdetect: {cfg.detector} on the copies"].cpu + out[f"dfdetect: resize to <= {side} px (INTER_AREA)"].cpu
+    boxes = face_detector.detect_batch(frames)
+    with Clock() as out["dfdetect: crops (margin, resize)"]:
+        crops = [crop_face(f, b, cfg.margin, cfg.output_size) for f, bs in zip(frames, boxes) for b in bs]
     with Clock() as out[f"scoring {len(crops)} crops (both pipelines)"]:
         scorer.predict_proba(crops)
     with Clock() as out["seed-style: cv2 reads all frames"]:
@@ -186,7 +182,9 @@ def breakdown(video: Path, scorer, face_detector, face_cfg) -> dict[str, Clock]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", choices=["seed", "default"], default="default")
-    ap.add_argument("--threads", type=int, nargs="+", default=[2], help="torch/OpenCV thread counts to time")
+    ap.add_argument("--threads", type=int, nargs="+", default=[0],
+                    help="torch/OpenCV thread counts to time; 0 = as predict runs (Detector.predict_proba picks "
+                    "torch threads from the cores other processes leave free)")
     ap.add_argument("--detect-max-side", type=int, default=None,
                     help="find faces on a copy this long (FaceConfig.detect_max_side); default: the protocol's")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per pipeline; the median is reported")
@@ -212,9 +210,14 @@ def main() -> int:
             from dfdetect.export import OnnxDetector, export_onnx
 
             onnx_path = export_onnx(det, Path(tmp) / "det.onnx").path
+        cores, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
         for threads in args.threads:
-            torch.set_num_threads(threads)
-            cv2.setNumThreads(threads)
+            if threads:  # fixed: OMP_NUM_THREADS makes predict_proba keep the count set here
+                os.environ["OMP_NUM_THREADS"] = str(threads)
+            else:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            torch.set_num_threads(threads or cores)
+            cv2.setNumThreads(threads or cv2_threads)
             scorers = [("torch", det)]
             if onnx_path is not None:
                 scorers.append(("onnx", OnnxDetector.load(onnx_path, threads=threads)))
@@ -223,7 +226,8 @@ def main() -> int:
             for kind, scorer in scorers:
                 tag = (f"[{args.protocol}: {faces.detector} faces (detect_max_side={faces.detect_max_side}), "
                        f"{det.protocol_.model.input_size} px MobileNetV2 x{det.protocol_.model.ensemble}"
-                       f"{' + flip TTA' if det.protocol_.model.tta_flip else ''}, {kind} scorer, {threads} thread(s)]")
+                       f"{' + flip TTA' if det.protocol_.model.tta_flip else ''}, {kind} scorer, "
+                       f"{threads or 'auto'} thread(s)]")
                 # warm-up: first-use costs of model, face finders, decoders
                 seed_style(video, scorer)
                 dfdetect_predict(video, scorer, detector=ours)

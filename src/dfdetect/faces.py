@@ -242,15 +242,18 @@ class MTCNNDetector:
         return out
 
     def _boxes(self, boxes: Any, probs: Any, points: Any, min_size: int) -> list[Box]:
-        if boxes is None:
-            return []
-        out = []
-        for b, p, lm in zip(boxes, probs, points):
-            box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(p),
-                      tuple((float(x), float(y)) for x, y in lm))
-            if min(box.width, box.height) >= min_size and box.score >= self.min_score:
-                out.append(box)
-        return out
+        return [] if boxes is None else _kept_boxes(boxes, probs, points, min_size, self.min_score)
+
+
+def _kept_boxes(boxes: Any, scores: Any, points: Any, min_size: int, min_score: float) -> list[Box]:
+    """Boxes (x0, y0, x1, y1) with their score and 5 landmarks, those at least ``min_size`` and ``min_score``."""
+    out = []
+    for b, s, lm in zip(boxes, scores, points, strict=False):
+        box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s),
+                  tuple((float(x), float(y)) for x, y in lm))
+        if min(box.width, box.height) >= min_size and box.score >= min_score:
+            out.append(box)
+    return out
 
 
 class YuNetDetector:
@@ -275,13 +278,7 @@ class YuNetDetector:
 
     def detect(self, bgr: np.ndarray, min_size: int) -> list[Box]:
         boxes, scores, points = self.model.detect(bgr)
-        out = []
-        for b, s, lm in zip(boxes, scores, points):
-            box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s),
-                      tuple((float(x), float(y)) for x, y in lm))
-            if min(box.width, box.height) >= min_size and box.score >= self.min_score:
-                out.append(box)
-        return out
+        return _kept_boxes(boxes, scores, points, min_size, self.min_score)
 
     def detect_batch(self, frames: Sequence[np.ndarray], min_size: int | None = None) -> list[list[Box]]:
         return [self.detect(f, self.min_size if min_size is None else min_size) for f in frames]

@@ -9,8 +9,9 @@ package draws its validation split, for early stopping, the threshold and the te
     nice -n 5 python bench/ship.py --ship          # then: into src/dfdetect/models/ with its card; the card's
                                                    # figures come from runs/generalization/table.json when present
 
-The recipe is :func:`recipe`: the default protocol with one member, SBI pseudo-fakes mixed with the real
-fakes, laundering augmentations and temperature calibration.
+The recipe is :func:`recipe`: the default protocol with one member, SBI pseudo-fakes (landmark-shaped masks)
+mixed with the real fakes, laundering augmentations and temperature calibration. ``--sbi-mask ellipse
+--out runs/ship_ellipse`` trains the ellipse-mask lever it was chosen against (docs/QUALITY.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SETS = ("dfdc-faces", "dfdc-faces-more")
 NAME = "mobilenet_v2.dfdc_sbi"
 
 
-def recipe(sbi_mask: str = "ellipse"):  # -> dfdetect.config.Protocol
+def recipe(sbi_mask: str = "landmarks"):  # -> dfdetect.config.Protocol
     """The shipped model's protocol: what each lever was, in one place (docs/QUALITY.md has the figures)."""
     from dfdetect.config import Protocol
 
@@ -158,7 +159,8 @@ def ship(args: argparse.Namespace) -> int:
     card = ModelCard(
         name=NAME,
         summary=("MobileNetV2 (ImageNet start, 128 px) fine-tuned on DFDC face crops with self-blended "
-                 "pseudo-fakes mixed with the real fakes, laundering augmentations and a calibrated P(fake)."),
+                 "pseudo-fakes (blend masks shaped by YuNet's five landmarks) mixed with the real fakes, "
+                 "laundering augmentations and a calibrated P(fake)."),
         training_data=(f"dfdc-faces + dfdc-faces-more: 16,000 DFDC face crops (224 px, upscaled from about 155 px) "
                        f"from 8,000 source videos. 20 % of the source videos of each set were kept back as the "
                        f"test split ({ship_json['counts']['test']['crops']} crops); validation (early stopping, "
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--out", type=Path, default=Path("runs/ship"))
-    ap.add_argument("--sbi-mask", choices=("ellipse", "landmarks"), default="ellipse",
+    ap.add_argument("--sbi-mask", choices=("ellipse", "landmarks"), default="landmarks",
                     help="the SBI blend region: a centred ellipse, or the face outline from YuNet's five points")
     ap.add_argument("--ship", action="store_true", help="write the trained model and its card into src/dfdetect/models/")
     args = ap.parse_args(argv)

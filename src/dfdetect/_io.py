@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from dfdetect.config import MediaLimits
-from dfdetect.errors import BadInputError
+from dfdetect.errors import BadInputError, TooManyPixelsError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -207,18 +207,19 @@ def regular_file(path: str | Path) -> int:
     return st.st_size
 
 
-def image_size(data: bytes | np.ndarray) -> tuple[int, int, str]:
-    """``(width, height, format)`` from an encoded image's header, without decoding its pixels (Pillow
-    reads only the header); BadInputError when the header is not an image's."""
+def image_size(src: bytes | np.ndarray | str | Path) -> tuple[int, int, str]:
+    """``(width, height, format)`` from an encoded image's header (bytes, or a file read lazily), without
+    decoding its pixels (Pillow reads only the header); TooManyPixelsError past Pillow's own bomb cut,
+    BadInputError when the header is not an image's."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
-            with Image.open(io.BytesIO(memoryview(data))) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # callers check their own limit
+            with Image.open(src if isinstance(src, str | Path) else io.BytesIO(memoryview(src))) as im:
                 return int(im.width), int(im.height), str(im.format)
     except Image.DecompressionBombError as exc:  # above Pillow's own cut (~179 MP): far past any limit
         m = re.search(r"\((\d+) pixels\)", str(exc))
         what = f"{int(m[1]) / 1e6:.0f} MP" if m else "more pixels than Pillow's own limit"
-        raise BadInputError(f"declares an image of {what}, too large to decode; not decoded") from None
+        raise TooManyPixelsError(f"declares an image of {what}, too large to decode; not decoded") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on a hostile header
         raise BadInputError(f"cannot read as an image (no image header: {type(exc).__name__})") from None
 
@@ -244,9 +245,9 @@ def load_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarra
     try:
         w, h, fmt = image_size(data)
     except BadInputError as exc:
-        raise BadInputError(str(exc), path=path) from None
+        raise type(exc)(str(exc), path=path) from None
     if w * h > lim.max_pixels:
-        raise BadInputError(f"{fmt} declares {w} x {h} pixels ({w * h / 1e6:.0f} MP), above the "
+        raise TooManyPixelsError(f"{fmt} declares {w} x {h} pixels ({w * h / 1e6:.0f} MP), above the "
                             f"{lim.max_pixels / 1e6:g} MP limit ({MediaLimits.ENV['max_pixels']}); not decoded",
                             path=path)
     try:

@@ -21,6 +21,10 @@ class BadInputError(DfdetectError):
     """One input file (video, image, label line) cannot be used; callers skip and count it."""
 
 
+class TooManyPixelsError(BadInputError):
+    """An image declares more pixels than may be decoded (a decompression bomb); refused from its header."""
+
+
 class WeightsError(DfdetectError):
     """Weights cannot be found, or do not fit the backbone."""
 

@@ -201,21 +201,17 @@ class _Guarded:
 def image_header_problem(path: Path, max_pixels: int) -> str | None:
     """Why an image must not be decoded (its header declares more than ``max_pixels``), or None.
 
-    Reads the header only (Pillow's lazy open), so a decompression bomb is refused before it costs memory.
-    A local check: the shared image loader with a pixel limit lives in dfdetect._io on another branch.
+    Reads the header only (:func:`dfdetect._io.image_size`, the loaders' own check), so a decompression bomb
+    is refused before it costs memory.
     """
-    import warnings
-
-    from PIL import Image
+    from dfdetect._io import image_size
+    from dfdetect.errors import BadInputError, TooManyPixelsError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-    except Image.DecompressionBombError:  # over twice Pillow's own limit (~179 MP) before we even see the size
+        w, h, _ = image_size(path)
+    except TooManyPixelsError:  # over twice Pillow's own limit (~179 MP) before we even see the size
         return f"the image declares more than {max_pixels / 1e6:g} megapixels, the limit"
-    except Exception:  # noqa: BLE001 - Pillow raises several types for a damaged header; all mean "cannot decode"
+    except BadInputError:
         return "cannot read the image header (a damaged or truncated file)"
     if w * h > max_pixels:
         return f"the image declares {w}x{h} pixels, more than the limit of {max_pixels / 1e6:g} megapixels"

@@ -7,6 +7,7 @@ one, never half of one, and a rerun can trust any file it finds.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -149,6 +150,15 @@ def load_cached(path: Path, ok_path: Path) -> tuple[np.ndarray, np.ndarray] | No
         return np.load(path, mmap_mode="r"), np.load(ok_path).astype(bool)
     except (OSError, ValueError):
         return None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (weights, shipped models, the scan's model identity)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text(dest: str | Path, text: str) -> Path:

@@ -11,7 +11,6 @@ checks the size limit, and writes its card and protocol YAML from the measured f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dfdetect._io import write_text
+from dfdetect._io import sha256_file, write_text
 from dfdetect.errors import WeightsError
 
 if TYPE_CHECKING:
@@ -110,14 +109,6 @@ class ModelCard(_Model):
         if not NAME_RE.match(v):
             raise ValueError(f"model name {v!r} is not architecture.tag (e.g. mobilenet_v2.dfdc_sbi)")
         return v
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _detector_meta(weights: Path) -> dict[str, str]:

@@ -25,7 +25,6 @@ last line a kill left. The file is locked while a scan writes it: two scans cann
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from dfdetect._io import sha256_file
 from dfdetect.errors import BadInputError, DfdetectError, WeightsError
 from dfdetect.stage import ProgressCallback, StageReport
 
@@ -44,7 +44,6 @@ SCAN_SCHEMA = "dfdetect.scan/1"
 #: A path with one of these suffixes is a list of paths (one a line; blank lines and ``#`` lines skipped).
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 Engine = Literal["process", "ray"]
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- the model, as workers load it
@@ -69,11 +68,7 @@ class ModelRef:
             path = detector_file(path)
         if not path.is_file():
             raise WeightsError("no such model file", path=path)
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while block := fh.read(_CHUNK):
-                digest.update(block)
-        return cls(path=path, onnx=onnx or path.suffix.lower() == ".onnx", name=name, sha256=digest.hexdigest())
+        return cls(path=path, onnx=onnx or path.suffix.lower() == ".onnx", name=name, sha256=sha256_file(path))
 
     @property
     def label(self) -> str:

@@ -14,7 +14,6 @@ calls on frames of different sizes never see each other's settings.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import threading
 from collections import OrderedDict
@@ -25,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dfdetect._io import sha256_file
 from dfdetect.errors import DfdetectError
 
 __all__ = ["MODEL_FILE", "MODEL_SHA256", "YuNet", "model_path"]
@@ -72,7 +72,7 @@ def model_path(path: str | Path | None = None) -> Path:
 @cache
 def _checked(path: Path) -> Path:
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
     except OSError as exc:
         raise DfdetectError(f"cannot read the YuNet model ({exc.strerror or exc}); {_FIX}", path=path) from None
     if digest != MODEL_SHA256:

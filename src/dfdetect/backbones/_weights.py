@@ -13,7 +13,6 @@ it is dropped, as ``timm.models.load_pretrained`` does when ``num_classes`` diff
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dfdetect._io import sha256_file
 from dfdetect.backbones._registry import BackboneCfg, OfflineWeights
 from dfdetect.errors import WeightsError
 
@@ -32,14 +32,6 @@ __all__ = ["fit_state_dict", "load_state_file", "load_weights", "offline_weights
 
 _PREFIXES = ("module.", "model.", "state_dict.", "body.")
 _CLASSIFIER_NAMES = ("fc", "head.fc", "classifier", "last_linear")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,13 +308,12 @@ def _run_here(job: _Job, files: list[str]) -> Iterator[tuple[str, Any]]:
 
 
 def _run_pool(job: _Job, files: list[str], workers: int) -> Iterator[tuple[str, Any]]:
-    from dfdetect.parallel import _pool_worker_init, pool_context
+    from dfdetect.parallel import _pool
 
     window = 2 * workers  # a few queued per worker: no idle gaps, and memory stays flat for 100,000 files
     pending: set = set()
     it = iter(files)
-    with ProcessPoolExecutor(max_workers=min(workers, len(files)), mp_context=pool_context(),
-                             initializer=_pool_worker_init, initargs=(os.getpid(), None)) as pool:
+    with _pool(min(workers, len(files)), None) as pool:
         try:
             for f in it:
                 pending.add(pool.submit(_score_in_worker, job, f))

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ship import SETS, held_out_table
+from ship import SETS, held_out_table, test_crops
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 VARIANTS = ("original", "jpeg50", "down0.5", "h264crf35")
@@ -48,8 +48,9 @@ def _auc(y, p) -> float:
 
 def _acc(y, p, threshold: float) -> float:
     """Balanced accuracy (mean of the real and the fake recall) of the verdicts at ``threshold``."""
-    y, v = np.asarray(y), np.asarray(p) >= threshold
-    return float(np.mean([np.mean(v[y == c] == c) for c in (0, 1) if (y == c).any()]))
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(np.asarray(y), np.asarray(p) >= threshold))
 
 
 def ffpp_videos(root: Path) -> list[dict]:
@@ -173,15 +174,14 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     table = held_out_table(args.data)
-    test = table.subset(np.flatnonzero(table.is_test))
-    crops = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in test.paths]
+    y_test, crops = test_crops(table)
     results: dict[str, dict] = {}
     for n, det in detectors.items():
         p = det.predict_proba(crops)
-        results[n] = {"dfdc_auc": _auc(test.labels, p), "dfdc_ece": expected_calibration_error(test.labels, p),
-                      "threshold": det.threshold_, "dfdc_acc": _acc(test.labels, p, det.threshold_),
-                      "dfdc_acc_0.5": _acc(test.labels, p, 0.5)}
-    print(f"DFDC test: {len(test)} crops ({time.perf_counter() - t0:.0f} s)", flush=True)
+        results[n] = {"dfdc_auc": _auc(y_test, p), "dfdc_ece": expected_calibration_error(y_test, p),
+                      "threshold": det.threshold_, "dfdc_acc": _acc(y_test, p, det.threshold_),
+                      "dfdc_acc_0.5": _acc(y_test, p, 0.5)}
+    print(f"DFDC test: {len(crops)} crops ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     # one face finder and framing for every detector: the shipped model's (falls back as predict does)
     faces_from = Detector.load(resolve_model(args.faces or DEFAULT_MODEL)).protocol_.faces
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         jp = results[n]["ffpp"]["jpeg50"]
         results[n]["jpeg50_drop"] = results[n]["ffpp"]["overall"] - jp
     counts = {m: sum(v["method"] == m for v in videos) for m in ("real", *METHODS)}
-    meta = {"dfdc_test_crops": len(test), "ffpp_videos": len(videos), "ffpp_counts": counts,
+    meta = {"dfdc_test_crops": len(crops), "ffpp_videos": len(videos), "ffpp_counts": counts,
             "ffpp_no_face": no_face, "face_finder": face_cfg.detector, "frames_per_video": FRAMES,
             "ffpp_wall_s": round(time.perf_counter() - t1, 1), "paths": {n: str(p) for n, p in paths.items()}}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -58,12 +58,10 @@ def held_out_table(data: Path):  # -> dfdetect.data.CropTable
     return CropTable.concat(*tables)
 
 
-def test_scores(detector_path: Path, table) -> tuple[np.ndarray, np.ndarray]:  # (labels, P(fake)) of the test rows
-    from dfdetect.detector import Detector
-
-    det = Detector.load(detector_path)
+def test_crops(table) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(labels, BGR crops) of the held-out test rows, decoded once for every detector scored on them."""
     test = table.subset(np.flatnonzero(table.is_test))
-    return test.labels, det.predict_proba([cv2.imread(str(p), cv2.IMREAD_COLOR) for p in test.paths])
+    return test.labels, [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in test.paths]
 
 
 def figures(ship: dict, table: dict | None, seconds_per_video: float | None):  # -> dfdetect.modelcard.ModelFigures
@@ -193,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sklearn.metrics import roc_auc_score
 
+    from dfdetect.detector import Detector
     from dfdetect.metrics import apply_temperature, expected_calibration_error
     from dfdetect.train import train
 
@@ -202,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     result = train(table, recipe(args.sbi_mask), run_dir)
     train_s = time.perf_counter() - t0
     summary = json.loads((run_dir / "train.json").read_text())
-    y, p = test_scores(run_dir / "detector.safetensors", table)
+    y, crops = test_crops(table)
+    p = Detector.load(run_dir / "detector.safetensors").predict_proba(crops)
     t = float(summary.get("temperature", 1.0))
     report = {
         "name": NAME, "train_s": round(train_s, 1), "counts": result.counts, "temperature": t,

@@ -113,7 +113,7 @@ class Detector:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise NotFittedError("this Detector is not fitted yet; call fit(...) or Detector.load(path) first")
+            raise NotFittedError("this Detector is not fitted yet; use Detector.load(path), or the detector dfdetect.train.train returns")
 
     # ------------------------------------------------------------------ inference
 

@@ -14,6 +14,7 @@ class DfdetectError(Exception):
 
     def __init__(self, message: str, *, path: str | Path | None = None):
         self.path = None if path is None else Path(path)
+        self.message = message  #: the problem without the file name, for a caller that names the file itself
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
 
 

@@ -423,7 +423,7 @@ def _load(path: Path, limits: MediaLimits | None) -> tuple[np.ndarray | None, st
     try:
         return load_image(path, limits), ""
     except BadInputError as exc:
-        return None, str(exc).removeprefix(f"{path}: ")
+        return None, exc.message
 
 
 def _faces_job(job: tuple[str, str, list[str], int, dict[str, str]], frames_dir: str, out_dir: str, cfg: FaceConfig,

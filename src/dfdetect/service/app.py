@@ -360,9 +360,8 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
             except (DfdetectError, OSError, ValueError, RuntimeError) as exc:
                 # DfdetectError is what frames/faces raise for undecodable media; the others are decoder
                 # errors they did not wrap. Either way the file is bad: 422, one line.
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                if isinstance(exc, DfdetectError) and exc.path is not None:
-                    msg = msg.removeprefix(f"{exc.path}: ")
+                text = exc.message if isinstance(exc, DfdetectError) else str(exc)
+                msg = text.splitlines()[0] if text else type(exc).__name__
                 return _error(422, f"{name}: {msg}".replace(str(tmp), "upload"))
         finally:
             if not handed_over:

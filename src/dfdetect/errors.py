@@ -9,6 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def failure_line(src: str | Path, exc: BaseException) -> str:
+    """``file: failed (Type: problem); skipped``, one line, for an error no stage foresaw."""
+    text = (str(exc).strip().splitlines() or [""])[-1][:160]
+    return f"{src}: failed ({type(exc).__name__}{': ' + text if text else ''}); skipped"
+
+
 class DfdetectError(Exception):
     """A problem with the user's input, reported as one line."""
 

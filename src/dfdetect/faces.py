@@ -43,8 +43,8 @@ from dfdetect._io import (
     write_text,
 )
 from dfdetect.config import FaceConfig, MediaLimits
-from dfdetect.errors import BadInputError, DfdetectError
-from dfdetect.frames import JobResult, _error_line
+from dfdetect.errors import BadInputError, DfdetectError, failure_line
+from dfdetect.frames import JobResult
 from dfdetect.labels import IMAGE_SUFFIXES, files_under
 from dfdetect.parallel import Engine, in_worker, map_items
 from dfdetect.stage import ProgressCallback, StageReport
@@ -553,7 +553,7 @@ def extract_faces(
                   limits=media_limits(limits))
 
     def failed(j: tuple, exc: Exception) -> tuple[JobResult, list[dict]]:
-        return JobResult(failed=[_error_line(src / j[0], exc)]), []
+        return JobResult(failed=[failure_line(src / j[0], exc)]), []
 
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
                         weight=lambda j: j[3], on_error=failed)

@@ -41,7 +41,7 @@ from dfdetect._io import (
 )
 from dfdetect.config import FrameConfig, MediaLimits
 from dfdetect.datasets import MediaItem
-from dfdetect.errors import BadInputError
+from dfdetect.errors import BadInputError, failure_line
 from dfdetect.labels import IMAGE_SUFFIXES
 from dfdetect.parallel import Engine, in_worker, map_items
 from dfdetect.stage import ProgressCallback, StageReport
@@ -473,14 +473,8 @@ def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str, limits: MediaL
     except OSError as exc:  # e.g. the output disk is full: name the file, skip, go on
         result.failed.append(f"{src}: {exc}")
     except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, is one line; the stage goes on
-        result.failed.append(_error_line(src, exc))
+        result.failed.append(failure_line(src, exc))
     return result
-
-
-def _error_line(src: Path, exc: BaseException) -> str:
-    """``file: problem (Type)``, one line, for an error no stage foresaw."""
-    text = (str(exc).strip().splitlines() or [""])[-1][:160]
-    return f"{src}: failed ({type(exc).__name__}{': ' + text if text else ''}); skipped"
 
 
 def _refuse_sources_inside(items: list[MediaItem], out: Path) -> None:
@@ -521,7 +515,7 @@ def extract_frames(
     jobs = [(str(it.path), it.video_id, cfg.for_item(it.is_test)) for it in items]
     job = partial(_frames_job, out_dir=os.path.abspath(out), limits=media_limits(limits))
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
-                        on_error=lambda item, exc: JobResult(failed=[_error_line(Path(item[0]), exc)]))
+                        on_error=lambda item, exc: JobResult(failed=[failure_line(Path(item[0]), exc)]))
     for r in results:
         report.written += r.written
         report.reused += r.reused

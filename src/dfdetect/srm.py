@@ -25,9 +25,9 @@ import numpy as np
 
 from dfdetect._io import is_valid_image, load_image, media_limits, output_stems, write_image, write_text
 from dfdetect.config import MediaLimits, SRMConfig
-from dfdetect.errors import BadInputError
+from dfdetect.errors import BadInputError, failure_line
 from dfdetect.faces import MANIFEST_NAME, frame_files, read_manifest, write_manifest
-from dfdetect.frames import JobResult, _error_line
+from dfdetect.frames import JobResult
 from dfdetect.parallel import Engine, map_items
 from dfdetect.stage import ProgressCallback, StageReport
 
@@ -163,7 +163,7 @@ def _srm_job(job: tuple[str, list[str], dict[str, str]], faces_dir: str, out_dir
         except OSError as exc:  # the output disk refuses: name the file, go on
             result.failed.append(f"{dest}: cannot write ({exc.strerror or exc})")
         except Exception as exc:  # noqa: BLE001 - one crop's failure, whatever it is, is one line
-            result.failed.append(_error_line(src, exc))
+            result.failed.append(failure_line(src, exc))
     return result
 
 
@@ -210,7 +210,7 @@ def make_srm_copy(
                   limits=media_limits(limits))
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
                         weight=lambda j: len(j[1]),
-                        on_error=lambda j, exc: JobResult(failed=[_error_line(src / j[0], exc)]))
+                        on_error=lambda j, exc: JobResult(failed=[failure_line(src / j[0], exc)]))
     for r in results:
         report.written += r.written
         report.reused += r.reused

@@ -33,15 +33,15 @@ SETS = ("dfdc-faces", "dfdc-faces-more")
 NAME = "mobilenet_v2.dfdc_sbi"
 
 
-def recipe(sbi_mask: str = "landmarks"):  # -> dfdetect.config.Protocol
+def recipe(sbi_mask: str = "landmarks", input_size: int = 128, epochs: int = 7):  # -> dfdetect.config.Protocol
     """The shipped model's protocol: what each lever was, in one place (docs/QUALITY.md has the figures)."""
     from dfdetect.config import Protocol
 
     p = Protocol.default()
     return p.model_copy(update={
-        "model": p.model.model_copy(update={"ensemble": 1}),
+        "model": p.model.model_copy(update={"ensemble": 1, "input_size": input_size}),
         "train": p.train.model_copy(update={"pseudo_fakes": "sbi", "sbi_mix": True, "launder": True,
-                                            "calibration": "temperature", "epochs": 7, "patience": 4,
+                                            "calibration": "temperature", "epochs": epochs, "patience": 4,
                                             "sbi_mask": sbi_mask}),
     })
 
@@ -156,7 +156,7 @@ def ship(args: argparse.Namespace) -> int:
     bench_md = Path("runs/generalization/table.md")
     card = ModelCard(
         name=NAME,
-        summary=("MobileNetV2 (ImageNet start, 128 px) fine-tuned on DFDC face crops with self-blended "
+        summary=(f"MobileNetV2 (ImageNet start, {det.protocol_.model.input_size} px) fine-tuned on DFDC face crops with self-blended "
                  "pseudo-fakes (blend masks shaped by YuNet's five landmarks) mixed with the real fakes, "
                  "laundering augmentations and a calibrated P(fake)."),
         training_data=(f"dfdc-faces + dfdc-faces-more: 16,000 DFDC face crops (224 px, upscaled from about 155 px) "
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/ship"))
     ap.add_argument("--sbi-mask", choices=("ellipse", "landmarks"), default="landmarks",
                     help="the SBI blend region: a centred ellipse, or the face outline from YuNet's five points")
+    ap.add_argument("--input-size", type=int, default=128, help="the network's input side, in pixels")
+    ap.add_argument("--epochs", type=int, default=7)
     ap.add_argument("--ship", action="store_true", help="write the trained model and its card into src/dfdetect/models/")
     args = ap.parse_args(argv)
     if args.ship:
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     table = held_out_table(args.data)
     run_dir = args.out / NAME
     t0 = time.perf_counter()
-    result = train(table, recipe(args.sbi_mask), run_dir)
+    result = train(table, recipe(args.sbi_mask, args.input_size, args.epochs), run_dir)
     train_s = time.perf_counter() - t0
     summary = json.loads((run_dir / "train.json").read_text())
     y, crops = test_crops(table)

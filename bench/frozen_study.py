@@ -6,7 +6,7 @@ seeded 85/15 split) on the same crops, in the same process, with the same CPU th
 
 * **seed loop**: every epoch reads and resizes every training crop and runs the frozen backbone on
   every batch (and on the validation set for the epoch's metrics), as ``model.fit`` did;
-* **dfdetect**: ``dfdetect.train.train`` with ``mode='head'``: the backbone runs once per crop, into
+* **dfdetect**: ``dfdetect.training.trainer.train`` with ``mode='head'``: the backbone runs once per crop, into
   a disk-backed feature cache, and the head trains on the cached features.
 
 The head's initialisation and batch order are the same, so both print the same validation AUC per
@@ -40,8 +40,8 @@ def crop_table(n: int, tmp: Path):
     """``n`` crops from ../shared/data/dfdc-faces (half real, half fake), or generated ones if absent."""
     import cv2
 
-    from dfdetect.data import build_crop_table
-    from dfdetect.datasets import discover, load_csv
+    from dfdetect.data.crops import build_crop_table
+    from dfdetect.data.sources import discover, load_csv
 
     if (SHARED / "labels.csv").is_file():
         ds = load_csv(SHARED / "labels.csv")
@@ -62,9 +62,10 @@ def crop_table(n: int, tmp: Path):
 
 def seed_loop(table, protocol) -> tuple[float, list[float]]:
     """The backbone on every batch of every epoch; returns (seconds, val AUC per epoch)."""
-    from dfdetect.backbones import create_backbone, new_head
-    from dfdetect.data import CropDataset, split_table
-    from dfdetect.metrics import compute_metrics
+    from dfdetect.data.crops import split_table
+    from dfdetect.data.torch_datasets import CropDataset
+    from dfdetect.evaluation.metrics import compute_metrics
+    from dfdetect.model.backbones import create_backbone, new_head
 
     cfg, size = protocol.train, protocol.model.input_size
     t0 = time.perf_counter()
@@ -105,7 +106,7 @@ def seed_loop(table, protocol) -> tuple[float, list[float]]:
 
 
 def cached(table, protocol, out: Path) -> tuple[float, list[float]]:
-    from dfdetect.train import train
+    from dfdetect.training.trainer import train
 
     t0 = time.perf_counter()
     r = train(table, protocol, out)
@@ -121,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     # imports paid before either clock starts (timm is otherwise imported inside the first create_backbone)
     import timm  # noqa: F401
 
-    import dfdetect.backbones
-    import dfdetect.metrics
-    import dfdetect.train  # noqa: F401
+    import dfdetect.evaluation.metrics
+    import dfdetect.model.backbones
+    import dfdetect.training.trainer  # noqa: F401
     from dfdetect.config import Protocol
-    from dfdetect.distributed import cpu_threads
+    from dfdetect.threads import cpu_threads
 
     seed = Protocol.seed()
     protocol = seed.model_copy(update={"train": seed.train.model_copy(update={"epochs": args.epochs})})

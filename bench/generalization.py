@@ -55,7 +55,7 @@ def _acc(y, p, threshold: float) -> float:
 
 def ffpp_videos(root: Path) -> list[dict]:
     """Each FF++ video with its label (1 = fake), method ('real' for originals) and compression."""
-    from dfdetect.datasets import load_ffpp
+    from dfdetect.data.sources import load_ffpp
 
     out = []
     for item in load_ffpp(root).items:
@@ -96,8 +96,8 @@ def _jpeg(bgr: np.ndarray, q: int) -> np.ndarray:
 
 def laundered_crops(video: dict, face_cfg, finder, cache: Path) -> dict[str, list[np.ndarray]]:
     """The face crops of ``video``'s sampled frames for each laundering variant (the same boxes in each)."""
-    from dfdetect.faces import crop_face, faces_in_frames
-    from dfdetect.frames import read_frames, read_frames_at
+    from dfdetect.preprocess.faces import crop_face, faces_in_frames
+    from dfdetect.preprocess.frames import read_frames, read_frames_at
 
     frames = read_frames(video["path"], FRAMES)
     found = faces_in_frames([f for _, f in frames], finder, face_cfg)
@@ -158,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skip: {', '.join(missing)} not under {args.data} (see ../shared/data/README.md)")
         return 0
 
-    from dfdetect.detector import Detector
-    from dfdetect.faces import create_detector
-    from dfdetect.hub import DEFAULT_MODEL, resolve_model
-    from dfdetect.metrics import expected_calibration_error
-    from dfdetect.predict import resolve_face_config
+    from dfdetect.evaluation.metrics import expected_calibration_error
+    from dfdetect.inference.predict import resolve_face_config
+    from dfdetect.model.detector import Detector
+    from dfdetect.model.hub import DEFAULT_MODEL, resolve_model
+    from dfdetect.preprocess.faces import create_detector
 
     names = args.only or ["seed", "default", "shipped"]
     paths = {n: ensure_trained(n, args.quality_runs) for n in names if n != "shipped"}

@@ -1,8 +1,8 @@
 """Peak memory while featurising 1,000 vs 10,000 generated face crops: it must stay flat.
 
 Issue 5 item 4. Each size runs in a fresh subprocess that builds the crop table, loads MobileNetV2
-(offline ImageNet weights) and calls ``dfdetect.features.extract_features``, which streams crops
-in batches into a disk-backed ``.npy`` memmap, then ``dfdetect.data.decode_crops``, which appends the
+(offline ImageNet weights) and calls ``dfdetect.training.features.extract_features``, which streams crops
+in batches into a disk-backed ``.npy`` memmap, then ``dfdetect.data.crops.decode_crops``, which appends the
 decoded crops a fine-tune reads to a ``.npy`` file; the child reports its own peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). A whole-dataset approach would grow ~10x from
 1,000 to 10,000 crops; a streaming one stays flat.
@@ -36,10 +36,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from dfdetect.backbones import create_backbone
-from dfdetect.data import build_crop_table, decode_crops
-from dfdetect.datasets import discover
-from dfdetect.features import extract_features
+from dfdetect.model.backbones import create_backbone
+from dfdetect.data.crops import build_crop_table
+from dfdetect.data.torch_datasets import decode_crops
+from dfdetect.data.sources import discover
+from dfdetect.training.features import extract_features
 
 root, n, size, cache = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 ds = discover(root)
@@ -108,9 +109,9 @@ def video_8k(path: Path, frames: int = 16, size: tuple[int, int] = (7680, 4320))
 
 MODEL_CHILD = r"""
 import sys, torch
-from dfdetect.backbones import create_backbone
+from dfdetect.model.backbones import create_backbone
 from dfdetect.config import FaceConfig, ModelConfig, Protocol
-from dfdetect.detector import Detector
+from dfdetect.model.detector import Detector
 torch.manual_seed(0)
 proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False),
                                               "faces": FaceConfig(detector="haar", min_size=40)})

@@ -73,9 +73,9 @@ def make_video(path: Path, seconds: int = 10, fps: int = 30, size: tuple[int, in
 
 
 def make_detector(protocol_name: str, detect_max_side: int | None):
-    from dfdetect.backbones import create_backbone, ensemble_of
     from dfdetect.config import Protocol
-    from dfdetect.detector import Detector
+    from dfdetect.model.backbones import create_backbone, ensemble_of
+    from dfdetect.model.detector import Detector
 
     protocol = Protocol.named(protocol_name)  # type: ignore[arg-type]
     protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"backbone": "mobilenet_v2"})})
@@ -104,8 +104,8 @@ def seed_style(video: Path, scorer) -> tuple[float, float, list[float]]:
     """cv2 reads every frame in order, keeps the sampled ones; Haar (seed settings) on each full frame;
     the protocol's crops of every face; the same scorer."""
     from dfdetect.config import FaceConfig
-    from dfdetect.faces import HaarDetector, crop_face
-    from dfdetect.frames import sample_indices
+    from dfdetect.preprocess.faces import HaarDetector, crop_face
+    from dfdetect.preprocess.frames import sample_indices
 
     faces = scorer.protocol_.faces
     haar = HaarDetector(FaceConfig(**SEED_HAAR))
@@ -136,7 +136,7 @@ def seed_style(video: Path, scorer) -> tuple[float, float, list[float]]:
 
 
 def dfdetect_predict(video: Path, scorer, face_cfg=None, detector=None):
-    from dfdetect.predict import predict_file
+    from dfdetect.inference.predict import predict_file
 
     with Clock() as c:
         res = predict_file(video, scorer, frames=FRAMES, face_cfg=face_cfg, face_detector=detector)
@@ -146,9 +146,9 @@ def dfdetect_predict(video: Path, scorer, face_cfg=None, detector=None):
 def breakdown(video: Path, scorer, face_detector, face_cfg) -> dict[str, Clock]:
     """Each stage of both pipelines on its own, in the order predict runs them."""
     from dfdetect.config import FaceConfig
-    from dfdetect.faces import HaarDetector, crop_face
-    from dfdetect.frames import read_frames
-    from dfdetect.predict import resolve_face_config
+    from dfdetect.inference.predict import resolve_face_config
+    from dfdetect.preprocess.faces import HaarDetector, crop_face
+    from dfdetect.preprocess.frames import read_frames
 
     cfg, _ = resolve_face_config(face_cfg)
     out: dict[str, Clock] = {}
@@ -193,7 +193,7 @@ def main() -> int:
 
     import torch
 
-    from dfdetect.predict import _create_face_detector, resolve_face_config
+    from dfdetect.inference.predict import _create_face_detector, resolve_face_config
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -207,7 +207,7 @@ def main() -> int:
         mtcnn_cfg = faces.model_copy(update={"detector": "mtcnn"})
         onnx_path = None
         if not args.no_onnx:
-            from dfdetect.export import OnnxDetector, export_onnx
+            from dfdetect.model.export import OnnxDetector, export_onnx
 
             onnx_path = export_onnx(det, Path(tmp) / "det.onnx").path
         cores, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()

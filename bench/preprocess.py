@@ -41,8 +41,8 @@ import cv2
 import numpy as np
 
 from dfdetect.config import FaceConfig, FrameConfig, Protocol
-from dfdetect.faces import create_detector, faces_in_image
-from dfdetect.frames import read_frames, sample_indices
+from dfdetect.preprocess.faces import create_detector, faces_in_image
+from dfdetect.preprocess.frames import read_frames, sample_indices
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEED_FACES = FaceConfig(detector="haar", min_size=128, scale_factor=1.1, min_neighbors=5, margin=1.0)
@@ -155,10 +155,10 @@ def bench_stages(videos: list[Path], n: int, workers: int, tmp: Path) -> None:
     """The stages as users run them (files written) against the in-memory seed-style loop: the
     baseline writes nothing, so these ratios are conservative. Seed protocol (jpg, Haar) and the default
     protocol's detector and formats (png frames, YuNet on a <=640 px copy, 1.3x margin, 256 px crops)."""
-    from dfdetect.datasets import MediaItem
-    from dfdetect.faces import extract_faces
-    from dfdetect.frames import extract_frames
-    from dfdetect.labels import Label
+    from dfdetect.data.labels import Label
+    from dfdetect.data.sources import MediaItem
+    from dfdetect.preprocess.faces import extract_faces
+    from dfdetect.preprocess.frames import extract_frames
 
     cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt.xml"))
     t = time.perf_counter()

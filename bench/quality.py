@@ -1,6 +1,6 @@
 """Held-out AUC on real DFDC faces: the seed recipe (a) against the default recipe (b), in one run.
 
-Trains both through the package's one trainer (``dfdetect.train.train`` with ``Protocol.seed()`` and
+Trains both through the package's one trainer (``dfdetect.training.trainer.train`` with ``Protocol.seed()`` and
 ``Protocol.default()``) on ``../shared/data/dfdc-faces`` (6,000 labelled 224 px crops), with the test crops
 split off by ``original_video`` (a fake and its source never straddle sets; asserted), and prints the test
 AUC of each side by side with wall times. Budget: under 40 minutes on 2 idle CPU cores.
@@ -60,11 +60,11 @@ def split_groups(rows: list[tuple[str, int, str]], *, test: float = 0.2, val: fl
     return out
 
 
-def package_table(root: Path, split: dict):  # -> dfdetect.data.CropTable
+def package_table(root: Path, split: dict):  # -> dfdetect.data.crops.CropTable
     """The bench's crops as a dfdetect table: this split's rows only, its test rows marked ``is_test`` (the
     package draws train/validation from the rest)."""
-    from dfdetect.data import CropTable, build_crop_table
-    from dfdetect.datasets import discover
+    from dfdetect.data.crops import CropTable, build_crop_table
+    from dfdetect.data.sources import discover
 
     table = build_crop_table(discover(root), None)
     keep = {str((root / p).resolve()) for s in split.values() for p, _, _ in s}
@@ -97,12 +97,12 @@ def recipe(name: str, *, protocol_file: Path | None = None, updates: dict[str, d
 
 
 def run(name: str, protocol, root: Path, split: dict, out_dir: Path) -> dict:
-    """Train through ``dfdetect.train.train`` on the non-test crops, score the held-out test crops with the
+    """Train through ``dfdetect.training.trainer.train`` on the non-test crops, score the held-out test crops with the
     saved Detector (the file ``dfdetect evaluate`` loads)."""
     import cv2
 
-    from dfdetect.detector import Detector
-    from dfdetect.train import train
+    from dfdetect.model.detector import Detector
+    from dfdetect.training.trainer import train
 
     t0 = time.perf_counter()
     table = package_table(root, split)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in rows if r[2] in set(groups)]
     split = split_groups(rows)
     print(f"dfdc-faces: train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} crops; "
-          "split by original_video, no group on two sides; trainer dfdetect.train.train", flush=True)
+          "split by original_video, no group on two sides; trainer dfdetect.training.trainer.train", flush=True)
     results: dict[str, dict] = {}
     log: Callable[[str], None] = lambda m: print(m, flush=True)
     for name in ("seed", "default"):

@@ -1,4 +1,4 @@
-"""Videos per minute of ``dfdetect.scan`` at ``--workers 0``, ``1`` and ``2`` and on Ray with 2 local workers.
+"""Videos per minute of ``dfdetect.inference.scan`` at ``--workers 0``, ``1`` and ``2`` and on Ray with 2 local workers.
 
 Issue 14 item 3 (target: 2 workers >= 1.7x 1 worker on 2 cores). All four run in one process, one after
 another, on the same copies of the same videos with the same model file, each into its own fresh jsonl
@@ -56,7 +56,7 @@ def videos_into(folder: Path, copies: int) -> list[Path]:
 def run(name: str, videos: Path, model: Path, out: Path, frames: int, **kwargs) -> dict:
     """One scan into a fresh jsonl: videos/min end to end (workers started inside), and once running
     (from the k-th result to the last, k = workers: what a scan of 100,000 files sees)."""
-    from dfdetect.scan import scan
+    from dfdetect.inference.scan import scan
 
     t0 = time.perf_counter()
     stamps, lines = [], []

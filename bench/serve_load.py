@@ -64,14 +64,14 @@ def pick_files(n_videos: int, n_images: int, tmp: Path) -> list[Path]:
 
 
 def model_path(tmp: Path) -> tuple[Path, str]:
-    from dfdetect import hub
+    from dfdetect.model import hub
 
     entry = hub.get_model(hub.DEFAULT_MODEL)
     if entry is not None and entry.shipped_path.is_file():
         return entry.shipped_path, f"shipped {entry.name}"
-    from dfdetect.backbones import create_backbone, ensemble_of
     from dfdetect.config import Protocol
-    from dfdetect.detector import Detector
+    from dfdetect.model.backbones import create_backbone, ensemble_of
+    from dfdetect.model.detector import Detector
 
     p = Protocol.default()
     nets = [create_backbone(p.model.backbone, pretrained=False, pool=p.model.pool, num_classes=1)
@@ -178,7 +178,7 @@ def baseline(files: list[Path], model: Path, frames: int, seconds: float, max_re
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from dfdetect import predict as P
+from dfdetect.inference import predict as P
 from dfdetect.cli.use import load_scorer
 files = [Path(f) for f in {[str(f) for f in files]!r}]
 det = load_scorer(Path({str(model)!r}))

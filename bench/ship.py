@@ -46,9 +46,9 @@ def recipe(sbi_mask: str = "landmarks", input_size: int = 128, epochs: int = 7):
     })
 
 
-def held_out_table(data: Path):  # -> dfdetect.data.CropTable
+def held_out_table(data: Path):  # -> dfdetect.data.crops.CropTable
     """Both DFDC sets as one table, each set's test split (by original_video) marked ``is_test``."""
-    from dfdetect.data import CropTable
+    from dfdetect.data.crops import CropTable
 
     tables = []
     for name in SETS:
@@ -64,9 +64,9 @@ def test_crops(table) -> tuple[np.ndarray, list[np.ndarray]]:
     return test.labels, [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in test.paths]
 
 
-def figures(ship: dict, table: dict | None, seconds_per_video: float | None):  # -> dfdetect.modelcard.ModelFigures
+def figures(ship: dict, table: dict | None, seconds_per_video: float | None):  # -> dfdetect.model.card.ModelFigures
     """The card's figures: ship.json (DFDC test, calibration) and bench/generalization.py's table, if run."""
-    from dfdetect.modelcard import ModelFigures
+    from dfdetect.model.card import ModelFigures
 
     g = (table or {}).get("results", {}).get("shipped")
     f = g["ffpp"] if g else {}
@@ -88,7 +88,7 @@ def figures(ship: dict, table: dict | None, seconds_per_video: float | None):  #
 
 def seconds_per_video(det, video: Path) -> float | None:
     """Wall time of predict's whole path (frames, faces, network) on one video, the second of two runs."""
-    from dfdetect.predict import predict_file
+    from dfdetect.inference.predict import predict_file
 
     if not video.is_file():
         return None
@@ -105,7 +105,7 @@ def training_crop_margin(face_cfg, data: Path, n: int = 200) -> float:
     (every 25th), median. The DFDC crops are far tighter than predict's default framing, so predict must
     cut faces the same way or it scores a framing the model never saw.
     """
-    from dfdetect.faces import create_detector
+    from dfdetect.preprocess.faces import create_detector
 
     finder = create_detector(face_cfg.model_copy(update={"keep": "all"}))
     ratios = []
@@ -123,7 +123,7 @@ def training_crop_margin(face_cfg, data: Path, n: int = 200) -> float:
 
 def real_video_limit(det, videos: Path) -> str | None:
     """A known limit, measured: the verdicts on the shared real videos (none of them DFDC crops it trained on)."""
-    from dfdetect.predict import predict_file
+    from dfdetect.inference.predict import predict_file
 
     files = sorted(videos.glob("*.mp4"))
     if not files:
@@ -142,8 +142,8 @@ def ship(args: argparse.Namespace) -> int:
     The face finder is today's default protocol's, cutting faces at the training crops' measured margin.
     """
     from dfdetect.config import Protocol
-    from dfdetect.detector import Detector
-    from dfdetect.modelcard import DEFAULT_LIMITS, ModelCard, ship_model
+    from dfdetect.model.card import DEFAULT_LIMITS, ModelCard, ship_model
+    from dfdetect.model.detector import Detector
 
     ship_json = json.loads((args.out / "ship.json").read_text())
     det = Detector.load(args.out / NAME / "detector.safetensors")
@@ -193,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from sklearn.metrics import roc_auc_score
 
-    from dfdetect.detector import Detector
-    from dfdetect.metrics import apply_temperature, expected_calibration_error
-    from dfdetect.train import train
+    from dfdetect.evaluation.metrics import expected_calibration_error
+    from dfdetect.model.calibration import apply_temperature
+    from dfdetect.model.detector import Detector
+    from dfdetect.training.trainer import train
 
     table = held_out_table(args.data)
     run_dir = args.out / NAME

@@ -2,7 +2,7 @@
 
 Baseline, measured in the same run on the same crops: ``parallel_members=False``, each member in turn on
 all the threads torch is given (2 here), as every ensemble trained before. dfdetect: the members side by
-side, one thread each (``dfdetect.train`` does this on a CPU with no more cores than members). Both runs
+side, one thread each (``dfdetect.training.trainer`` does this on a CPU with no more cores than members). Both runs
 train the default protocol on the same DFDC face crops from ``../shared/data/dfdc-faces``, already decoded
 (the cache is filled before either clock starts), and the script checks that both trained the same
 member-epochs. The runs alternate (baseline first) when ``--repeats`` is above 1, because this machine's speed
@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SKIP: {args.data}/labels.csv not found (../shared/data is absent here)")
         return 0
     from dfdetect.config import Protocol
-    from dfdetect.data import decode_crops, split_table
-    from dfdetect.train import train
+    from dfdetect.data.crops import split_table
+    from dfdetect.data.torch_datasets import decode_crops
+    from dfdetect.training.trainer import train
 
     rows = read_labels(args.data)
     keep = set(sorted({g for _, _, g in rows})[:args.groups])

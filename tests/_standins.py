@@ -9,7 +9,7 @@ import numpy as np
 
 @dataclass
 class Table:
-    """Stand-in for dfdetect.data.CropTable: only the columns evaluate and report read."""
+    """Stand-in for dfdetect.data.crops.CropTable: only the columns evaluate and report read."""
 
     paths: list = field(default_factory=list)
     labels: list = field(default_factory=list)
@@ -33,11 +33,11 @@ def ship_tiny_model(models_dir, name=None, **figures):
     of the model zoo and the demo never need the trained file. Returns the card path."""
     import torch
 
-    from dfdetect import hub
-    from dfdetect.backbones import create_backbone
     from dfdetect.config import FaceConfig, ModelConfig, Protocol
-    from dfdetect.detector import Detector
-    from dfdetect.modelcard import ModelCard, ModelFigures, ship_model
+    from dfdetect.model import hub
+    from dfdetect.model.backbones import create_backbone
+    from dfdetect.model.card import ModelCard, ModelFigures, ship_model
+    from dfdetect.model.detector import Detector
 
     torch.manual_seed(0)
     proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False),

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 from skimage import data as skdata
 
-from dfdetect.backbones import _weights, create_backbone, get_backbone_cfg, is_backbone, list_backbones
-from dfdetect.distributed import cpu_threads
 from dfdetect.errors import DfdetectError, WeightsError
+from dfdetect.model.backbones import _weights, create_backbone, get_backbone_cfg, is_backbone, list_backbones
+from dfdetect.threads import cpu_threads
 
 
 @pytest.fixture(autouse=True)

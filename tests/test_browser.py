@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfdetect import predict as P
+from dfdetect.inference import predict as P
 from dfdetect.service import create_app
 from test_predict import write_video
 from test_service import face_frame, haar_detector

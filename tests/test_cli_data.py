@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dfdetect.cli import app
-from dfdetect.faces import MANIFEST_NAME, read_manifest
-from dfdetect.labels import Label, read_label_file
+from dfdetect.data.labels import Label, read_label_file
+from dfdetect.preprocess.manifest import MANIFEST_NAME, read_manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_faces import face_frame
@@ -181,11 +181,11 @@ def test_out_inside_the_input_is_refused(tmp_path):
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, celebdf, tmp_path):
     """An interrupted stage says how to resume instead of printing a traceback."""
-    import dfdetect.frames
+    import dfdetect.preprocess.frames
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dfdetect.frames, "extract_frames", interrupted)
+    monkeypatch.setattr(dfdetect.preprocess.frames, "extract_frames", interrupted)
     res = invoke("frames", celebdf, "--out", tmp_path / "f")
     assert res.exit_code == 130 and "run the same command again to resume" in res.output

@@ -10,20 +10,10 @@ import pytest
 import torch
 
 from dfdetect.config import TrainConfig
-from dfdetect.data import (
-    CropDataset,
-    CropTable,
-    PairDataset,
-    augment_crop,
-    balanced_sampler,
-    build_crop_table,
-    decode_crops,
-    group_components,
-    load_label_table,
-    preprocess_crops,
-    split_table,
-)
-from dfdetect.datasets import discover
+from dfdetect.data.crops import CropTable, build_crop_table, group_components, load_label_table, split_table
+from dfdetect.data.sources import discover
+from dfdetect.data.torch_datasets import CropDataset, PairDataset, balanced_sampler, decode_crops
+from dfdetect.data.transforms import augment_crop, preprocess_crops
 from dfdetect.errors import NothingUsableError
 
 DC = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
@@ -141,7 +131,7 @@ def test_group_split_one_blob_splits_identities_and_drops_straddlers():
 
 
 def test_group_split_dfdc_fakes_stay_with_their_original(shared_data):
-    from dfdetect.datasets import load_csv
+    from dfdetect.data.sources import load_csv
 
     t = build_crop_table(load_csv(shared_data / "dfdc-faces" / "labels.csv"), None)
     tr, va, te = split_table(t, TrainConfig(split="group", seed=0))
@@ -168,10 +158,10 @@ def test_sbi_pairs_are_half_real_half_fake_and_seeded(tmp_path):
     t = CropTable(paths, np.zeros(4, int), [f"v{i}" for i in range(4)], [(f"v{i}",) for i in range(4)],
                   np.zeros(4, bool))
 
-    def blend(face, rng):  # stand-in for sbi.self_blend: a visible, seeded change
+    def blend(face, rng, landmarks):  # stand-in for sbi.sbi_blend: a visible, seeded change
         out = face.copy()
         out[: int(rng.integers(2, 10))] = 0
-        return out, np.ones(face.shape[:2], np.float32)
+        return face, out
 
     ds = PairDataset(t, input_size=8, data_config=DC, seed=0, sbi=1.0, blend_fn=blend)
     x, y, ok = ds[1]
@@ -235,7 +225,7 @@ def test_group_split_of_a_tiny_table_does_not_crash():
 
 
 def test_decoded_crops_equal_reading_from_disk_and_are_reused(tmp_path, monkeypatch):
-    from dfdetect import data as D
+    from dfdetect.data import torch_datasets as D
 
     rng = np.random.default_rng(0)
     paths = []

@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from _standins import ship_tiny_model
-from dfdetect import hub, pipeline
 from dfdetect.cli import app
 from dfdetect.config import SynthConfig
+from dfdetect.evaluation import pipeline
+from dfdetect.model import hub
 
 TINY = SynthConfig(identities=4, videos_per_identity=1, fakes_per_identity=1, youtube_videos=0, frames=3,
                    frame_size=192, face_size=150)

@@ -10,10 +10,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dfdetect.backbones import _weights, create_backbone
 from dfdetect.config import ModelConfig, Protocol
-from dfdetect.detector import Detector, NotFittedError
 from dfdetect.errors import WeightsError
+from dfdetect.model.backbones import _weights, create_backbone
+from dfdetect.model.detector import Detector, NotFittedError
 
 
 @pytest.fixture(scope="module")

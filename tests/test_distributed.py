@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dfdetect.distributed import DistInfo, init_distributed
+from dfdetect.training.distributed import DistInfo, init_distributed
 
 
 def _free_port() -> int:
@@ -27,9 +27,9 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     from safetensors.torch import save_file
 
     from dfdetect.config import ModelConfig, Protocol
-    from dfdetect.data import build_crop_table
-    from dfdetect.datasets import discover
-    from dfdetect.train import train
+    from dfdetect.data.crops import build_crop_table
+    from dfdetect.data.sources import discover
+    from dfdetect.training.trainer import train
 
     base = Protocol.default()
     p = base.model_copy(update={
@@ -62,7 +62,7 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    from dfdetect.backbones import create_backbone
+    from dfdetect.model.backbones import create_backbone
 
     torch.manual_seed(0)  # train() seeds with TrainConfig.seed (0) before building: the same init
     start = create_backbone("mobilenet_v2", pretrained=False).state_dict()
@@ -77,9 +77,9 @@ def test_cuda_full_and_head_mode_then_cpu_inference(tmp_path):
     import json
 
     from dfdetect.config import ModelConfig, Protocol
-    from dfdetect.data import build_crop_table
-    from dfdetect.datasets import discover
-    from dfdetect.train import train
+    from dfdetect.data.crops import build_crop_table
+    from dfdetect.data.sources import discover
+    from dfdetect.training.trainer import train
 
     rng = np.random.default_rng(0)
     for label in ("real", "fake"):
@@ -113,7 +113,7 @@ def test_cuda_full_and_head_mode_then_cpu_inference(tmp_path):
     (9.0, 1, 1),   # a crowded machine: never fewer than one
 ])
 def test_auto_threads_counts_only_other_processes_load(monkeypatch, load, running, want):
-    from dfdetect import distributed as D
+    from dfdetect import threads as D
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(D, "_cores", lambda: 2)
@@ -124,7 +124,7 @@ def test_auto_threads_counts_only_other_processes_load(monkeypatch, load, runnin
 
 def test_auto_threads_measures_other_processes_since_a_sample(monkeypatch):
     """/proc/stat, not the lagging load average: an idle machine gets both cores back whatever the load says."""
-    from dfdetect import distributed as D
+    from dfdetect import threads as D
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(D, "_cores", lambda: 2)
@@ -145,7 +145,7 @@ def test_auto_threads_measures_other_processes_since_a_sample(monkeypatch):
 
 
 def test_cpu_sample_reads_this_machine():
-    from dfdetect import distributed as D
+    from dfdetect import threads as D
 
     s = D.cpu_sample()
     if not Path("/proc/stat").is_file():
@@ -158,7 +158,7 @@ def test_cpu_threads_limits_the_blas_pools_too_and_restores_them(monkeypatch):
     """numpy's OpenBLAS keeps its own threads, which torch.set_num_threads never reaches."""
     from threadpoolctl import threadpool_info
 
-    from dfdetect import distributed as D
+    from dfdetect import threads as D
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(D, "auto_threads", lambda world_size=1: 1)

@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from _standins import MeanBrightness, Table
 from dfdetect._io import write_image
 from dfdetect.errors import NothingUsableError
-from dfdetect.evaluate import evaluate
+from dfdetect.evaluation.evaluate import evaluate
 
 
 def _make_set(root, n_videos=6, frames=3, seed=0) -> Table:

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from dfdetect.config import Protocol
-from dfdetect.explain import LogitTarget, gradcam_maps, gradcam_overlay
+from dfdetect.inference.explain import LogitTarget, gradcam_maps, gradcam_overlay
 
 
 class TinyTorchDetector:
-    """Stand-in for dfdetect.detector.Detector with the same contract (model_, preprocess, predict_proba,
+    """Stand-in for dfdetect.model.detector.Detector with the same contract (model_, preprocess, predict_proba,
     cam_target_layers, threshold_, protocol_); any tiny ``nn.Module`` returning (n, 1) logits."""
 
     def __init__(self, model: nn.Module, size: int = 32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
@@ -129,7 +129,7 @@ def test_logit_target_shapes():
 
 
 def test_predict_explain_adds_heatmaps(tmp_path, monkeypatch, red_blue):
-    from dfdetect import predict as P
+    from dfdetect.inference import predict as P
     from test_predict import use_stand_in_faces, write_video
 
     use_stand_in_faces(monkeypatch)

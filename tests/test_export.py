@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from dfdetect.config import FaceConfig, Protocol
 from dfdetect.errors import DfdetectError, WeightsError
-from dfdetect.export import OnnxDetector, export_onnx
+from dfdetect.model.export import OnnxDetector, export_onnx
 from test_explain import TinyTorchDetector, tiny_cnn
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -69,8 +69,8 @@ def test_metadata_round_trips(exported):
 def real_detector(tmp_path: Path, size: int = 64, members: int = 1):
     """dfdetect's own Detector around randomly initialised MobileNetV2s (``members`` > 1: an ensemble), saved
     and loaded back."""
-    from dfdetect.backbones import create_backbone, ensemble_of
-    from dfdetect.detector import Detector
+    from dfdetect.model.backbones import create_backbone, ensemble_of
+    from dfdetect.model.detector import Detector
 
     protocol = Protocol.default()
     protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"input_size": size})})
@@ -83,7 +83,7 @@ def real_detector(tmp_path: Path, size: int = 64, members: int = 1):
 
 @pytest.mark.parametrize("members", [1, 2])
 def test_real_detector_round_trip(tmp_path, members):
-    pytest.importorskip("dfdetect.detector")
+    pytest.importorskip("dfdetect.model.detector")
     det = real_detector(tmp_path, members=members)
     assert len(getattr(det.model_, "members", [det.model_])) == members
     info = export_onnx(det, tmp_path / "det.onnx")
@@ -153,8 +153,8 @@ def test_onnx_scoring_and_predict_without_torch(exported, tmp_path):
             raise SystemExit("torch was importable")
         except ImportError:
             pass
-        from dfdetect.export import OnnxDetector
-        from dfdetect.predict import predict_path
+        from dfdetect.model.export import OnnxDetector
+        from dfdetect.inference.predict import predict_path
         det = OnnxDetector.load({str(path)!r})
         scores = det.predict_proba(list(np.load({str(tmp_path / "crops.npy")!r})))
         [res] = predict_path({str(tmp_path / "face.png")!r}, det)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from dfdetect import faces as FA
 from dfdetect.config import FaceConfig
 from dfdetect.errors import DfdetectError
+from dfdetect.preprocess import faces as FA
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from dfdetect import frames as F
 from dfdetect.config import FrameConfig
-from dfdetect.datasets import MediaItem
+from dfdetect.data.labels import Label
+from dfdetect.data.sources import MediaItem
 from dfdetect.errors import BadInputError
-from dfdetect.labels import Label
+from dfdetect.preprocess import frames as F
 
 
 def make_video(path: Path, n: int = 48, size: tuple[int, int] = (96, 64), keyint: int = 8, codec: str = "libx264",

@@ -22,16 +22,17 @@ import pytest
 from typer.testing import CliRunner
 
 import _crash
-from dfdetect import frames as F
 from dfdetect import parallel as P
 from dfdetect.cli import app
 from dfdetect.config import FaceConfig, FrameConfig, SRMConfig
-from dfdetect.data import build_crop_table
-from dfdetect.datasets import discover
+from dfdetect.data.crops import build_crop_table
+from dfdetect.data.labels import read_label_file
+from dfdetect.data.sources import discover
 from dfdetect.errors import BadInputError, DfdetectError
-from dfdetect.faces import extract_faces, read_manifest
-from dfdetect.labels import read_label_file
-from dfdetect.srm import make_srm_copy
+from dfdetect.preprocess import frames as F
+from dfdetect.preprocess.faces import extract_faces
+from dfdetect.preprocess.manifest import read_manifest
+from dfdetect.preprocess.srm import make_srm_copy
 from test_faces import face_frame
 from test_frames import make_video as _make_video
 
@@ -205,7 +206,7 @@ def test_any_decoder_error_is_one_line_and_the_stage_goes_on(tmp_path, monkeypat
     assert report.written == 4 and len(report.failed) == 1
     assert "b.mp4" in report.failed[0] and "error" in report.failed[0] and "\n" not in report.failed[0]
 
-    from dfdetect import srm as S
+    from dfdetect.preprocess import srm as S
 
     for name in ("a", "b", "c"):
         photo(tmp_path / "faces" / "v" / f"{name}.png", value=40 if name == "b" else 120)

@@ -18,9 +18,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dfdetect.datasets import CelebDFName, load_celebdf, load_csv, load_dfdc, parse_celebdf_name
+from dfdetect.data.labels import Label, LabelLine, format_label_lines, read_label_file
+from dfdetect.data.sources import CelebDFName, load_celebdf, load_csv, load_dfdc, parse_celebdf_name
 from dfdetect.errors import DfdetectError
-from dfdetect.labels import Label, LabelLine, format_label_lines, read_label_file
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -87,7 +87,7 @@ def test_label_file_round_trips_every_name_it_accepts(rows):
 @example([("1", "../outside.png"), ("0", "real/x.png")])
 def test_label_table_paths_stay_inside_the_root(rows):
     """Regression: a label line '1 ../outside.png' read a crop from outside the root."""
-    from dfdetect.data import load_label_table
+    from dfdetect.data.crops import load_label_table
 
     with tempfile.TemporaryDirectory() as tmp:
         root = _tree(Path(tmp))
@@ -118,7 +118,7 @@ def test_celebdf_test_list_never_crashes(text):
 
 
 def test_the_writer_refuses_a_name_no_line_can_hold():
-    from dfdetect.labels import label_path_problem
+    from dfdetect.data.labels import label_path_problem
 
     for bad in ("a\nb.png", "a\rb.png", " a.png", "a.png\u2028", ""):
         assert label_path_problem(bad)

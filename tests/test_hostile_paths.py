@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from dfdetect import frames as F
 from dfdetect._io import inside
 from dfdetect.cli import app
 from dfdetect.config import FrameConfig
-from dfdetect.datasets import MediaItem, contained_rel, discover
+from dfdetect.data.labels import Label
+from dfdetect.data.sources import MediaItem, contained_rel, discover
 from dfdetect.errors import BadInputError
-from dfdetect.labels import Label
+from dfdetect.preprocess import frames as F
 from test_frames import make_video as _make_video
 
 runner = CliRunner()

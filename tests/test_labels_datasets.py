@@ -2,9 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from dfdetect.datasets import discover, load_celebdf, load_csv, parse_celebdf_name
-from dfdetect.errors import BadInputError
-from dfdetect.labels import (
+from dfdetect.data.labels import (
     Label,
     LabelLine,
     from_seed_value,
@@ -13,6 +11,8 @@ from dfdetect.labels import (
     to_seed_value,
     write_label_file,
 )
+from dfdetect.data.sources import discover, load_celebdf, load_csv, parse_celebdf_name
+from dfdetect.errors import BadInputError
 
 
 def test_seed_convention_is_inverted_exactly_once():

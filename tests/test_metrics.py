@@ -5,15 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dfdetect.metrics import (
-    apply_temperature,
-    choose_threshold,
-    compute_metrics,
-    eer,
-    expected_calibration_error,
-    fit_temperature,
-    video_scores,
-)
+from dfdetect.evaluation.metrics import compute_metrics, expected_calibration_error, video_scores
+from dfdetect.model.calibration import apply_temperature, choose_threshold, eer, fit_temperature
 
 
 def test_frame_metrics_match_sklearn_and_confusion_uses_fake_as_positive():

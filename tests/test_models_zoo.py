@@ -14,10 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from _standins import ship_tiny_model
-from dfdetect import hub, pipeline
-from dfdetect.detector import Detector
 from dfdetect.errors import WeightsError
-from dfdetect.modelcard import ModelCard, ModelFigures, read_card, sha256_file, ship_model
+from dfdetect.evaluation import pipeline
+from dfdetect.model import hub
+from dfdetect.model.card import ModelCard, ModelFigures, read_card, sha256_file, ship_model
+from dfdetect.model.detector import Detector
 
 NAME = hub.DEFAULT_MODEL
 FIGS = {"in_domain_auc": 0.961, "ffpp_video_auc": 0.905, "ffpp_per_method": {"Deepfakes": 0.95, "Face2Face": 0.81},
@@ -65,8 +66,8 @@ def _with_card(zoo, name, **front):
 def test_half_precision_file_is_half_the_size_and_scores_the_same(tmp_path):
     import torch
 
-    from dfdetect.backbones import create_backbone
     from dfdetect.config import ModelConfig, Protocol
+    from dfdetect.model.backbones import create_backbone
 
     torch.manual_seed(0)
     proto = Protocol.seed().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False)})
@@ -98,7 +99,7 @@ def test_ship_model_writes_weights_card_and_recipe(zoo):
 
 
 def test_card_says_research_only_for_dlib_landmarks_and_checks_the_name(tmp_path):
-    from dfdetect.modelcard import render_card
+    from dfdetect.model.card import render_card
 
     ship_tiny_model(tmp_path)
     card = ModelCard(name=NAME, summary="s", training_data="t", recipe_command="c", dlib_landmarks=True,
@@ -112,7 +113,7 @@ def test_card_says_research_only_for_dlib_landmarks_and_checks_the_name(tmp_path
 
 
 def test_ship_model_refuses_a_file_over_the_size_limit(tmp_path, monkeypatch):
-    from dfdetect import modelcard
+    from dfdetect.model import card as modelcard
 
     monkeypatch.setattr(modelcard, "MAX_SHIPPED_BYTES", 1000)
     with pytest.raises(WeightsError, match="over the 0 MiB limit"):
@@ -125,8 +126,8 @@ def test_ship_model_refuses_a_detector_that_would_not_load(tmp_path):
     every predict then failed on the shipped file."""
     import torch
 
-    from dfdetect.backbones import create_backbone
     from dfdetect.config import ModelConfig, Protocol
+    from dfdetect.model.backbones import create_backbone
 
     torch.manual_seed(0)
     proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False)})
@@ -284,7 +285,7 @@ def test_cli_without_model_and_nothing_shipped_is_one_line(tmp_path, monkeypatch
 def test_cli_export_and_serve_default_to_the_shipped_model(zoo, tmp_path, monkeypatch):
     import uvicorn
 
-    import dfdetect.export as export_mod
+    import dfdetect.model.export as export_mod
 
     seen = []
     monkeypatch.setattr(export_mod, "export_onnx", lambda det, path: seen.append(det) or (_ for _ in ()).throw(

@@ -13,12 +13,12 @@ import pytest
 
 from dfdetect import parallel as P
 from dfdetect.config import FaceConfig, FrameConfig, SRMConfig
-from dfdetect.datasets import MediaItem
+from dfdetect.data.labels import Label
+from dfdetect.data.sources import MediaItem
 from dfdetect.errors import DfdetectError
-from dfdetect.faces import extract_faces
-from dfdetect.frames import extract_frames
-from dfdetect.labels import Label
-from dfdetect.srm import make_srm_copy
+from dfdetect.preprocess.faces import extract_faces
+from dfdetect.preprocess.frames import extract_frames
+from dfdetect.preprocess.srm import make_srm_copy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_faces import face_frame

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dfdetect._io import read_image
-from dfdetect.plots import plot_confusion, plot_history, plot_roc
+from dfdetect.evaluation.plots import plot_confusion, plot_history, plot_roc
 
 
 def _no_temp_files(folder) -> bool:

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from dfdetect import predict as P
 from dfdetect.config import FaceConfig, Protocol
 from dfdetect.errors import NothingUsableError
-from dfdetect.stage import StageReport
+from dfdetect.inference import predict as P
+from dfdetect.preprocess.stage import StageReport
 
 # --------------------------------------------------------------------------- stand-ins (shared by my tests)
 
@@ -310,10 +310,10 @@ def test_cli_json_in_an_unwritable_place_fails_before_scoring(tmp_path, monkeypa
 
 def test_cli_model_may_be_a_run_folder(tmp_path):
     """Regression: `--model runs/NAME` said "no trained model" although Detector.load takes run folders."""
-    from dfdetect.backbones import create_backbone
     from dfdetect.cli import app, use
     from dfdetect.config import ModelConfig
-    from dfdetect.detector import Detector
+    from dfdetect.model.backbones import create_backbone
+    from dfdetect.model.detector import Detector
 
     proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32)})
     net = create_backbone("mobilenet_v2", pretrained=False, num_classes=1)

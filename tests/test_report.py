@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from _standins import MeanBrightness as Brightness
 from _standins import Table
-from dfdetect import study
 from dfdetect._io import write_image
 from dfdetect.cli import app
 from dfdetect.config import Protocol
 from dfdetect.errors import BadInputError
-from dfdetect.evaluate import evaluate
-from dfdetect.report import confident_errors, write_report
+from dfdetect.evaluation import study
+from dfdetect.evaluation.evaluate import evaluate
+from dfdetect.evaluation.report import confident_errors, write_report
 
 
 def _crops(root) -> Table:

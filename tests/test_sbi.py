@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dfdetect.errors import BadInputError
-from dfdetect.sbi import BLEND_RATIOS, face_hull_mask, face_outline, sbi_pair, self_blend
+from dfdetect.synthetic.sbi import BLEND_RATIOS, face_hull_mask, face_outline, sbi_pair, self_blend
 
 SIDE = 128
 

@@ -20,8 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dfdetect.config import FaceConfig, ModelConfig, Protocol, SynthConfig
-from dfdetect.scan import read_done, scan
-from dfdetect.stage import StageReport
+from dfdetect.inference.scan import read_done, scan
+from dfdetect.preprocess.stage import StageReport
 
 FRAMES = 4
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -29,8 +29,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    from dfdetect.backbones import create_backbone
-    from dfdetect.detector import Detector
+    from dfdetect.model.backbones import create_backbone
+    from dfdetect.model.detector import Detector
 
     proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32),
                                                "faces": FaceConfig(detector="haar", min_size=64)})
@@ -40,7 +40,7 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> list[Path]:
-    from dfdetect.synth import make_synthetic_celebdf
+    from dfdetect.synthetic.synth import make_synthetic_celebdf
 
     cfg = SynthConfig(identities=2, videos_per_identity=2, fakes_per_identity=1, youtube_videos=0, frames=FRAMES,
                       frame_size=192, face_size=96)

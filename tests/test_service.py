@@ -140,7 +140,7 @@ def test_bad_requests_are_400(client):
 
 
 def test_upload_lives_only_in_a_private_temp_folder(client, monkeypatch):
-    from dfdetect import predict as P
+    from dfdetect.inference import predict as P
 
     seen = {}
     real = P.predict_file

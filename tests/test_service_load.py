@@ -170,7 +170,7 @@ def test_uploads_past_the_cap_get_503_with_retry_after(serve):
 def test_predictions_past_the_pool_and_queue_get_503(serve, monkeypatch):
     """One worker, one queued: a third upload while both are taken gets 503 + Retry-After at once; the two
     admitted ones finish once the worker is free."""
-    from dfdetect import predict as P
+    from dfdetect.inference import predict as P
 
     gate = threading.Event()
     real = P.predict_file
@@ -236,7 +236,7 @@ def test_decompression_bomb_is_422_json(client, size):
 
 
 def test_every_error_is_json(client, monkeypatch):
-    from dfdetect import predict as P
+    from dfdetect.inference import predict as P
 
     assert_json_error(client.get("/no/such/page"), 404)
     assert_json_error(client.get("/api/v1/detect"), 405)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dfdetect import srm as S
 from dfdetect.config import SRMConfig
 from dfdetect.errors import BadInputError
-from dfdetect.faces import MANIFEST_NAME, read_manifest, write_manifest
+from dfdetect.preprocess import srm as S
+from dfdetect.preprocess.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
 
 def test_kernel_values_match_reference():
@@ -95,10 +95,10 @@ def test_make_srm_copy_mirrors_resumes_and_copies_manifest(tmp_path):
 
 
 def test_stage_import_does_not_load_torch():
-    """Pool / Ray workers of the srm stage import dfdetect.srm; torch must wait until SRMConv2d is used."""
+    """Pool / Ray workers of the srm stage import dfdetect.preprocess.srm; torch must wait until SRMConv2d is used."""
     import subprocess
     import sys
 
-    code = "import sys, dfdetect.srm; assert 'torch' not in sys.modules; dfdetect.srm.SRMConv2d; " \
+    code = "import sys, dfdetect.preprocess.srm; assert 'torch' not in sys.modules; dfdetect.preprocess.srm.SRMConv2d; " \
            "assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

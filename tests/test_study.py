@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dfdetect import study
 from dfdetect._io import write_image
 from dfdetect.config import Protocol
-from dfdetect.data import CropTable
+from dfdetect.data.crops import CropTable
 from dfdetect.errors import BadInputError, WeightsError
+from dfdetect.evaluation import study
 
 
 class Brightness:
@@ -116,7 +116,7 @@ def _tiny_seed() -> Protocol:
 
 
 def test_pipeline_end_to_end_on_a_crop_folder_and_resume(tmp_path):
-    from dfdetect.pipeline import run_pipeline
+    from dfdetect.evaluation.pipeline import run_pipeline
 
     src = _face_folder(tmp_path / "crops")
     out = tmp_path / "run"
@@ -163,7 +163,7 @@ def test_backbone_whose_weights_do_not_load_is_one_line_not_a_crash(tmp_path):
 @pytest.mark.shared
 def test_study_on_a_slice_of_dfdc_faces(shared_data, tmp_path):
     """Real face crops with labels.csv (grouped by original video) go straight to SRM and the study."""
-    from dfdetect.pipeline import run_pipeline
+    from dfdetect.evaluation.pipeline import run_pipeline
 
     src_dir = shared_data / "dfdc-faces"
     rows = list(csv.DictReader((src_dir / "labels.csv").open()))

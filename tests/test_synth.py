@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dfdetect.config import SynthConfig
-from dfdetect.datasets import load_celebdf, parse_celebdf_name
+from dfdetect.data.labels import Label
+from dfdetect.data.sources import load_celebdf, parse_celebdf_name
 from dfdetect.errors import BadInputError
-from dfdetect.labels import Label
-from dfdetect.synth import MANIFEST, make_synthetic_celebdf, plan_videos
+from dfdetect.synthetic.synth import MANIFEST, make_synthetic_celebdf, plan_videos
 
 TINY = SynthConfig(identities=4, videos_per_identity=1, fakes_per_identity=2, youtube_videos=2, frames=4,
                    frame_size=224, face_size=150, seed=5, test_fraction=0.5)

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from dfdetect.config import ModelConfig, Protocol
-from dfdetect.data import augment_crop, build_crop_table
-from dfdetect.datasets import discover
-from dfdetect.detector import Detector
-from dfdetect.distributed import cpu_threads
-from dfdetect.features import extract_features
-from dfdetect.metrics import apply_temperature, choose_threshold
-from dfdetect.train import CHECKPOINT_FILE, train
+from dfdetect.data.crops import build_crop_table
+from dfdetect.data.sources import discover
+from dfdetect.data.transforms import augment_crop
+from dfdetect.model.calibration import apply_temperature, choose_threshold
+from dfdetect.model.detector import Detector
+from dfdetect.threads import cpu_threads
+from dfdetect.training.features import extract_features
+from dfdetect.training.trainer import CHECKPOINT_FILE, train
 
 SIZE = 32
 
@@ -73,7 +74,7 @@ def test_head_mode_is_the_seed_recipe_on_cached_features(table, tmp_path, monkey
     det = Detector.load(tmp_path / "run" / "detector.safetensors")
     assert torch.equal(det.model_.fc.weight, r.detector.model_.fc.weight)
     # second run: features come from the cache, the backbone is never run
-    from dfdetect.backbones import BackboneClassifier
+    from dfdetect.model.backbones import BackboneClassifier
 
     def boom(self, x):
         raise AssertionError("backbone ran although the features were cached")
@@ -87,8 +88,8 @@ def test_head_mode_is_the_seed_recipe_on_cached_features(table, tmp_path, monkey
 
 
 def test_cached_features_equal_the_frozen_model(table, tmp_path):
-    from dfdetect.backbones import create_backbone
-    from dfdetect.data import preprocess_crops
+    from dfdetect.data.transforms import preprocess_crops
+    from dfdetect.model.backbones import create_backbone
 
     m = create_backbone("mobilenet_v2", pretrained=False).eval()
     sub = table.subset(range(5))
@@ -102,9 +103,9 @@ def test_cached_features_equal_the_frozen_model(table, tmp_path):
 
 
 def test_features_fall_back_to_torch_when_onnx_cannot_be_built(table, tmp_path, monkeypatch):
-    from dfdetect import export
-    from dfdetect.backbones import create_backbone
-    from dfdetect.features import onnx_featuriser
+    from dfdetect.model import export
+    from dfdetect.model.backbones import create_backbone
+    from dfdetect.training.features import onnx_featuriser
 
     m = create_backbone("mobilenet_v2", pretrained=False).eval()
     sub = table.subset(range(3))
@@ -152,10 +153,10 @@ def test_test_rows_are_never_used_for_training_or_threshold(table, tmp_path):
 
 
 def test_full_mode_with_sbi_pseudo_fakes_only(table, tmp_path):
-    def blend(face, rng):
+    def blend(face, rng, landmarks):
         out = face.copy()
         out[4:20, 4:20] = 255 - out[4:20, 4:20]
-        return out, np.ones(face.shape[:2], np.float32)
+        return face, out
 
     p = _proto(Protocol.default(), epochs=1, batch_size=8, pseudo_fakes="sbi", sbi_mix=False, split="random")
     r = train(table, p, tmp_path, blend_fn=blend)
@@ -189,8 +190,8 @@ def test_history_cells_and_rows_from_an_older_checkpoint():
     assert (_cell(83.46, "seconds"), _cell(0.912345, "val_auc"), _cell(3, "epoch")) == ("83", "0.9123", "3")
     assert _cell(None, "seconds") == "-"  # resumed rows written before the column existed
 def test_fold_batchnorm_keeps_features_and_refuses_a_wrong_fold(monkeypatch):
-    from dfdetect.backbones import create_backbone
-    from dfdetect.features import fold_batchnorm
+    from dfdetect.model.backbones import create_backbone
+    from dfdetect.training.features import fold_batchnorm
 
     m = create_backbone("mobilenet_v2", pretrained=False).eval()
     for mod in m.modules():  # non-trivial statistics, so a wrong fold would show
@@ -243,9 +244,9 @@ def test_full_mode_ema_is_validated_checkpointed_and_saved(table, tmp_path):
 
 def test_ensemble_members_train_apart_and_the_detector_averages_their_logits(table, tmp_path, monkeypatch):
     """Each member has its own seed and folder (so it resumes alone); the saved detector is their mean logit."""
-    import dfdetect.train as T
-    from dfdetect.backbones import EnsembleClassifier
-    from dfdetect.detector import Detector
+    import dfdetect.training.trainer as T
+    from dfdetect.model.backbones import EnsembleClassifier
+    from dfdetect.model.detector import Detector
 
     p = _proto(Protocol.default(), epochs=1, batch_size=8, split="random")
     p = p.model_copy(update={"model": p.model.model_copy(update={"ensemble": 2})})
@@ -289,7 +290,7 @@ def test_members_side_by_side_train_exactly_as_members_in_turn(table, tmp_path, 
     torch.set_num_threads(1)
     in_turn = train(table, p, tmp_path / "turn", device=CPU)
     torch.set_num_threads(2)  # as on this project's 2-core machine
-    import dfdetect.train as T
+    import dfdetect.training.trainer as T
 
     decoded = []
     real_decode = T.decode_crops
@@ -365,7 +366,7 @@ def test_sbi_masks_follow_the_landmarks_found_on_each_real_crop(table, tmp_path)
     assert any("SBI masks from landmarks" in n for n in r.notes)
     n_train_real = calls["n"]
     assert 0 < n_train_real < int((table.labels == 0).sum())  # the training split's real crops only
-    from dfdetect.train import crop_landmarks
+    from dfdetect.training.trainer import crop_landmarks
 
     lm = crop_landmarks(table, 64, tmp_path / "run" / "features", finder=finder)  # other rows: found again
     n_calls = calls["n"]
@@ -374,7 +375,7 @@ def test_sbi_masks_follow_the_landmarks_found_on_each_real_crop(table, tmp_path)
     assert calls["n"] == n_calls  # cached
     assert np.isnan(lm[table.labels == 1]).all() and np.isfinite(lm[table.labels == 0]).all()
     # the pair differs only where the landmarks are: the top-left of the crop
-    from dfdetect.data import PairDataset
+    from dfdetect.data.torch_datasets import PairDataset
 
     ds = PairDataset(table, input_size=64, data_config={"mean": (0, 0, 0), "std": (1, 1, 1)}, sbi=1.0,
                      landmarks=lm)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import dfdetect.train as T
+import dfdetect.training.trainer as T
 from dfdetect.config import ModelConfig, Protocol
-from dfdetect.data import build_crop_table
-from dfdetect.datasets import discover
+from dfdetect.data.crops import build_crop_table
+from dfdetect.data.sources import discover
 from dfdetect.errors import DfdetectError, NothingUsableError
-from dfdetect.train import CHECKPOINT_FILE, train
+from dfdetect.training.trainer import CHECKPOINT_FILE, train
 
 SIZE = 32
 
@@ -129,7 +129,7 @@ def test_changing_workers_or_member_scheduling_resumes_and_is_not_saved(table, t
 def test_a_file_labelled_both_ways_or_listed_twice_is_one_line(tmp_path):
     """Regression: a labels.csv row for a file as real and another as fake trained on both labels; a duplicate
     row counted the file twice; nothing was said."""
-    from dfdetect.data import load_label_table
+    from dfdetect.data.crops import load_label_table
 
     root = _write_crops(tmp_path / "d", n=3)
     rows = ["path,label", "real/00.png,real", "real/00.png,fake", "real/01.png,real", "real/01.png,real",
@@ -166,10 +166,10 @@ def test_one_class_training_set_is_refused_before_saving_a_detector(tmp_path):
     # SBI makes its own fakes: real crops alone are a valid training set there
     p = _full(epochs=1, pseudo_fakes="sbi", sbi_mix=False, split="random")
     r = train(t, p, tmp_path / "sbi", device="cpu",
-              blend_fn=lambda face, rng: (255 - face, np.ones(face.shape[:2], np.float32)))
+              blend_fn=lambda face, rng, landmarks: (face, 255 - face))
     assert any("validation split has only real crops" in n for n in r.notes)
     assert r.detector.threshold_ == 0.5  # no threshold can be chosen on one class
-    from dfdetect.detector import Detector
+    from dfdetect.model.detector import Detector
 
     assert Detector.load(tmp_path / "sbi").threshold_ == 0.5
 
@@ -183,7 +183,7 @@ def _disk_full(*a, **k):
 
 def test_a_full_disk_at_the_end_is_one_line_and_keeps_the_checkpoint(table, tmp_path, monkeypatch):
     """Regression: the save after training raised a traceback and the trained model was lost from view."""
-    from dfdetect.detector import Detector
+    from dfdetect.model.detector import Detector
 
     p = _full(epochs=1)
     monkeypatch.setattr(Detector, "save", _disk_full)
@@ -216,7 +216,7 @@ def test_train_command_on_a_full_disk_says_it_in_one_line(tmp_path, monkeypatch)
     from typer.testing import CliRunner
 
     from dfdetect.cli import app
-    from dfdetect.detector import Detector
+    from dfdetect.model.detector import Detector
 
     root = _write_crops(tmp_path / "d", n=8)
     monkeypatch.setattr(Detector, "save", _disk_full)
@@ -233,7 +233,7 @@ def test_train_command_on_a_full_disk_says_it_in_one_line(tmp_path, monkeypatch)
 
 def test_identical_trainings_give_byte_identical_detector_files(table, tmp_path):
     """Regression: safetensors wrote the metadata in a random (Rust HashMap) order on every save."""
-    from dfdetect.detector import Detector
+    from dfdetect.model.detector import Detector
 
     seed = Protocol.seed()
     p = seed.model_copy(update={"model": ModelConfig(pretrained=False, input_size=SIZE),

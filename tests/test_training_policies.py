@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dfdetect.distributed import DistInfo
 from dfdetect.rundir import RunDir
-from dfdetect.training_policies import EMA, BestWeights, EarlyStopping
+from dfdetect.training.distributed import DistInfo
+from dfdetect.training.policies import EMA, BestWeights, EarlyStopping
 
 
 def _round_trip(state: dict) -> dict:

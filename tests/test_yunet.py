@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from dfdetect import faces as FA
-from dfdetect import yunet
 from dfdetect.config import FaceConfig, FrameConfig, Protocol, SynthConfig
 from dfdetect.errors import DfdetectError
+from dfdetect.preprocess import faces as FA
+from dfdetect.preprocess import yunet
 from test_faces import face_frame
 
 YUNET = FaceConfig(detector="yunet", min_size=40)
@@ -100,7 +100,7 @@ def test_landmarks_for_crop():
     h, w = face.crop.shape[:2]
     assert (lm >= 0).all() and (lm[:, 0] < w).all() and (lm[:, 1] < h).all()
     assert FA.landmarks_for_crop(np.full((128, 128, 3), 90, np.uint8)) is None
-    from dfdetect.sbi import face_hull_mask
+    from dfdetect.synthetic.sbi import face_hull_mask
 
     assert face_hull_mask(face.crop.shape[:2], lm).sum() > 0.2 * h * w  # the SBI mask it is made for
 
@@ -143,10 +143,11 @@ def test_lfw_landmarks_match_mtcnns_point_for_point(shared_data: Path):
 @pytest.mark.slow
 def test_faces_stage_with_yunet_end_to_end(tmp_path):
     """synth -> frames -> faces with the default protocol's detector: crops of every video, a manifest."""
-    from dfdetect.datasets import load_celebdf
-    from dfdetect.faces import extract_faces, read_manifest
-    from dfdetect.frames import extract_frames
-    from dfdetect.synth import make_synthetic_celebdf
+    from dfdetect.data.sources import load_celebdf
+    from dfdetect.preprocess.faces import extract_faces
+    from dfdetect.preprocess.frames import extract_frames
+    from dfdetect.preprocess.manifest import read_manifest
+    from dfdetect.synthetic.synth import make_synthetic_celebdf
 
     root = make_synthetic_celebdf(tmp_path / "celebdf", SynthConfig(
         identities=2, videos_per_identity=1, fakes_per_identity=1, youtube_videos=1, frames=3,

@@ -1,8 +1,8 @@
 """dfdetect: find face deepfakes in videos and images.
 
-Internally every score is P(fake): fake = 1 is the positive class (see :mod:`dfdetect.labels`).
-The names below are the public Python API (training and evaluation are ``dfdetect.train.train`` and
-``dfdetect.evaluate.evaluate``); the ``dfdetect`` command is a thin layer over them.
+Internally every score is P(fake): fake = 1 is the positive class (see :mod:`dfdetect.data.labels`).
+The names below are the public Python API (training and evaluation are ``dfdetect.training.trainer.train`` and
+``dfdetect.evaluation.evaluate.evaluate``); the ``dfdetect`` command is a thin layer over them.
 Imports are lazy so that ``import dfdetect`` (and the ONNX-only path) does not pull in torch.
 """
 
@@ -15,19 +15,19 @@ __version__ = "0.1.0"
 
 _API = {
     "Protocol": "dfdetect.config",
-    "discover": "dfdetect.datasets",
-    "extract_frames": "dfdetect.frames",
-    "extract_faces": "dfdetect.faces",
-    "make_srm_copy": "dfdetect.srm",
-    "create_backbone": "dfdetect.backbones",
-    "list_backbones": "dfdetect.backbones",
-    "build_crop_table": "dfdetect.data",
-    "Detector": "dfdetect.detector",
-    "compute_metrics": "dfdetect.metrics",
-    "run_study": "dfdetect.study",
-    "predict_path": "dfdetect.predict",
-    "resolve_model": "dfdetect.hub",
-    "list_models": "dfdetect.hub",
+    "discover": "dfdetect.data.sources",
+    "extract_frames": "dfdetect.preprocess.frames",
+    "extract_faces": "dfdetect.preprocess.faces",
+    "make_srm_copy": "dfdetect.preprocess.srm",
+    "create_backbone": "dfdetect.model.backbones",
+    "list_backbones": "dfdetect.model.backbones",
+    "build_crop_table": "dfdetect.data.crops",
+    "Detector": "dfdetect.model.detector",
+    "compute_metrics": "dfdetect.evaluation.metrics",
+    "run_study": "dfdetect.evaluation.study",
+    "predict_path": "dfdetect.inference.predict",
+    "resolve_model": "dfdetect.model.hub",
+    "list_models": "dfdetect.model.hub",
 }
 __all__ = ["Detector", "Protocol", "build_crop_table", "compute_metrics", "create_backbone", "discover",
            "extract_faces", "extract_frames", "list_backbones", "list_models", "make_srm_copy", "predict_path",

@@ -22,9 +22,11 @@ from typing import Any
 
 import cv2
 import numpy as np
+import yaml
 from PIL import Image
+from pydantic import BaseModel
 
-from dfdetect.config import MediaLimits
+from dfdetect.config import RUN_SETTINGS, MediaLimits, Protocol
 from dfdetect.errors import BadInputError, TooManyPixelsError
 
 _UMASK = os.umask(0)
@@ -282,3 +284,18 @@ def is_valid_image(path: str | Path) -> bool:
     """True when ``path`` exists and decodes; used to decide whether a resumed stage can skip it."""
     p = Path(path)
     return p.is_file() and p.stat().st_size > 0 and read_image(p) is not None
+
+
+def files_under(folder: Path, suffixes: frozenset[str]) -> list[Path]:
+    """Every file under ``folder`` (recursive) with one of ``suffixes``, sorted.
+
+    Hidden files are never data: done-markers, a killed run's atomic-write temp files, macOS "._x.png".
+    """
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file())
+
+
+def save_config(cfg: BaseModel, path: str | Path) -> Path:
+    """Atomically write ``cfg`` as YAML; a Protocol without its run settings (the recipe a run is made by)."""
+    exclude = RUN_SETTINGS if isinstance(cfg, Protocol) else None
+    return write_text(path, yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False))

@@ -225,14 +225,6 @@ class Protocol(_Config):
         return self.model_dump_json(exclude=RUN_SETTINGS)
 
 
-def save_config(cfg: BaseModel, path: str | Path) -> Path:
-    """YAML of ``cfg``; a Protocol without its run settings."""
-    from dfdetect._io import write_text
-
-    exclude = RUN_SETTINGS if isinstance(cfg, Protocol) else None
-    return write_text(path, yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False))
-
-
 def load_protocol(path: str | Path) -> Protocol:
     return Protocol.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
 

@@ -27,7 +27,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Literal, TypeVar
 
 from dfdetect.errors import DfdetectError
-from dfdetect.stage import ProgressCallback
+
+ProgressCallback = Callable[[int], None]  #: called with the count of items just finished
 
 T = TypeVar("T")
 R = TypeVar("R")

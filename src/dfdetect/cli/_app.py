@@ -26,7 +26,8 @@ from rich.progress import (
 from rich.text import Text
 
 from dfdetect.errors import DfdetectError
-from dfdetect.stage import ProgressCallback, StageReport
+from dfdetect.parallel import ProgressCallback
+from dfdetect.preprocess.stage import StageReport
 
 app = typer.Typer(
     name="dfdetect",

@@ -77,8 +77,8 @@ def frames_cmd(
     protocol: ProtocolOpt = "default",
 ) -> None:
     """Take N evenly spaced frames from every video (PyAV, seeking): OUT/<video>/<frame>.png."""
-    from dfdetect.datasets import discover
-    from dfdetect.frames import extract_frames
+    from dfdetect.data.sources import discover
+    from dfdetect.preprocess.frames import extract_frames
 
     cfg: FrameConfig = _override(_protocol(protocol).frames, num_frames=frames, test_frames=test_frames,
                                  image_format=image_format)
@@ -116,7 +116,7 @@ def faces_cmd(
     protocol: ProtocolOpt = "default",
 ) -> None:
     """Crop the face in every frame: OUT/<video>/<frame>.png and OUT/manifest.csv (frames without one too)."""
-    from dfdetect.faces import extract_faces, frame_files
+    from dfdetect.preprocess.faces import extract_faces, frame_files
 
     cfg: FaceConfig = _override(_protocol(protocol).faces, detector=detector, min_size=min_size,
                                 scale_factor=scale_factor, min_neighbors=min_neighbors, margin=margin,
@@ -144,8 +144,8 @@ def srm_cmd(
     protocol: ProtocolOpt = "default",
 ) -> None:
     """Write the SRM-filtered copy of the face crops (PNG, same structure, manifest copied)."""
-    from dfdetect.faces import frame_files
-    from dfdetect.srm import make_srm_copy
+    from dfdetect.preprocess.faces import frame_files
+    from dfdetect.preprocess.srm import make_srm_copy
 
     cfg: SRMConfig = _override(_protocol(protocol).srm, mode=mode, clip=clip)
     if not faces_dir.is_dir():
@@ -171,7 +171,7 @@ def labels_cmd(
     value: Annotated[int | None, typer.Option("--value", help="... with this value: 1 = real, 0 = fake.")] = None,
 ) -> None:
     """Write a seed-style label file ('1 path' = real, '0 path' = fake); by default every Celeb-DF folder."""
-    from dfdetect.labels import from_seed_value, generate_labels
+    from dfdetect.data.labels import from_seed_value, generate_labels
 
     if (subfolder is None) != (value is None):
         raise DfdetectError("--subfolder and --value go together (or give neither to label Celeb-DF folders)")

@@ -60,8 +60,8 @@ def _protocol(name: str, model: dict[str, Any], train: dict[str, Any]) -> Any:
 
 
 def _table(data: Path, crops: Path | None, labels: Path | None, run_dir: Path, protocol: Any, workers: int) -> Any:
-    from dfdetect.data import build_crop_table, load_label_table
-    from dfdetect.pipeline import prepare_crops
+    from dfdetect.data.crops import build_crop_table, load_label_table
+    from dfdetect.evaluation.pipeline import prepare_crops
 
     if labels is not None:
         return load_label_table(labels, crops or data)
@@ -108,7 +108,7 @@ def train_cmd(
     workers: WorkersOpt = 0,
 ) -> None:
     """Train a detector and save it with its protocol and validation-chosen threshold."""
-    from dfdetect.train import train
+    from dfdetect.training.trainer import train
 
     for flag, value, allowed in (("--mode", mode, ("head", "full")), ("--pseudo-fakes", pseudo_fakes, ("none", "sbi"))):
         if value is not None and value not in allowed:

@@ -32,8 +32,8 @@ def models(
     = None,
 ) -> None:
     """Known detectors (shipped, cached or downloadable) with their cards' headline figures."""
-    from dfdetect import hub
-    from dfdetect.modelcard import read_card
+    from dfdetect.model import hub
+    from dfdetect.model.card import read_card
 
     entries = hub.list_models()
     if info is not None:

@@ -58,7 +58,7 @@ def _backbones(value: str | None) -> list[str] | None:
 
 def check_backbones(names: list[str]) -> None:
     """Refuse an unknown name now, not after the frames and faces stages have run."""
-    from dfdetect.backbones import is_backbone, list_backbones
+    from dfdetect.model.backbones import is_backbone, list_backbones
 
     unknown = [n for n in names if not is_backbone(n)]
     if unknown:
@@ -143,10 +143,10 @@ def evaluate(
 ) -> None:
     """Score a labelled set with a saved detector at its validation-chosen threshold."""
     from dfdetect.cli.use import resolve_cli
-    from dfdetect.detector import Detector, detector_file
-    from dfdetect.evaluate import HISTORY_JSON, official_test_subset
-    from dfdetect.evaluate import evaluate as run_evaluate
-    from dfdetect.pipeline import prepare_crops
+    from dfdetect.evaluation.evaluate import HISTORY_JSON, official_test_subset
+    from dfdetect.evaluation.evaluate import evaluate as run_evaluate
+    from dfdetect.evaluation.pipeline import prepare_crops
+    from dfdetect.model.detector import Detector, detector_file
 
     if len(args) > 2 or (len(args) == 2 and model is not None):
         raise BadInputError("evaluate takes [MODEL] FOLDER: one detector (as MODEL or --model) and one folder")
@@ -181,7 +181,7 @@ def evaluate(
 
 def _weights(pairs: list[str] | None) -> dict[str, Path]:
     """``["vgg16=a.pth", ...]`` -> ``{"vgg16": Path("a.pth")}``, checked before any work starts."""
-    from dfdetect.backbones import is_backbone
+    from dfdetect.model.backbones import is_backbone
 
     out: dict[str, Path] = {}
     for pair in pairs or []:
@@ -213,8 +213,8 @@ def study(
         "(repeat for several), e.g. --weights vgg16=vgg16.safetensors.")] = None,
 ) -> None:
     """The seed's Table 2: frames -> faces -> SRM -> every backbone on faces and faces+SRM."""
-    from dfdetect.pipeline import run_pipeline
-    from dfdetect.study import DEFAULT_BACKBONES
+    from dfdetect.evaluation.pipeline import run_pipeline
+    from dfdetect.evaluation.study import DEFAULT_BACKBONES
 
     names = _backbones(backbones) or DEFAULT_BACKBONES
     result = run_pipeline(source, out_dir, _protocol(protocol), backbones=names, crops=crops, workers=workers,
@@ -249,8 +249,8 @@ def demo(
     workers: WorkersOpt = 0,
 ) -> None:
     """Built-in synthetic Celeb-DF, then the seed study with the backbones that work offline."""
-    from dfdetect.pipeline import run_demo
-    from dfdetect.report import write_report
+    from dfdetect.evaluation.pipeline import run_demo
+    from dfdetect.evaluation.report import write_report
 
     start = time.perf_counter()
     result = run_demo(out_dir, backbones=_backbones(backbones), frames_per_video=frames, workers=workers,
@@ -272,7 +272,7 @@ def report(
     = 12,
 ) -> None:
     """Write one self-contained HTML page: metrics, study table, curves and the worst errors."""
-    from dfdetect.report import write_report
+    from dfdetect.evaluation.report import write_report
 
     try:
         path = write_report(run_dir, dest, n_errors=errors)

@@ -56,8 +56,8 @@ def synth_cmd(
     seed: Annotated[int | None, _int_opt("--seed", "Random seed; same seed, same videos", _D.seed)] = None,
 ) -> None:
     """Make a small Celeb-DF-v2-shaped dataset (real videos, face swaps and self-blends) from real photos."""
-    from dfdetect.datasets import load_celebdf
-    from dfdetect.synth import MANIFEST, check_inputs, make_synthetic_celebdf, plan_videos
+    from dfdetect.data.sources import load_celebdf
+    from dfdetect.synthetic.synth import MANIFEST, check_inputs, make_synthetic_celebdf, plan_videos
 
     cfg = _config(identities=identities, videos_per_identity=videos_per_identity,
                   fakes_per_identity=fakes_per_identity, youtube_videos=youtube, frames=frames, seed=seed)

@@ -52,7 +52,7 @@ def no_model_help(path: Path | None) -> str:
 def resolve_cli(model: str | None) -> Any:
     """``--model`` (a name, path, Hub reference or URL; None: the shipped default) -> ``hub.Resolved``,
     saying which model it is, so a verdict never comes from a model the user did not know about."""
-    from dfdetect import hub
+    from dfdetect.model import hub
 
     try:
         used = hub.resolve(model)
@@ -67,7 +67,7 @@ def resolve_cli(model: str | None) -> Any:
 def load_scorer(path: Path | None, *, onnx: bool = False) -> Any:
     """A torch Detector for .safetensors (or a run folder holding one), an OnnxDetector for .onnx (or --onnx)."""
     if path is not None and path.is_dir():  # a run folder, as Detector.load takes it
-        from dfdetect.detector import detector_file
+        from dfdetect.model.detector import detector_file
 
         path = detector_file(path)
     if path is None or not path.is_file():
@@ -76,10 +76,10 @@ def load_scorer(path: Path | None, *, onnx: bool = False) -> Any:
         if path.suffix.lower() != ".onnx":
             raise WeightsError(f"--onnx needs an .onnx file; write one with `dfdetect export --model {path} "
                                "--onnx det.onnx`", path=path)
-        from dfdetect.export import OnnxDetector
+        from dfdetect.model.export import OnnxDetector
 
         return OnnxDetector.load(path)
-    from dfdetect.detector import Detector
+    from dfdetect.model.detector import Detector
 
     return Detector.load(path)
 
@@ -142,9 +142,9 @@ def predict(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """A fake/real verdict for each video or image, with P(fake) and the threshold used."""
-    from dfdetect import predict as P
     from dfdetect._io import write_json
-    from dfdetect.stage import StageReport
+    from dfdetect.inference import predict as P
+    from dfdetect.preprocess.stage import StageReport
 
     if jsonl is not None or workers > 0 or engine == EngineChoice.ray:
         if json_out is not None or save is not None:
@@ -153,7 +153,7 @@ def predict(
         _scan(paths, model, frames=frames, onnx=onnx, crops=crops, jsonl=jsonl, workers=workers,
               engine=engine.value, ray_address=ray_address)
         return
-    from dfdetect.scan import expand_lists
+    from dfdetect.inference.scan import expand_lists
 
     paths = expand_lists(paths)
     # Before any work: an output that cannot be written would otherwise fail after every file was scored.
@@ -193,11 +193,11 @@ def predict(
 
 
 def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs: Any) -> None:
-    """``predict`` over many files (dfdetect.scan): lines streamed to --jsonl, errors on stderr, a summary."""
+    """``predict`` over many files (dfdetect.inference.scan): lines streamed to --jsonl, errors on stderr, a summary."""
     from collections import Counter
 
-    from dfdetect.scan import ModelRef, scan
-    from dfdetect.stage import StageReport
+    from dfdetect.inference.scan import ModelRef, scan
+    from dfdetect.preprocess.stage import StageReport
 
     if jsonl is not None:
         if jsonl.is_dir():
@@ -242,7 +242,7 @@ def export(
     onnx_out: Annotated[Path, typer.Option("--onnx", help="Where to write the ONNX model.")] = Path("detector.onnx"),
 ) -> None:
     """Write the detector to ONNX (preprocessing, threshold and protocol in its metadata)."""
-    from dfdetect.export import export_onnx
+    from dfdetect.model.export import export_onnx
 
     used = resolve_cli(model)
     if used.path.suffix.lower() == ".onnx":

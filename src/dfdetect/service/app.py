@@ -1,7 +1,7 @@
 """The web service: an upload page, a JSON API and a health check, over the same API as the CLI.
 
 ``POST /api/v1/detect`` takes one video or image as ``multipart/form-data`` (field ``file``) and answers
-with :meth:`dfdetect.predict.PredictResult.to_json` (the schema is in its docstring) plus, for the page:
+with :meth:`dfdetect.inference.predict.PredictResult.to_json` (the schema is in its docstring) plus, for the page:
 base64 PNG face crops and Grad-CAM heatmaps (``images=True``: ``crop_png``, ``gradcam_png`` per face),
 ``"plot": {"index": [int], "p_fake_max": [float | null], "threshold": float}`` (the per-frame series),
 ``"explained": bool`` (any heatmap) and ``"elapsed_s": float``. Every error, 404 and 500 included, is
@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect
 
 from dfdetect.config import ServiceConfig
 from dfdetect.errors import DfdetectError
-from dfdetect.metadata import check_threshold
+from dfdetect.model.metadata import check_threshold
 
 __all__ = ["ACCEPTED", "create_app", "image_header_problem", "sniff_media"]
 
@@ -183,13 +183,13 @@ class _UploadSink:
 
 class _Guarded:
     """A torch detector whose scoring never overlaps Grad-CAM: Grad-CAM hooks the shared model while it runs
-    (dfdetect.explain holds ``_LOCK`` meanwhile), and a forward pass from another worker would feed them."""
+    (dfdetect.inference.explain holds ``_LOCK`` meanwhile), and a forward pass from another worker would feed them."""
 
     def __init__(self, detector: Any):
         self._detector = detector
 
     def predict_proba(self, crops_bgr: Any) -> Any:
-        from dfdetect.explain import _LOCK
+        from dfdetect.inference.explain import _LOCK
 
         with _LOCK:
             return self._detector.predict_proba(crops_bgr)
@@ -219,12 +219,12 @@ def image_header_problem(path: Path, max_pixels: int) -> str | None:
 
 
 def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: Any) -> FastAPI:
-    """The FastAPI app for a loaded ``Detector`` or ``OnnxDetector`` (see :class:`dfdetect.predict.Scorer`).
+    """The FastAPI app for a loaded ``Detector`` or ``OnnxDetector`` (see :class:`dfdetect.model.scoring.Scorer`).
 
     ``config`` holds the limits and pool sizes; ``overrides`` are ServiceConfig fields by name
     (``max_upload_bytes=...``, ``frames=...``), validated like the config itself.
     """
-    from dfdetect import predict as P
+    from dfdetect.inference import predict as P
 
     cfg = ServiceConfig.model_validate({**(config or ServiceConfig()).model_dump(), **overrides})
     try:

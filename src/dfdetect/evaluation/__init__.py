@@ -1,0 +1,1 @@
+"""How well a detector works: metrics, evaluation, the study grid, plots and the report."""

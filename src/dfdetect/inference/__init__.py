@@ -1,0 +1,1 @@
+"""Verdicts on media: predict, explanations and batch scanning."""

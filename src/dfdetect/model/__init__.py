@@ -1,0 +1,1 @@
+"""The detector: backbones, the detector file, its metadata, named models, cards and export."""

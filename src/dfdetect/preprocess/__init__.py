@@ -1,0 +1,1 @@
+"""Videos to face crops: the frames, faces and SRM stages, and the runner they share."""

@@ -1,0 +1,1 @@
+"""Fakes made on purpose: blended, self-blended (SBI) and synthetic training faces."""

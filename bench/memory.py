@@ -2,7 +2,7 @@
 
 Issue 5 item 4. Each size runs in a fresh subprocess that builds the crop table, loads MobileNetV2
 (offline ImageNet weights) and calls ``dfdetect.training.features.extract_features``, which streams crops
-in batches into a disk-backed ``.npy`` memmap, then ``dfdetect.data.crops.decode_crops``, which appends the
+in batches into a disk-backed ``.npy`` memmap, then ``dfdetect.data.torch_datasets.decode_crops``, which appends the
 decoded crops a fine-tune reads to a ``.npy`` file; the child reports its own peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). A whole-dataset approach would grow ~10x from
 1,000 to 10,000 crops; a streaming one stays flat.

@@ -12,6 +12,7 @@ import skimage.data
 from dfdetect.config import FaceConfig
 from dfdetect.errors import DfdetectError
 from dfdetect.preprocess import faces as FA
+from dfdetect.preprocess.manifest import MANIFEST_FIELDS, MANIFEST_NAME, read_manifest
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -136,8 +137,8 @@ def test_extract_faces_manifest_and_resume(tmp_path, monkeypatch):
     assert any("00030.png" in f and "cannot read" in f for f in report.failed)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
         "Celeb-real/id0_0000/00000.png", "Celeb-real/id0_0000/00010.png", "Celeb-real/id1_0000/00000.png"]
-    rows = FA.read_manifest(out / FA.MANIFEST_NAME)
-    assert list(rows[0]) == list(FA.MANIFEST_FIELDS)
+    rows = read_manifest(out / MANIFEST_NAME)
+    assert list(rows[0]) == list(MANIFEST_FIELDS)
     status = {(r["video_id"], r["frame"]): r["status"] for r in rows}
     assert status == {("Celeb-real/id0_0000", "00000"): "ok", ("Celeb-real/id0_0000", "00010"): "ok",
                       ("Celeb-real/id0_0000", "00020"): "no_face", ("Celeb-real/id0_0000", "00030"): "unreadable",
@@ -151,7 +152,7 @@ def test_extract_faces_manifest_and_resume(tmp_path, monkeypatch):
     monkeypatch.setitem(FA._DETECTORS, "haar", lambda cfg: (_ for _ in ()).throw(AssertionError("rebuilt")))
     again = FA.extract_faces(frames, out, SEED)
     assert (again.written, again.reused, len(again.failed)) == (0, 3, 2)
-    assert FA.read_manifest(out / FA.MANIFEST_NAME) == rows
+    assert read_manifest(out / MANIFEST_NAME) == rows
 
 
 def test_detector_built_once_per_process_and_keep_all(tmp_path, monkeypatch):

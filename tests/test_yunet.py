@@ -14,6 +14,7 @@ from dfdetect.config import FaceConfig, FrameConfig, Protocol, SynthConfig
 from dfdetect.errors import DfdetectError
 from dfdetect.preprocess import faces as FA
 from dfdetect.preprocess import yunet
+from dfdetect.preprocess.manifest import MANIFEST_NAME
 from test_faces import face_frame
 
 YUNET = FaceConfig(detector="yunet", min_size=40)
@@ -156,7 +157,7 @@ def test_faces_stage_with_yunet_end_to_end(tmp_path):
     extract_frames(items, tmp_path / "frames", FrameConfig(num_frames=2))
     cfg = Protocol.default().faces
     report = extract_faces(tmp_path / "frames", tmp_path / "faces", cfg)
-    rows = read_manifest(tmp_path / "faces" / FA.MANIFEST_NAME)
+    rows = read_manifest(tmp_path / "faces" / MANIFEST_NAME)
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(rows) == 2 * len(items) and len(ok) >= 0.9 * len(rows), report.failed
     assert {r["video_id"] for r in ok} == {r["video_id"] for r in rows}

@@ -33,7 +33,7 @@ _FORMAT = "1"
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC,
            "nearest": cv2.INTER_NEAREST}
 # INTERPOLATIONS (dfdetect.model.metadata): "area_down" (INTER_AREA when the crop's shorter side exceeds the input
-# side, else INTER_LINEAR: dfdetect.data.crops.resize_rgb, what Detector.preprocess does) first, then _INTERP's
+# side, else INTER_LINEAR: dfdetect.data.transforms.resize_rgb, what Detector.preprocess does) first, then _INTERP's
 assert INTERPOLATIONS == ("area_down", *_INTERP)
 _TOL = 1e-5  # numpy preprocessing must reproduce Detector.preprocess to float32 rounding
 

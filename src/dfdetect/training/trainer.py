@@ -7,7 +7,7 @@ computed once (:mod:`dfdetect.training.features`) and the head trains on them: t
 ``mode='full'`` fine-tunes everything with augmentation, AdamW and a cosine schedule, optionally a
 moving average of the weights (``ema``), early stopping on validation AUC, the best epoch kept, and a
 checkpoint written atomically every epoch so a killed run resumes. Crops are decoded once into a
-disk-backed array (:func:`dfdetect.data.crops.decode_crops`) and read from it every epoch. Under
+disk-backed array (:func:`dfdetect.data.torch_datasets.decode_crops`) and read from it every epoch. Under
 ``torchrun`` it runs DistributedDataParallel (see :mod:`dfdetect.training.distributed`). An ensemble's members
 train side by side, one thread each, on a CPU with no more cores than members (:func:`_members_at_once`).
 

@@ -113,8 +113,8 @@ from dfdetect.model.backbones import create_backbone
 from dfdetect.config import FaceConfig, ModelConfig, Protocol
 from dfdetect.model.detector import Detector
 torch.manual_seed(0)
-proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False),
-                                              "faces": FaceConfig(detector="haar", min_size=40)})
+proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False, ensemble=1, tta_flip=False),
+                                              "faces": Protocol.seed().faces.model_copy(update={"min_size": 40})})
 Detector.from_model(create_backbone("mobilenet_v2", pretrained=False), proto, 0.5).save(sys.argv[1])
 """
 

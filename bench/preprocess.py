@@ -45,7 +45,7 @@ from dfdetect.preprocess.faces import create_detector, faces_in_image
 from dfdetect.preprocess.frames import read_frames, sample_indices
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SEED_FACES = FaceConfig(detector="haar", min_size=128, scale_factor=1.1, min_neighbors=5, margin=1.0)
+SEED_FACES = Protocol.seed().faces.model_copy(update={"image_format": "png"})  # Haar, min 128, the full box
 DEFAULT_FACES = Protocol.default().faces  # YuNet, min 40 px, on a <=640 px copy
 MTCNN_FACES = DEFAULT_FACES.model_copy(update={"detector": "mtcnn"})  # the previous default
 
@@ -168,11 +168,11 @@ def bench_stages(videos: list[Path], n: int, workers: int, tmp: Path) -> None:
     items = [MediaItem(v, f"v/{v.name}", Label.REAL, (v.stem,)) for v in videos]
     default = Protocol.default()
     sides = {
-        "seed (jpg frames, Haar full frame)": (FrameConfig(num_frames=n, image_format="jpg"),
+        "seed (jpg frames, Haar full frame)": (FrameConfig(num_frames=n, test_frames=None, image_format="jpg"),
                                                SEED_FACES.model_copy(update={"image_format": "jpg"})),
         "default detector (png frames, YuNet <=640 px)": (default.frames.model_copy(
             update={"num_frames": n, "test_frames": None}), default.faces),
-        "default detector, jpg frames": (FrameConfig(num_frames=n, image_format="jpg"),
+        "default detector, jpg frames": (FrameConfig(num_frames=n, test_frames=None, image_format="jpg"),
                                          default.faces.model_copy(update={"image_format": "jpg"})),
     }
     print(f"\n## Stages with files (frames + faces), --workers {workers}, N={n}, {len(videos)} videos; "
@@ -195,7 +195,7 @@ def bench_stages(videos: list[Path], n: int, workers: int, tmp: Path) -> None:
 DETECTORS = {
     "haar seed (min 128)": SEED_FACES,
     "haar (min 40)": SEED_FACES.model_copy(update={"min_size": 40}),
-    "mtcnn (min 40)": FaceConfig(detector="mtcnn", min_size=40),
+    "mtcnn (min 40)": SEED_FACES.model_copy(update={"detector": "mtcnn", "min_size": 40}),
     "mtcnn (min 40, detect<=640px)": MTCNN_FACES,
     "yunet (min 40)": DEFAULT_FACES.model_copy(update={"detect_max_side": None}),
     "yunet (min 40, detect<=640px) DEFAULT": DEFAULT_FACES,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfdetect.config import TrainConfig
+from dfdetect.config import FullTrainConfig
 from dfdetect.data.crops import CropTable, build_crop_table, group_components, load_label_table, split_table
 from dfdetect.data.sources import discover
 from dfdetect.data.torch_datasets import CropDataset, PairDataset, balanced_sampler, decode_crops
@@ -87,14 +87,14 @@ def test_random_split_is_seeded_stratified_85_15_and_keeps_test_out():
     test = [False] * 200
     test[0] = test[150] = True
     t = _table(120, 80, test=test)
-    tr, va, te = split_table(t, TrainConfig(split="random", seed=3))
+    tr, va, te = split_table(t, FullTrainConfig(split="random", seed=3))
     assert len(te) == 2 and te.paths == [Path("/x/0.png"), Path("/x/150.png")]
     assert len(tr) + len(va) == 198 and abs(len(va) - 0.15 * 198) <= 1
     assert abs(va.labels.mean() - 80 / 200) < 0.03  # stratified
     assert not set(tr.paths) & set(va.paths) and not set(te.paths) & (set(tr.paths) | set(va.paths))
-    _, va2, _ = split_table(t, TrainConfig(split="random", seed=3))
+    _, va2, _ = split_table(t, FullTrainConfig(split="random", seed=3))
     assert va2.paths == va.paths
-    _, va3, _ = split_table(t, TrainConfig(split="random", seed=4))
+    _, va3, _ = split_table(t, FullTrainConfig(split="random", seed=4))
     assert va3.paths != va.paths
 
 
@@ -105,7 +105,7 @@ def _sides(tr: CropTable, va: CropTable) -> tuple[set, set]:
 def test_group_split_celebdf_identities_never_straddle(tmp_path):
     _celebdf(tmp_path / "cdf", tmp_path / "faces", frames=2)
     t = build_crop_table(discover(tmp_path / "cdf"), tmp_path / "faces")
-    tr, va, te = split_table(t, TrainConfig(split="group", val_fraction=0.25, seed=0))
+    tr, va, te = split_table(t, FullTrainConfig(split="group", val_fraction=0.25, seed=0))
     assert set(te.videos) == {"Celeb-real/id0_0000", "Celeb-synthesis/id0_id1_0000"}
     g_tr, g_va = _sides(tr, va)
     assert g_tr and g_va and not g_tr & g_va
@@ -124,7 +124,7 @@ def test_group_split_one_blob_splits_identities_and_drops_straddlers():
     reals = [(g,) for g in ids for _ in range(3)]
     fakes = [(a, b) for a in ids for b in ids if a != b][:60]  # connects everything
     t = _table(len(reals), len(fakes), groups=reals + fakes)
-    tr, va, _ = split_table(t, TrainConfig(split="group", seed=1))
+    tr, va, _ = split_table(t, FullTrainConfig(split="group", seed=1))
     g_tr, g_va = _sides(tr, va)
     assert g_va and not g_tr & g_va
     assert len(tr) + len(va) < len(t) and "dropped" in tr.notes[0]
@@ -134,7 +134,7 @@ def test_group_split_dfdc_fakes_stay_with_their_original(shared_data):
     from dfdetect.data.sources import load_csv
 
     t = build_crop_table(load_csv(shared_data / "dfdc-faces" / "labels.csv"), None)
-    tr, va, te = split_table(t, TrainConfig(split="group", seed=0))
+    tr, va, te = split_table(t, FullTrainConfig(split="group", seed=0))
     g_tr, g_va = _sides(tr, va)
     assert len(te) == 0 and not g_tr & g_va
     assert 0.1 < len(va) / len(t) < 0.2 and 0.3 < va.labels.mean() < 0.7
@@ -214,13 +214,13 @@ def test_crop_lookup_ignores_a_killed_runs_temp_files(tmp_path):
 def test_random_split_of_a_tiny_table_does_not_crash(n_real, n_fake):
     """Regression: 6 crops, seed protocol: sklearn refused to stratify a 1-row validation set (ValueError
     traceback from `dfdetect train`)."""
-    tr, va, _ = split_table(_table(n_real, n_fake), TrainConfig(split="random", seed=0))
+    tr, va, _ = split_table(_table(n_real, n_fake), FullTrainConfig(split="random", seed=0))
     assert len(tr) > 0 and len(va) > 0 and len(tr) + len(va) == n_real + n_fake
 
 
 def test_group_split_of_a_tiny_table_does_not_crash():
     """Regression: 4 real + 4 fake crops in 8 groups: StratifiedGroupKFold(n_splits=7) raised ValueError."""
-    tr, va, _ = split_table(_table(4, 4), TrainConfig(split="group", seed=0))
+    tr, va, _ = split_table(_table(4, 4), FullTrainConfig(split="group", seed=0))
     assert len(tr) > 0 and len(va) > 0 and len(tr) + len(va) == 8
 
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfdetect.config import ModelConfig, Protocol
+from dfdetect.config import ModelConfig, Protocol, train_config
 from dfdetect.data.crops import build_crop_table
 from dfdetect.data.sources import discover
 from dfdetect.data.transforms import augment_crop
+from dfdetect.errors import DfdetectError
 from dfdetect.model.calibration import apply_temperature, choose_threshold
 from dfdetect.model.detector import Detector
 from dfdetect.threads import cpu_threads
@@ -56,7 +57,7 @@ CPU = "cpu"
 
 
 def _proto(base: Protocol, **train) -> Protocol:
-    model = ModelConfig(pretrained=False, input_size=SIZE, pool=base.model.pool)
+    model = ModelConfig(pretrained=False, input_size=SIZE, pool=base.model.pool, tta_flip=False, ensemble=1)
     return base.model_copy(update={"model": model, "train": base.train.model_copy(update=train)})
 
 
@@ -316,12 +317,16 @@ def test_members_side_by_side_train_exactly_as_members_in_turn(table, tmp_path, 
     assert not any("side by side" in n for n in train(table, dropout, tmp_path / "dropout", device=CPU).notes)
 
 
-def test_head_mode_trains_one_head_even_when_the_protocol_asks_for_an_ensemble(table, tmp_path):
+def test_head_mode_refuses_full_only_settings_instead_of_ignoring_them(table, tmp_path):
     p = _proto(Protocol.seed(), epochs=1)
-    p = p.model_copy(update={"model": p.model.model_copy(update={"ensemble": 2})})
-    r = train(table, p, tmp_path)
-    assert not hasattr(r.detector.model_, "members") and r.detector.protocol_.model.ensemble == 1
-    assert any("ensemble applies to mode='full' only" in n for n in r.notes)
+    with pytest.raises(ValueError, match="ensemble applies to mode='full' only"):
+        Protocol.model_validate({**p.model_dump(), "model": {**p.model.model_dump(), "ensemble": 2}})
+    with pytest.raises(ValueError, match="ema applies to mode='full' only"):
+        train_config({"mode": "head", "ema": 0.99})
+    bypass = p.model_copy(update={"model": p.model.model_copy(update={"tta_flip": True})})  # model_copy skips checks
+    with pytest.raises(DfdetectError, match="tta_flip applies to mode='full' only"):
+        train(table, bypass, tmp_path)
+    assert not (tmp_path / "detector.safetensors").exists()
 
 
 def test_temperature_calibration_is_folded_into_the_saved_detector(table, tmp_path):
@@ -376,9 +381,10 @@ def test_sbi_masks_follow_the_landmarks_found_on_each_real_crop(table, tmp_path)
     assert np.isnan(lm[table.labels == 1]).all() and np.isfinite(lm[table.labels == 0]).all()
     # the pair differs only where the landmarks are: the top-left of the crop
     from dfdetect.data.torch_datasets import PairDataset
+    from dfdetect.synthetic.sbi import sbi_blend
 
     ds = PairDataset(table, input_size=64, data_config={"mean": (0, 0, 0), "std": (1, 1, 1)}, sbi=1.0,
-                     landmarks=lm)
+                     landmarks=lm, blend_fn=sbi_blend)
     real_row = int(ds.real[0])
     face = cv2.resize(cv2.imread(str(table.paths[real_row])), (64, 64))
     real, fake = ds._blend(face, np.random.default_rng(0), real_row)

@@ -1,24 +1,40 @@
 """Typed configuration for every stage, and the two protocols.
 
-Each stage takes one frozen config object. ``Protocol.seed()`` reproduces the seed report's recipe
-exactly; ``Protocol.default()`` is the recipe that works. Configs round-trip through YAML/JSON so
-a run folder records exactly how it was made.
+Each stage takes one frozen config object. Every field's default is the default protocol's value, so a bare
+``Protocol()`` *is* ``Protocol.default()``, the recipe that works; ``Protocol.seed()`` sets every field the
+seed report used. ``train`` is a union on ``mode``: a head-mode config has no full-only fields, so they cannot be
+set where they would be ignored. Configs round-trip through YAML/JSON so a run folder records how it was made;
+:func:`validation_line` turns any validation error into one line.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 ProtocolName = Literal["seed", "default"]
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def validation_line(exc: ValidationError, names: dict[str, str] | None = None, *, prefix: str = "") -> str:
+    """The first problem of ``exc`` in one line: ``train.lr: Input should be greater than 0 (got -1)``.
+
+    ``names`` maps a field path (``"train.lr"`` or ``"lr"``) to what the user typed (a flag, a variable);
+    otherwise the path is shown after ``prefix``.
+    """
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err["loc"] if p not in ("head", "full"))  # a union's tag is not a field
+    where = (names or {}).get(path) or (names or {}).get(path.rpartition(".")[2]) or prefix + (path or "config")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{where}: {str(err['msg']).removeprefix('Value error, ')}{shown}"
 
 
 class MediaLimits(_Config):
@@ -52,15 +68,14 @@ class MediaLimits(_Config):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise DfdetectError(f"{cls.ENV[str(err['loc'][0])]}: {err['msg']}") from None
+            raise DfdetectError(validation_line(exc, cls.ENV)) from None
 
 
 class FrameConfig(_Config):
     """Which frames to take from each video."""
 
-    num_frames: int = Field(1, ge=1, description="1 = the first frame (the seed); N = N evenly spaced frames")
-    test_frames: int | None = Field(None, ge=1, description="frames for videos in the official test list "
+    num_frames: int = Field(8, ge=1, description="1 = the first frame (the seed); N = N evenly spaced frames")
+    test_frames: int | None = Field(32, ge=1, description="frames for videos in the official test list "
                                     "(evaluation samples more than training); None = num_frames")
     image_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -75,17 +90,18 @@ class FrameConfig(_Config):
 class FaceConfig(_Config):
     """How faces are found and cropped."""
 
-    detector: Literal["haar", "mtcnn", "yunet"] = "haar"
-    min_size: int = Field(128, ge=1, description="smallest face side in pixels (Haar minSize)")
+    #: YuNet (no torch) finds the faces MTCNN finds, several times faster (docs/SPEED.md)
+    detector: Literal["haar", "mtcnn", "yunet"] = "yunet"
+    min_size: int = Field(40, ge=1, description="smallest face side in pixels (Haar minSize)")
     scale_factor: float = Field(1.1, gt=1.0)
     min_neighbors: int = Field(5, ge=0)
-    margin: float = Field(1.0, ge=1.0, description="crop side / box side; 1.0 = the detector box (seed)")
-    output_size: int | None = Field(None, ge=8, description="resize crops to this square side; None keeps size")
+    margin: float = Field(1.3, ge=1.0, description="crop side / box side; 1.0 = the detector box (seed)")
+    output_size: int | None = Field(256, ge=8, description="resize crops to this square side; None keeps size")
     keep: Literal["largest", "all"] = "largest"
     image_format: Literal["png", "jpg"] = "png"
     min_score: float = Field(0.0, ge=0, le=1, description="MTCNN, YuNet: drop faces below this confidence "
                              "(Haar gives no probability and ignores it)")
-    detect_max_side: int | None = Field(None, ge=64, description="detect on a copy whose longer side is at "
+    detect_max_side: int | None = Field(640, ge=64, description="detect on a copy whose longer side is at "
                                         "most this (min_size scaled alike), boxes mapped back; None = full frame")
 
 
@@ -107,45 +123,74 @@ class ModelConfig(_Config):
     pretrained: bool = True
     weights: Path | None = None
     input_size: int = Field(128, ge=32)
-    pool: Literal["max", "avg"] = "max"
+    pool: Literal["max", "avg"] = "avg"
     srm_in_model: bool = False
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the head")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth in the backbone's residual blocks "
                                   "(timm's drop_path_rate; MobileNet, EfficientNet and ResNetV2 bodies)")
-    tta_flip: bool = Field(False, description="score a crop and its mirror image and average the logits")
-    ensemble: int = Field(1, ge=1, le=MAX_ENSEMBLE, description="full mode: train this many members (training seeds seed, "
+    tta_flip: bool = Field(True, description="full mode: score a crop and its mirror image and average the logits")
+    ensemble: int = Field(2, ge=1, le=MAX_ENSEMBLE, description="full mode: train this many members (training seeds seed, "
                           "seed+1, ...) on the same split; the detector averages their logits")
 
 
-class TrainConfig(_Config):
-    """How the model is fitted."""
+class _TrainCommon(_Config):
+    """What both modes share."""
 
-    mode: Literal["head", "full"] = "head"
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(14, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
     val_fraction: float = Field(0.15, gt=0, lt=1)
-    split: Literal["random", "group"] = "random"
-    balance: Literal["none", "weighted", "sampler"] = "none"
-    augment: bool = False
-    erase: float = Field(0.0, ge=0, le=1, description="with augment: probability of random erasing, one rectangle "
-                         "(2-33 % of the crop, aspect 0.3-3.3) filled with noise")
-    pseudo_fakes: Literal["none", "sbi"] = "none"
-    pairs: bool = Field(False, description="full mode: each real crop is batched with a fake of the same group "
-                        "(its source video / identity) when there is one, so batches are half real, half fake")
-    warmup: float = Field(0.05, ge=0, lt=1, description="full mode: share of steps with linear LR warm-up")
-    sbi_mix: bool = Field(True, description="with pseudo_fakes='sbi': also train on the real fakes (half of the "
-                          "fake slots); False = SBI pseudo-fakes alone, from real faces only")
-    patience: int = Field(3, ge=1, description="early stopping on validation AUC (full mode)")
-    ema: float = Field(0.0, ge=0, lt=1, description="full mode: decay of an exponential moving average of the "
-                       "weights (0 = off); validation, the best checkpoint and the detector use the average")
+    split: Literal["random", "group"] = "group"
+    balance: Literal["none", "weighted", "sampler"] = "sampler"
     frames_per_video: int = Field(8, ge=1)
     seed: int = 0
     workers: int = Field(0, ge=0)
-    parallel_members: bool = Field(True, description="full mode on a CPU with no more cores than ensemble "
+    threshold: Literal["fixed", "val_eer", "val_youden"] = "val_youden"
+
+
+#: Full-only fields, at the value that does nothing. A head-mode file written before modes were a union
+#: carries them at these values; they are dropped on load. Any other value is refused: head mode ignores it.
+_FULL_ONLY_NEUTRAL: dict[str, Any] = {
+    "augment": False, "erase": 0.0, "pseudo_fakes": "none", "pairs": False, "warmup": 0.05, "sbi_mix": True,
+    "patience": 3, "ema": 0.0, "parallel_members": True, "sbi_mask": "ellipse", "launder": False,
+    "calibration": "none"}
+
+
+class HeadTrainConfig(_TrainCommon):
+    """The seed's mode: a frozen backbone's features, cached once, and a 1-unit head trained on them."""
+
+    mode: Literal["head"] = "head"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_full_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _FULL_ONLY_NEUTRAL.keys() & data.keys():
+                if data[key] != _FULL_ONLY_NEUTRAL[key]:
+                    raise ValueError(f"{key} applies to mode='full' only")
+            data = {k: v for k, v in data.items() if k not in _FULL_ONLY_NEUTRAL}
+        return data
+
+
+class FullTrainConfig(_TrainCommon):
+    """Fine-tune the whole network: augmentation, AdamW, a cosine schedule, early stopping, a weight average."""
+
+    mode: Literal["full"] = "full"
+    augment: bool = True
+    erase: float = Field(0.0, ge=0, le=1, description="with augment: probability of random erasing, one rectangle "
+                         "(2-33 % of the crop, aspect 0.3-3.3) filled with noise")
+    pseudo_fakes: Literal["none", "sbi"] = "none"
+    pairs: bool = Field(True, description="each real crop is batched with a fake of the same group "
+                        "(its source video / identity) when there is one, so batches are half real, half fake")
+    warmup: float = Field(0.05, ge=0, lt=1, description="share of steps with linear LR warm-up")
+    sbi_mix: bool = Field(True, description="with pseudo_fakes='sbi': also train on the real fakes (half of the "
+                          "fake slots); False = SBI pseudo-fakes alone, from real faces only")
+    patience: int = Field(6, ge=1, description="early stopping on validation AUC")
+    ema: float = Field(0.998, ge=0, lt=1, description="decay of an exponential moving average of the "
+                       "weights (0 = off); validation, the best checkpoint and the detector use the average")
+    parallel_members: bool = Field(True, description="on a CPU with no more cores than ensemble "
                                    "members: train the members side by side, one thread each (faster there)")
-    threshold: Literal["fixed", "val_eer", "val_youden"] = "fixed"
     sbi_mask: Literal["ellipse", "landmarks"] = Field(
         "ellipse", description="with pseudo_fakes='sbi': the blend region; 'landmarks' = five face points found on "
         "each real crop (YuNet), extended to the face outline (sbi.face_outline); a crop with none falls back "
@@ -153,13 +198,38 @@ class TrainConfig(_Config):
     launder: bool = Field(False, description="with augment: also what sharing sites do to a video: down- and "
                           "re-upscaling (0.25-0.8x), sensor noise and harder JPEG (quality 30-100)")
     calibration: Literal["none", "temperature"] = Field(
-        "none", description="full mode: fit one temperature on the validation logits (Guo et al. 2017) and fold "
+        "none", description="fit one temperature on the validation logits (Guo et al. 2017) and fold "
         "it into the last layer, so P(fake) = 0.8 means about 80 %; the threshold is chosen after it")
+
+
+def _mode_of(value: Any) -> str:
+    return value.get("mode", "full") if isinstance(value, dict) else getattr(value, "mode", "full")
+
+
+#: ``train:`` in a protocol: its class is decided by ``mode`` (absent: ``full``, the default protocol's).
+TrainConfig = Annotated[Annotated[HeadTrainConfig, Tag("head")] | Annotated[FullTrainConfig, Tag("full")],
+                        Discriminator(_mode_of)]
+_TRAIN = TypeAdapter(TrainConfig)
+
+
+def train_config(data: dict[str, Any]) -> HeadTrainConfig | FullTrainConfig:
+    """A train config from plain values, the class chosen by ``data['mode']`` (default ``full``)."""
+    return _TRAIN.validate_python(data)
 
 
 class EvalConfig(_Config):
     frames_per_video: int = Field(32, ge=1)
     aggregate: Literal["mean", "max"] = "mean"
+
+
+class InferenceConfig(_Config):
+    """How predict, scan, serve and evaluate score media: how a model is run, never part of its recipe."""
+
+    frames: int = Field(32, ge=1, description="frames sampled per video")
+    batch_size: int = Field(64, ge=1, description="crops per network call: bounds memory on many-face videos")
+
+
+INFERENCE = InferenceConfig()  #: the defaults every command and API function starts from
 
 
 #: How a run executes, not what it learns: left out of resume keys and of every saved recipe (config.yaml,
@@ -175,42 +245,36 @@ class Protocol(_Config):
     faces: FaceConfig = FaceConfig()
     srm: SRMConfig = SRMConfig()
     model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = FullTrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _full_only_model_settings(self) -> Protocol:
+        if self.train.mode == "head":
+            for name, off in (("tta_flip", False), ("ensemble", 1)):
+                if getattr(self.model, name) != off:
+                    raise ValueError(f"model.{name} applies to mode='full' only (head mode: {name}={off!r})")
+        return self
 
     @classmethod
     def seed(cls) -> Protocol:
         """The seed report, step for step: first frame, Haar, frozen backbone, random 85/15 split."""
         return cls(
             name="seed",
-            frames=FrameConfig(num_frames=1, image_format="jpg"),
+            frames=FrameConfig(num_frames=1, test_frames=None, image_format="jpg"),
             faces=FaceConfig(detector="haar", min_size=128, scale_factor=1.1, min_neighbors=5, margin=1.0,
-                             image_format="jpg"),
-            model=ModelConfig(input_size=128, pool="max"),
-            train=TrainConfig(mode="head", epochs=10, batch_size=32, lr=1e-4, split="random", balance="none",
-                              frames_per_video=1, threshold="fixed"),
+                             output_size=None, detect_max_side=None, image_format="jpg"),
+            model=ModelConfig(input_size=128, pool="max", tta_flip=False, ensemble=1),
+            train=HeadTrainConfig(epochs=10, batch_size=32, lr=1e-4, weight_decay=0.0, split="random",
+                                  balance="none", frames_per_video=1, threshold="fixed"),
             eval=EvalConfig(frames_per_video=1),
         )
 
     @classmethod
     def default(cls) -> Protocol:
-        """What works: identity splits, more frames, YuNet crops with margin, balance, fine-tuning."""
-        return cls(
-            name="default",
-            frames=FrameConfig(num_frames=8, test_frames=32, image_format="png"),
-            # YuNet (no torch) finds the faces MTCNN finds, several times faster; both on a <=640 px copy
-            # (MTCNN there found the same faces, 1.8-2.8x faster); figures in bench/preprocess.py, docs/SPEED.md
-            faces=FaceConfig(detector="yunet", min_size=40, margin=1.3, output_size=256, detect_max_side=640),
-            # bench/quality.py's DEFAULT recipe (docs/QUALITY.md): MobileNetV2 at 128 px with a weight average,
-            # two members of 14 epochs whose logits are averaged: test AUC 0.935 and 0.932, the best of every
-            # recipe run end to end (10-epoch pairs and triples, three 112 px or 8-epoch members: 0.920-0.929);
-            # trained side by side on 2 cores, bench/quality.py took 32.1 min in all
-            model=ModelConfig(input_size=128, pool="avg", tta_flip=True, ensemble=2),
-            train=TrainConfig(mode="full", epochs=14, batch_size=32, lr=5e-4, weight_decay=0.05, warmup=0.05,
-                              split="group", balance="sampler", pairs=True, augment=True, patience=6,
-                              ema=0.998, frames_per_video=8, threshold="val_youden"),
-            eval=EvalConfig(frames_per_video=32),
-        )
+        """What works (every field's default): identity splits, more frames, YuNet crops with margin,
+        balance, fine-tuning of two members (docs/QUALITY.md has how each choice was measured)."""
+        return cls()
 
     @classmethod
     def named(cls, name: ProtocolName) -> Protocol:
@@ -263,7 +327,7 @@ class ServiceConfig(_Config):
     retry_after: int = Field(5, ge=1, description="seconds a 503 tells the client to wait (Retry-After)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest image (width x height, read from its "
                                   "header before decoding); a larger one is refused with 422")
-    frames: int = Field(32, ge=1, description="frames sampled per video")
+    frames: int = Field(INFERENCE.frames, ge=1, description="frames sampled per video")
     explain: bool = Field(True, description="Grad-CAM heatmaps (torch models only)")
     max_explain: int = Field(8, ge=0, description="faces explained per upload, most likely fake first")
 

@@ -10,6 +10,7 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -42,7 +43,9 @@ out = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ProtocolOpt = Annotated[str, typer.Option("--protocol", help="'seed' reproduces the report; 'default' works.")]
+ProtocolOpt = Annotated[str, typer.Option(
+    "--protocol", "--config", help="'seed' reproduces the report, 'default' works, or a recipe YAML file (a run's "
+    "config.yaml, a shipped model's protocol.yaml); the other options override it.")]
 # Checked by the parser (min, choices), so a bad value is refused before any work or progress bar starts.
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", min=0, help="Processes for preprocessing (0 = serial).")]
 
@@ -124,3 +127,41 @@ def print_report(report: StageReport, max_lines: int = 20) -> None:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     console.print(report.summary(), highlight=False, soft_wrap=True)
     report.raise_if_empty()
+
+
+def load_protocol_option(name: str) -> Any:
+    """What ``--protocol/--config`` names: ``seed``, ``default`` or a recipe YAML file; one line if it is neither."""
+    import yaml
+    from pydantic import ValidationError
+
+    from dfdetect.config import Protocol, load_protocol, validation_line
+    from dfdetect.errors import BadInputError
+
+    if name in ("seed", "default"):
+        return Protocol.named(name)  # type: ignore[arg-type]
+    if Path(name).suffix.lower() not in (".yaml", ".yml"):
+        raise BadInputError(f"unknown protocol {name!r}; use 'seed', 'default' or a recipe .yaml file")
+    if not Path(name).is_file():
+        raise BadInputError("protocol file not found", path=name)
+    try:
+        return load_protocol(name)
+    except ValidationError as exc:
+        raise BadInputError(f"not a dfdetect recipe: {validation_line(exc)}", path=name) from None
+    except (ValueError, OSError, yaml.YAMLError) as exc:
+        raise BadInputError(f"not a dfdetect recipe ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]})", path=name) from None
+
+
+def override(base: Any, flags: dict[str, str] | None = None, **updates: Any) -> Any:
+    """``base`` (a config) with the options the user set (None = not set: keep the recipe's value), validated;
+    a bad value is one line naming the option (``flags`` maps a field to its flag where they differ)."""
+    from pydantic import ValidationError
+
+    from dfdetect.config import validation_line
+
+    data = {**base.model_dump(), **{k: v for k, v in updates.items() if v is not None}}
+    names = {f: "--" + f.replace("_", "-") for f in data} | (flags or {})
+    try:
+        return type(base).model_validate(data)
+    except ValidationError as exc:
+        raise DfdetectError(validation_line(exc, names)) from None

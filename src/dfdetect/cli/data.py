@@ -14,10 +14,9 @@ Unset options take the value of ``--protocol`` (``default`` unless given; ``seed
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import BaseModel, ValidationError
 
 from dfdetect._io import check_separate
 from dfdetect.cli._app import (
@@ -29,37 +28,20 @@ from dfdetect.cli._app import (
     app,
     console,
     handle_errors,
+    load_protocol_option,
     out,
+    override,
     print_report,
     progress_bar,
 )
-from dfdetect.config import FaceConfig, FrameConfig, Protocol, SRMConfig
+from dfdetect.config import FaceConfig, FrameConfig, SRMConfig
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors the input structure).")]
 
 
-def _protocol(name: str) -> Protocol:
-    if name not in ("seed", "default"):
-        raise DfdetectError(f"unknown protocol {name!r}; use 'seed' or 'default'")
-    return Protocol.named(name)  # type: ignore[arg-type]
-
-
-#: Config fields whose command-line flag is not the field's own name.
-_FLAG_OF = {"num_frames": "--frames", "test_frames": "--test-frames", "image_format": "--format",
+_FLAGS = {"num_frames": "--frames", "test_frames": "--test-frames", "image_format": "--format",
             "output_size": "--size"}
-
-
-def _override(base: BaseModel, **updates: Any) -> Any:
-    """``base`` with the options the user set (None = not set, keep the protocol's value), validated."""
-    data = {**base.model_dump(), **{k: v for k, v in updates.items() if v is not None}}
-    try:
-        return type(base).model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = "_".join(str(p) for p in err["loc"])
-        flag = _FLAG_OF.get(field, "--" + field.replace("_", "-"))
-        raise DfdetectError(f"{flag}: {err['msg']}") from None
 
 
 @app.command("frames")
@@ -80,7 +62,7 @@ def frames_cmd(
     from dfdetect.data.sources import discover
     from dfdetect.preprocess.frames import extract_frames
 
-    cfg: FrameConfig = _override(_protocol(protocol).frames, num_frames=frames, test_frames=test_frames,
+    cfg: FrameConfig = override(load_protocol_option(protocol).frames, _FLAGS, num_frames=frames, test_frames=test_frames,
                                  image_format=image_format)
     dataset = discover(source)
     check_separate(dataset.root, out_dir, "dataset")
@@ -118,7 +100,7 @@ def faces_cmd(
     """Crop the face in every frame: OUT/<video>/<frame>.png and OUT/manifest.csv (frames without one too)."""
     from dfdetect.preprocess.faces import extract_faces, frame_files
 
-    cfg: FaceConfig = _override(_protocol(protocol).faces, detector=detector, min_size=min_size,
+    cfg: FaceConfig = override(load_protocol_option(protocol).faces, _FLAGS, detector=detector, min_size=min_size,
                                 scale_factor=scale_factor, min_neighbors=min_neighbors, margin=margin,
                                 output_size=size, keep=keep, image_format=image_format,
                                 detect_max_side=detect_max_side, min_score=min_score)
@@ -147,7 +129,7 @@ def srm_cmd(
     from dfdetect.preprocess.faces import frame_files
     from dfdetect.preprocess.srm import make_srm_copy
 
-    cfg: SRMConfig = _override(_protocol(protocol).srm, mode=mode, clip=clip)
+    cfg: SRMConfig = override(load_protocol_option(protocol).srm, _FLAGS, mode=mode, clip=clip)
     if not faces_dir.is_dir():
         raise BadInputError("faces folder not found", path=faces_dir)
     check_separate(faces_dir, out_dir, "faces")

@@ -24,6 +24,7 @@ from dfdetect.cli._app import (
     app,
     console,
     handle_errors,
+    load_protocol_option,
     out,
     print_report,
     progress_bar,
@@ -33,30 +34,36 @@ from dfdetect.errors import BadInputError
 
 
 def _protocol(name: str, model: dict[str, Any], train: dict[str, Any]) -> Any:
-    """The named protocol with the flags the user set; unset flags (None) keep the protocol's values."""
-    import yaml
+    """The recipe ``--protocol/--config`` names, with the flags the user set (None keeps the recipe's value).
 
-    from dfdetect.config import Protocol, load_protocol
+    ``--mode head`` on a full-mode recipe drops what only full mode uses (augmentation, EMA, ..., test-time
+    flips, members) and says so; asking for one of them with head mode is one line.
+    """
+    from pydantic import ValidationError
 
-    if Path(name).suffix.lower() in (".yaml", ".yml"):  # a recipe file, e.g. a shipped model's protocol.yaml
-        if not Path(name).is_file():
-            raise BadInputError("protocol file not found", path=name)
-        try:
-            p = load_protocol(name)
-        except (ValueError, OSError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
-            raise BadInputError(f"not a dfdetect protocol ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:200]})", path=name) from None
-    elif name not in ("seed", "default"):
-        raise BadInputError(f"unknown protocol {name!r}; use 'seed', 'default' or a protocol .yaml file")
-    else:
-        p = Protocol.named(name)  # type: ignore[arg-type]
+    from dfdetect.config import FullTrainConfig, train_config, validation_line
+
+    p = load_protocol_option(name)
     model = {k: v for k, v in model.items() if v is not None}
     train = {k: v for k, v in train.items() if v is not None}
+    base_train = p.train.model_dump()
+    base_model = p.model.model_dump()
+    if train.get("mode", p.train.mode) == "head" and p.train.mode == "full":
+        dropped = [k for k in base_train if k not in train_config({"mode": "head"}).model_dump()]
+        base_train = {k: v for k, v in base_train.items() if k not in dropped}
+        for k, off in (("tta_flip", False), ("ensemble", 1)):
+            if k not in model and base_model[k] != off:
+                base_model[k] = off
+                dropped.append(k)
+        console.print(f"note: head mode: {', '.join(dropped)} apply to full mode only; left out", highlight=False)
+    elif train.get("mode") == "full" and p.train.mode == "head":  # full-only fields start at their defaults
+        base_train = {**FullTrainConfig().model_dump(), **base_train}
+    flags = {f: "--" + f.replace("_", "-") for f in [*base_train, *base_model]}
     try:
-        return p.model_copy(update={"model": p.model.model_validate({**p.model.model_dump(), **model}),
-                                    "train": p.train.model_validate({**p.train.model_dump(), **train})})
-    except ValueError as exc:  # pydantic: a flag out of range
-        raise BadInputError(f"invalid option: {str(exc).splitlines()[-2].strip()}") from None
+        return type(p).model_validate({**p.model_dump(), "model": {**base_model, **model},
+                                       "train": {**base_train, **train}})
+    except ValidationError as exc:
+        raise BadInputError(f"invalid option: {validation_line(exc, flags)}") from None
 
 
 def _table(data: Path, crops: Path | None, labels: Path | None, run_dir: Path, protocol: Any, workers: int) -> Any:
@@ -84,7 +91,7 @@ def train_cmd(
     = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="A seed '{1|0} {path}' file (1 = real), paths "
                                                                  "relative to --crops (or DATA).")] = None,
-    protocol: Annotated[str, typer.Option("--protocol", help="'seed', 'default', or a protocol .yaml file (a run's "
+    protocol: Annotated[str, typer.Option("--protocol", "--config", help="'seed', 'default', or a recipe .yaml file (a run's "
                                                              "config.yaml, a shipped model's recipe).")] = "default",
     backbone: Annotated[str | None, typer.Option("--backbone", help="A registered backbone "
                                                                     "(mobilenet_v2, vgg16, resnet50v2, ...).")] = None,

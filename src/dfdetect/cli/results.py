@@ -30,6 +30,7 @@ from dfdetect.cli._app import (
     app,
     console,
     handle_errors,
+    load_protocol_option,
     out,
     print_report,
     progress_bar,
@@ -70,14 +71,6 @@ def _raise_if_no_cell(study: Any) -> None:
     """Exit non-zero only when nothing usable is left: no cell trained (or reused)."""
     if not any(c.status in ("trained", "reused") for c in study.cells):
         raise NothingUsableError("study: no cell could be trained (see the skipped lines above)", path=study.out_dir)
-
-
-def _protocol(name: str) -> Any:
-    from dfdetect.config import Protocol
-
-    if name not in ("seed", "default"):
-        raise BadInputError(f"unknown protocol {name!r}; use 'seed' or 'default'")
-    return Protocol.named(name)  # type: ignore[arg-type]
 
 
 def _fmt(v: Any) -> str:
@@ -217,7 +210,7 @@ def study(
     from dfdetect.evaluation.study import DEFAULT_BACKBONES
 
     names = _backbones(backbones) or DEFAULT_BACKBONES
-    result = run_pipeline(source, out_dir, _protocol(protocol), backbones=names, crops=crops, workers=workers,
+    result = run_pipeline(source, out_dir, load_protocol_option(protocol), backbones=names, crops=crops, workers=workers,
                           engine=engine.value, ray_address=ray_address, weights=_weights(weights),
                           progress=progress_bar, on_stage=print_report)
     _print_pipeline(result)

@@ -13,23 +13,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from dfdetect.cli._app import app, console, handle_errors, out, progress_bar
+from dfdetect.cli._app import app, console, handle_errors, out, override, progress_bar
 from dfdetect.config import SynthConfig
-from dfdetect.errors import DfdetectError
 
 _D = SynthConfig()  # defaults, shown in --help
 
 
 def _config(**options: int | None) -> SynthConfig:
     """SynthConfig defaults with the options the user set; a bad value is one line naming the option."""
-    try:
-        return SynthConfig(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        option = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
-        raise DfdetectError(f"{option}: {err['msg']}") from None
+    return override(SynthConfig(), **options)
 
 
 def _int_opt(flag: str, what: str, default: int) -> typer.models.OptionInfo:

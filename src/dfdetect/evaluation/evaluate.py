@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dfdetect._io import load_image, write_json, write_text
+from dfdetect.config import INFERENCE
 from dfdetect.errors import BadInputError, NothingUsableError
 from dfdetect.evaluation import plots
 from dfdetect.evaluation.metrics import compute_metrics
@@ -37,7 +38,6 @@ __all__ = ["HISTORY_JSON", "METRICS_JSON", "SCORES_CSV", "evaluate", "official_t
 METRICS_JSON = "metrics.json"
 SCORES_CSV = "scores.csv"
 HISTORY_JSON = HISTORY_FILE  #: the run folder's name for it (dfdetect.rundir)
-BATCH_SIZE = 64
 MAX_SKIPPED_LISTED = 100  #: metrics.json lists this many skipped crops; the count is always exact
 
 
@@ -106,7 +106,7 @@ def evaluate(
     *,
     history: Sequence[Mapping[str, float]] | None = None,
     title: str = "",
-    batch_size: int = BATCH_SIZE,
+    batch_size: int = INFERENCE.batch_size,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Score every crop in ``table`` and write metrics.json, scores.csv and the plots to ``out_dir``.

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from dfdetect import _io
-from dfdetect.config import FaceConfig
+from dfdetect.config import INFERENCE, FaceConfig
 from dfdetect.data.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 from dfdetect.model.scoring import Scorer
@@ -49,7 +49,6 @@ __all__ = [
 SCHEMA = "dfdetect.predict/1"
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 FaceAggregate = Literal["max_face", "mean"]  #: face scores -> one verdict: the most fake face, or all faces averaged
-_BATCH = 64  # crops per predict_proba call: bounds memory on many-face videos
 
 
 # --------------------------------------------------------------------------- results
@@ -272,8 +271,8 @@ def results_json(results: Sequence[PredictResult], report: StageReport, **extra:
 def _score(scorer: Scorer, crops: list[np.ndarray]) -> np.ndarray:
     if not crops:
         return np.zeros(0, dtype=np.float64)
-    parts = [np.asarray(scorer.predict_proba(crops[i:i + _BATCH]), dtype=np.float64).reshape(-1)
-             for i in range(0, len(crops), _BATCH)]
+    parts = [np.asarray(scorer.predict_proba(crops[i:i + INFERENCE.batch_size]), dtype=np.float64).reshape(-1)
+             for i in range(0, len(crops), INFERENCE.batch_size)]
     scores = np.concatenate(parts)
     if scores.shape != (len(crops),) or not np.all(np.isfinite(scores)):
         raise DfdetectError(f"the model returned {scores.shape} scores for {len(crops)} crops, or non-finite ones")
@@ -308,7 +307,7 @@ def predict_file(
     path: str | Path,
     scorer: Scorer,
     *,
-    frames: int = 32,
+    frames: int = INFERENCE.frames,
     face_cfg: FaceConfig | None = None,
     face_detector: Any = None,
     crops: bool = False,
@@ -370,7 +369,7 @@ def iter_predict(
     *,
     report: StageReport | None = None,
     progress: ProgressCallback | None = None,
-    frames: int = 32,
+    frames: int = INFERENCE.frames,
     face_cfg: FaceConfig | None = None,
     **kwargs: Any,
 ) -> Iterator[PredictResult]:
@@ -413,7 +412,7 @@ def predict_path(
     path: str | Path,
     detector: Scorer,
     *,
-    frames: int = 32,
+    frames: int = INFERENCE.frames,
     face_cfg: FaceConfig | None = None,
     explain: bool = False,
     report: StageReport | None = None,

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from dfdetect._io import sha256_file
+from dfdetect.config import INFERENCE
 from dfdetect.errors import BadInputError, DfdetectError, WeightsError
 from dfdetect.parallel import ProgressCallback
 from dfdetect.preprocess.stage import StageReport
@@ -90,7 +91,7 @@ class _Job:
     """Everything a worker needs, sent once (picklable)."""
 
     model: ModelRef
-    frames: int = 32
+    frames: int = INFERENCE.frames
     crops: bool = False
 
     def stamp(self) -> dict[str, Any]:
@@ -375,7 +376,7 @@ def scan(
     workers: int = 0,
     engine: Engine = "process",
     ray_address: str | None = None,
-    frames: int = 32,
+    frames: int = INFERENCE.frames,
     crops: bool = False,
     onnx: bool = False,
     report: StageReport | None = None,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dfdetect._io import atomic_path
-from dfdetect.config import Protocol
+from dfdetect.config import INFERENCE, Protocol
 from dfdetect.data.transforms import preprocess_crops
 from dfdetect.errors import DfdetectError, WeightsError
 from dfdetect.model.metadata import check_metadata
@@ -80,7 +80,7 @@ class Detector:
     ----------
     protocol : Protocol, default=None
         The recipe :meth:`fit` trains with; ``None`` means ``Protocol.default()``.
-    batch_size : int, default=64
+    batch_size : int, default=INFERENCE.batch_size
         Crops per forward pass in :meth:`predict_proba`.
 
     Attributes
@@ -93,7 +93,7 @@ class Detector:
         mean / std / input size used to preprocess crops.
     """
 
-    def __init__(self, protocol: Protocol | None = None, *, batch_size: int = 64):
+    def __init__(self, protocol: Protocol | None = None, *, batch_size: int = INFERENCE.batch_size):
         self.protocol = protocol
         self.batch_size = batch_size
 
@@ -101,7 +101,7 @@ class Detector:
 
     @classmethod
     def from_model(cls, model: BackboneClassifier | EnsembleClassifier, protocol: Protocol, threshold: float, *,
-                   batch_size: int = 64) -> Detector:
+                   batch_size: int = INFERENCE.batch_size) -> Detector:
         """Wrap an already trained network (what :func:`dfdetect.training.trainer.train` returns)."""
         det = cls(protocol, batch_size=batch_size)
         det.model_ = model.cpu().eval().to(memory_format=torch.channels_last)  # inputs are channels_last too

@@ -28,15 +28,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
 from dfdetect._io import atomic_path, read_image, save_config, write_json
-from dfdetect.config import Protocol
+from dfdetect.config import Protocol, validation_line
 from dfdetect.data.crops import CropTable, split_table
 from dfdetect.data.torch_datasets import BlendFn, DecodedCrops, balanced_sampler, decode_crops, pos_weight
-from dfdetect.errors import NothingUsableError
+from dfdetect.errors import DfdetectError, NothingUsableError
 from dfdetect.model.backbones import BackboneClassifier, create_backbone, ensemble_of, new_head
 from dfdetect.model.calibration import apply_temperature, choose_threshold, fit_temperature
 from dfdetect.model.detector import Detector, score_logits
@@ -323,7 +324,7 @@ def _sbi_landmarks(train_t: CropTable, protocol: Protocol, cache: Path, finder: 
                    notes: list[str]) -> np.ndarray | None:
     """SBI's five face points per real crop when its masks follow landmarks (else None: the ellipse)."""
     cfg = protocol.train
-    if cfg.pseudo_fakes != "sbi" or cfg.sbi_mask != "landmarks":
+    if cfg.mode != "full" or cfg.pseudo_fakes != "sbi" or cfg.sbi_mask != "landmarks":
         return None
     landmarks = crop_landmarks(train_t, protocol.model.input_size, cache, finder=finder)
     notes.append(f"SBI masks from landmarks on {int(np.isfinite(landmarks[:, 0, 0]).sum())} of "
@@ -481,6 +482,10 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
     ``out_dir/features``); share it between runs over the same crops to reuse them. ``blend_fn``
     makes the pseudo-fake pairs (:func:`dfdetect.synthetic.sbi.sbi_blend`; tests pass a cheap one) and ``landmark_finder`` YuNet's five points (tests).
     """
+    try:  # model_copy skips validation: check the recipe once, here, before any work
+        protocol = type(protocol).model_validate(protocol.model_dump())
+    except ValidationError as exc:
+        raise DfdetectError(f"invalid protocol: {validation_line(exc)}") from None
     out_dir = Path(out_dir)
     run = RunDir(out_dir)
     cfg = protocol.train
@@ -491,14 +496,6 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
     try:
         train_t, val_t, test_t = split_table(table, cfg)
         notes = list(train_t.notes)
-        if cfg.mode == "head" and protocol.model.tta_flip:
-            # cached features are of the unflipped crops; the threshold must match how the detector scores
-            protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"tta_flip": False})})
-            notes.append("tta_flip applies to mode='full' only; the head-mode detector scores without it")
-        if cfg.mode == "head" and protocol.model.ensemble > 1:
-            # one frozen backbone: members would differ only in a linear head's seed
-            protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"ensemble": 1})})
-            notes.append("ensemble applies to mode='full' only; head mode trains one head")
         if len(val_t) == 0:
             raise NothingUsableError("the validation split is empty; add data or raise val_fraction")
         _check_classes(train_t, val_t, cfg, notes)

@@ -40,7 +40,7 @@ def ship_tiny_model(models_dir, name=None, **figures):
     from dfdetect.model.detector import Detector
 
     torch.manual_seed(0)
-    proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False),
+    proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False, tta_flip=False, ensemble=1, pool="max"),
                                                   "faces": FaceConfig(detector="haar", min_size=40)})
     det = Detector.from_model(create_backbone("mobilenet_v2", pretrained=False), proto, 0.5)
     card = ModelCard(name=name or hub.DEFAULT_MODEL, summary="A tiny untrained test detector.",

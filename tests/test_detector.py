@@ -19,7 +19,7 @@ from dfdetect.model.detector import Detector, NotFittedError
 @pytest.fixture(scope="module")
 def det() -> Detector:
     torch.manual_seed(0)
-    proto = Protocol.seed().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False)})
+    proto = Protocol.seed().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False, tta_flip=False, ensemble=1, pool="max")})
     return Detector.from_model(create_backbone("mobilenet_v2", pretrained=False), proto, 0.37)
 
 

@@ -74,6 +74,14 @@ def test_mtcnn_finds_face_with_landmarks():
     assert abs(s.x0 - b.x0) < 10 and abs(s.width - b.width) < 15 and abs(s.landmarks[0][0] - b.landmarks[0][0]) < 8
 
 
+
+def test_mtcnn_calls_are_stateless():
+    """A call that asks for another minimum size (the <=640 px copy does) never changes the next call's."""
+    det = FA.MTCNNDetector(FaceConfig(detector="mtcnn", min_size=40, detect_max_side=None))
+    start = det.model.min_face_size
+    assert det.detect_batch([face_frame()], min_size=300) == [[]]
+    assert det.model.min_face_size == start and len(det(face_frame())) == 1
+
 def test_haar_downscaled_detection_maps_boxes_back():
     frame = cv2.resize(face_frame(), None, fx=2, fy=2)  # 960x720, face ~300 px
     full = FA.create_detector(SEED)(frame)

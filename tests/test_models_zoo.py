@@ -70,7 +70,7 @@ def test_half_precision_file_is_half_the_size_and_scores_the_same(tmp_path):
     from dfdetect.model.backbones import create_backbone
 
     torch.manual_seed(0)
-    proto = Protocol.seed().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False)})
+    proto = Protocol.seed().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False, tta_flip=False, ensemble=1, pool="max")})
     det = Detector.from_model(create_backbone("mobilenet_v2", pretrained=False), proto, 0.4)
     full, half = det.save(tmp_path / "full.safetensors"), det.save(tmp_path / "half.safetensors", half=True)
     assert half.stat().st_size < 0.6 * full.stat().st_size
@@ -130,7 +130,7 @@ def test_ship_model_refuses_a_detector_that_would_not_load(tmp_path):
     from dfdetect.model.backbones import create_backbone
 
     torch.manual_seed(0)
-    proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False)})
+    proto = Protocol.default().model_copy(update={"model": ModelConfig(input_size=48, pretrained=False, tta_flip=False, ensemble=1, pool="max")})
     det = Detector.from_model(create_backbone("mobilenet_v2", pretrained=False), proto, 0.5)
     det.protocol_ = det.protocol_.model_copy(update={"faces": det.protocol_.faces.model_copy(update={"margin": 0.73})})
     card = ModelCard(name=NAME, summary="s", training_data="none", recipe_command="x")

@@ -315,7 +315,7 @@ def test_cli_model_may_be_a_run_folder(tmp_path):
     from dfdetect.model.backbones import create_backbone
     from dfdetect.model.detector import Detector
 
-    proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32)})
+    proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32, tta_flip=False, ensemble=1, pool="max")})
     net = create_backbone("mobilenet_v2", pretrained=False, num_classes=1)
     Detector.from_model(net, proto, 0.5).save(tmp_path / "run" / "detector.safetensors")
     assert use.load_scorer(tmp_path / "run").threshold_ == 0.5

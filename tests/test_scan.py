@@ -32,7 +32,7 @@ def model(tmp_path_factory) -> Path:
     from dfdetect.model.backbones import create_backbone
     from dfdetect.model.detector import Detector
 
-    proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32),
+    proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32, tta_flip=False, ensemble=1, pool="max"),
                                                "faces": FaceConfig(detector="haar", min_size=64)})
     net = create_backbone("mobilenet_v2", pretrained=False, num_classes=1)
     return Detector.from_model(net, proto, 0.5).save(tmp_path_factory.mktemp("model") / "detector.safetensors")

@@ -236,7 +236,7 @@ def test_identical_trainings_give_byte_identical_detector_files(table, tmp_path)
     from dfdetect.model.detector import Detector
 
     seed = Protocol.seed()
-    p = seed.model_copy(update={"model": ModelConfig(pretrained=False, input_size=SIZE),
+    p = seed.model_copy(update={"model": ModelConfig(pretrained=False, input_size=SIZE, tta_flip=False, ensemble=1, pool="max"),
                                 "train": seed.train.model_copy(update={"epochs": 1})})
     a = train(table, p, tmp_path / "a", cache_dir=tmp_path / "features")
     train(table, p, tmp_path / "b", cache_dir=tmp_path / "features")

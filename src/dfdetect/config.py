@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 ProtocolName = Literal["seed", "default"]
 
@@ -253,7 +262,7 @@ class Protocol(_Config):
         if self.train.mode == "head":
             for name, off in (("tta_flip", False), ("ensemble", 1)):
                 if getattr(self.model, name) != off:
-                    raise ValueError(f"model.{name} applies to mode='full' only (head mode: {name}={off!r})")
+                    raise ValueError(f"model.{name} applies to mode='full' only; head mode needs {name}={off!r}")
         return self
 
     @classmethod

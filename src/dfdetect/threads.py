@@ -1,6 +1,7 @@
 """CPU threads for torch and the BLAS pools: this process's share of the cores, minus what others keep busy.
 
-Used by the trainer (per rank, per epoch) and by scoring; torch-free callers need not import it.
+Scoring sets them once, at the edge (:func:`tune`, from the CLI and the service); the trainer re-measures them
+per epoch, an explicit choice in its loop, because a long fit on shared cores sees the load change.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CpuSample", "auto_threads", "cpu_sample", "cpu_threads"]
+__all__ = ["CpuSample", "auto_threads", "cpu_sample", "cpu_threads", "tune"]
 
 
 def _cores() -> int:
@@ -46,10 +47,6 @@ def cpu_sample() -> CpuSample | None:
 # A fallback window for a call without ``since``: other processes' use since dfdetect was imported (at most
 # 10 minutes back). At a fresh start the load average still counts what this process did a minute ago as
 # someone else's (docs/QUALITY.md#measurements).
-_IMPORTED = cpu_sample()
-_IMPORTED_WINDOW_S = 600.0
-
-
 def _others_busy(since: CpuSample | None) -> float | None:
     """Cores that other processes kept busy since ``since`` (None: no sample, or too short to tell)."""
     now = cpu_sample()
@@ -64,16 +61,13 @@ def auto_threads(world_size: int = 1, running: int = 1, since: CpuSample | None 
     Why: OpenMP threads spin while they wait, so oversubscribed cores make a step tens of times slower
     (docs/QUALITY.md#measurements). An explicit ``OMP_NUM_THREADS`` is always respected.
     With ``since`` (a :func:`cpu_sample` from, say, the start of the last epoch) other processes' use is
-    measured from ``/proc/stat``; without it, since this module was imported, if that is 1 s to 10 min
-    ago. Otherwise the load average stands in; it lags a minute and counts this process too, so
+    measured from ``/proc/stat``. Otherwise the load average stands in; it lags a minute and counts this process too, so
     ``running`` (the threads this process kept busy lately) is taken off it; alone, it kept a fine-tune at
     1 thread on an idle machine.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     share = max(1, _cores() // max(world_size, 1))
-    if since is None and _IMPORTED is not None and time.monotonic() - _IMPORTED.wall < _IMPORTED_WINDOW_S:
-        since = _IMPORTED
     others = _others_busy(since)
     if others is not None:
         others /= max(world_size, 1)
@@ -102,3 +96,17 @@ def cpu_threads(world_size: int = 1) -> Iterator[int]:
             yield n
         finally:
             torch.set_num_threads(before)
+
+
+def tune() -> int:
+    """Set torch's and the BLAS pools' threads once for this process (:func:`auto_threads`); return the count.
+
+    Called at the edge, where a torch model is loaded for scoring (the CLI, the service), never inside a
+    scoring call: a thread count changed per call is global state that concurrent requests would race on.
+    """
+    from threadpoolctl import threadpool_limits
+
+    n = auto_threads()
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")
+    return n

@@ -80,9 +80,12 @@ def load_scorer(path: Path | None, *, onnx: bool = False) -> Any:
         from dfdetect.model.export import OnnxDetector
 
         return OnnxDetector.load(path)
+    from dfdetect import threads
     from dfdetect.model.detector import Detector
 
-    return Detector.load(path)
+    detector = Detector.load(path)
+    threads.tune()  # once per process, here at the edge (not inside each scoring call)
+    return detector
 
 
 def _check_writable(folder: Path, flag: str) -> None:

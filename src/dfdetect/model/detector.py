@@ -25,7 +25,6 @@ from dfdetect.data.transforms import preprocess_crops
 from dfdetect.errors import DfdetectError, WeightsError
 from dfdetect.model.metadata import check_metadata
 from dfdetect.rundir import DETECTOR_FILE
-from dfdetect.threads import cpu_threads
 
 if TYPE_CHECKING:
     from dfdetect.model.backbones import BackboneClassifier, EnsembleClassifier
@@ -137,11 +136,10 @@ class Detector:
                 raise ValueError(f"crop {i}: expected a BGR image of shape (H, W, 3), got shape {a.shape}")
         self.model_.eval()
         out: list[np.ndarray] = []
-        with cpu_threads():  # busy shared cores: fewer threads are far faster
-            for start in range(0, len(crops_bgr), self.batch_size):
-                x = self.preprocess(crops_bgr[start:start + self.batch_size])
-                logits = score_logits(self.model_, x, self.protocol_.model.tta_flip)
-                out.append(torch.sigmoid(logits.float()).numpy())
+        for start in range(0, len(crops_bgr), self.batch_size):  # threads: set once, at the edge (threads.tune)
+            x = self.preprocess(crops_bgr[start:start + self.batch_size])
+            logits = score_logits(self.model_, x, self.protocol_.model.tta_flip)
+            out.append(torch.sigmoid(logits.float()).numpy())
         return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
     def predict(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:

@@ -18,6 +18,7 @@ usable face (``status`` ``no_face`` / ``unreadable`` with the reason): nothing i
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -201,7 +202,25 @@ class MTCNNDetector:
         if in_worker():
             torch.set_num_threads(1)
         self.min_size, self.min_score = cfg.min_size, cfg.min_score
-        self.model = MTCNN(keep_all=True, device="cpu", post_process=False, select_largest=True)
+        self.model = MTCNN(keep_all=True, device="cpu", post_process=False, select_largest=True,
+                           min_face_size=self._pyramid_start(cfg.min_size))
+
+    @staticmethod
+    def _pyramid_start(min_size: int) -> int:
+        """MTCNN's ``min_face_size`` only sets where its image pyramid starts, and its boxes can come out a
+        little smaller than that: start at 0.8x min_size, then filter by min_size exactly. (Its default,
+        20 px, costs ~3x on a 720p frame for faces we would then drop.)"""
+        return max(12, int(0.8 * min_size))
+
+    def _model_for(self, min_size: int) -> Any:
+        """The MTCNN for ``min_size``: ours, or a shallow copy (same networks) when a call asks for another
+        size, so a call never changes what the next one, or another thread's, detects."""
+        start = self._pyramid_start(min_size)
+        if start == self.model.min_face_size:
+            return self.model
+        model = copy.copy(self.model)
+        model.min_face_size = start
+        return model
 
     def __call__(self, bgr: np.ndarray) -> list[Box]:
         return self.detect(bgr, self.min_size)
@@ -215,10 +234,7 @@ class MTCNNDetector:
         import torch
 
         min_size = self.min_size if min_size is None else min_size
-        # MTCNN's min_face_size only sets where its image pyramid starts, and its boxes can come out a
-        # little smaller than that: start at 0.8x min_size, then filter by min_size exactly.
-        # (Its default, 20 px, costs ~3x on a 720p frame for faces we would then drop.)
-        self.model.min_face_size = max(12, int(0.8 * min_size))
+        model = self._model_for(min_size)
         out: list[list[Box]] = [[] for _ in frames]
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, f in enumerate(frames):
@@ -228,7 +244,7 @@ class MTCNNDetector:
                 chunk = idx[start:start + self.BATCH]
                 rgb = np.stack([frames[i][..., ::-1] for i in chunk])
                 with torch.inference_mode():
-                    boxes, probs, points = self.model.detect(rgb, landmarks=True)
+                    boxes, probs, points = model.detect(rgb, landmarks=True)
                 for i, b, p, lm in zip(chunk, boxes, probs, points, strict=True):
                     out[i] = self._boxes(b, p, lm, min_size)
         return out

@@ -17,11 +17,7 @@ from dfdetect.model.backbones._registry import (
     split_backbone_name_tag,
 )
 from dfdetect.model.backbones._weights import load_state_file
-from dfdetect.model.backbones.efficientnet import *
-from dfdetect.model.backbones.mobilenet import *
-from dfdetect.model.backbones.resnetv2 import *
-from dfdetect.model.backbones.vgg import *
-from dfdetect.model.backbones.xception import *
+from dfdetect.model.backbones.catalog import *
 
 __all__ = [
     "BackboneCfg", "BackboneClassifier", "EnsembleClassifier", "OfflineWeights", "create_backbone",

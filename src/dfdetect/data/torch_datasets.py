@@ -20,7 +20,8 @@ from torch.utils.data import Dataset as TorchDataset
 from dfdetect._io import atomic_path, load_cached, read_image
 from dfdetect.data.crops import CropTable
 from dfdetect.data.labels import Label
-from dfdetect.data.transforms import _normalise, augment_crop, resize_bgr, resize_rgb
+from dfdetect.data.preprocess_spec import PreprocessSpec, resize_bgr
+from dfdetect.data.transforms import augment_crop
 from dfdetect.errors import NothingUsableError
 from dfdetect.parallel import ProgressCallback
 
@@ -98,7 +99,7 @@ class CropDataset(TorchDataset):
         self.paths = [str(p) for p in table.paths]
         self.labels = table.labels.astype(np.float32)
         self.input_size = input_size
-        self.mean, self.std = tuple(data_config["mean"]), tuple(data_config["std"])
+        self.spec = PreprocessSpec.from_data_config(data_config, input_size)
         self.augment, self.erase = augment, erase
         self.seed, self.epoch = seed, 0
         if decoded is not None and decoded.images.shape[:2] != (len(self.paths), input_size):
@@ -116,10 +117,10 @@ class CropDataset(TorchDataset):
         return np.random.default_rng([self.seed, self.epoch, i])
 
     def _tensor(self, bgr: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        rgb = resize_rgb(bgr, self.input_size)
+        rgb = self.spec.resize(bgr)
         if self.augment:
             rgb = augment_crop(rgb, rng, erase=self.erase, launder=self.launder)
-        return _normalise(torch.from_numpy(rgb).permute(2, 0, 1), self.mean, self.std)
+        return torch.from_numpy(self.spec.normalise(rgb[None])[0])
 
     def _read(self, i: int) -> np.ndarray | None:
         """BGR uint8, or None when the file cannot be decoded."""

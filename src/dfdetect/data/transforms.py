@@ -1,7 +1,8 @@
-"""Pixels to tensors: the one resize and normalisation training and inference share, and the augmentations.
+"""Pixels to tensors for torch, and the training augmentations.
 
-Preprocessing is derived from the backbone's data config (mean/std), never hard-coded, and is shared
-by training (:class:`dfdetect.data.torch_datasets.CropDataset`) and inference (:func:`preprocess_crops`).
+The resize and normalisation are :class:`dfdetect.data.preprocess_spec.PreprocessSpec`'s, derived from the
+backbone's data config, never hard-coded: training (:class:`dfdetect.data.torch_datasets.CropDataset`), the
+torch detector (:func:`preprocess_crops`) and the ONNX one share them.
 """
 
 from __future__ import annotations
@@ -14,43 +15,23 @@ import cv2
 import numpy as np
 import torch
 
+from dfdetect.data.preprocess_spec import PreprocessSpec, resize_bgr
+
 __all__ = ["augment_crop", "preprocess_crops", "resize_bgr", "resize_rgb"]
 
 
 # --------------------------------------------------------------------------- preprocessing
 
 
-def resize_bgr(crop_bgr: np.ndarray, size: int) -> np.ndarray:
-    """Any crop (BGR, BGRA or grey) -> ``size x size`` BGR uint8 (area when shrinking, linear when growing)."""
-    if crop_bgr.ndim == 2:
-        crop_bgr = cv2.cvtColor(crop_bgr, cv2.COLOR_GRAY2BGR)
-    crop_bgr = crop_bgr[..., :3]
-    h, w = crop_bgr.shape[:2]
-    if (h, w) == (size, size):
-        return np.ascontiguousarray(crop_bgr)
-    interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
-    return cv2.resize(crop_bgr, (size, size), interpolation=interp)
+def preprocess_crops(crops_bgr: Sequence[np.ndarray], data_config: dict[str, Any], input_size: int) -> torch.Tensor:
+    """BGR uint8 crops -> ``(N, 3, S, S)`` float tensor, channels_last: :class:`PreprocessSpec`, as torch."""
+    x = PreprocessSpec.from_data_config(data_config, input_size).apply(crops_bgr)
+    return torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
 
 
 def resize_rgb(crop_bgr: np.ndarray, size: int) -> np.ndarray:
     """BGR crop of any size -> ``size x size`` RGB uint8: the one resize training and inference share."""
     return cv2.cvtColor(resize_bgr(crop_bgr, size), cv2.COLOR_BGR2RGB)
-
-
-def _normalise(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(..., 3, H, W) uint8 -> float32 normalised with the backbone's mean/std."""
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x_uint8.float().div_(255.0) - m) / s
-
-
-def preprocess_crops(crops_bgr: Sequence[np.ndarray], data_config: dict[str, Any], input_size: int) -> torch.Tensor:
-    """BGR uint8 crops -> ``(N, 3, S, S)`` float tensor, channels_last; the inference transform."""
-    if len(crops_bgr) == 0:
-        return torch.empty((0, 3, input_size, input_size)).contiguous(memory_format=torch.channels_last)
-    batch = np.stack([resize_rgb(np.asarray(c), input_size) for c in crops_bgr])
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2)
-    return _normalise(x, data_config["mean"], data_config["std"]).contiguous(memory_format=torch.channels_last)
 
 
 def augment_crop(rgb: np.ndarray, rng: np.random.Generator, *, erase: float = 0.0, launder: bool = False) -> np.ndarray:

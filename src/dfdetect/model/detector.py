@@ -21,7 +21,7 @@ from torch import nn
 
 from dfdetect._io import atomic_path
 from dfdetect.config import INFERENCE, Protocol
-from dfdetect.data.transforms import preprocess_crops
+from dfdetect.data.preprocess_spec import PreprocessSpec, check_crop
 from dfdetect.errors import DfdetectError, WeightsError
 from dfdetect.model.metadata import check_metadata
 from dfdetect.rundir import DETECTOR_FILE
@@ -47,6 +47,18 @@ def score_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool = False) -> t
     if tta_flip:
         logits = (logits + model(torch.flip(x, dims=(3,))).reshape(-1)) / 2
     return logits
+
+
+class ScoredLogit(nn.Module):
+    """The network as :meth:`Detector.predict_proba` runs it, ``(n, 1)`` logits (with ``tta_flip`` the mean of the
+    crop's and its mirror image's): one module for torch scoring and the exported ONNX graph."""
+
+    def __init__(self, model: nn.Module, tta_flip: bool = False):
+        super().__init__()
+        self.model, self.tta_flip = model, tta_flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return score_logits(self.model, x, self.tta_flip).reshape(-1, 1)
 
 
 def _sort_metadata(path: Path) -> None:
@@ -121,19 +133,22 @@ class Detector:
         self._check_fitted()
         return int(self.data_config_["input_size"][-1])
 
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        """How a crop becomes this network's input; the ONNX export stores the same spec."""
+        self._check_fitted()
+        return PreprocessSpec.from_data_config(self.data_config_, self.input_size)
+
     def preprocess(self, crops_bgr: Sequence[np.ndarray]) -> torch.Tensor:
         """BGR uint8 crops of any size -> normalised ``(N, 3, S, S)`` tensor (channels_last)."""
-        self._check_fitted()
-        return preprocess_crops(crops_bgr, self.data_config_, self.input_size)
+        return torch.from_numpy(self.preprocess_spec.apply(crops_bgr)).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def predict_proba(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
         """P(fake) for each crop, shape ``(n,)``; batched, in eval mode, without gradients."""
         self._check_fitted()
-        for i, c in enumerate(crops_bgr):
-            a = np.asarray(c)
-            if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
-                raise ValueError(f"crop {i}: expected a BGR image of shape (H, W, 3), got shape {a.shape}")
+        for i, c in enumerate(crops_bgr):  # every crop checked before any is scored
+            check_crop(c, i)
         self.model_.eval()
         out: list[np.ndarray] = []
         for start in range(0, len(crops_bgr), self.batch_size):  # threads: set once, at the edge (threads.tune)

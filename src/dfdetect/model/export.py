@@ -11,68 +11,25 @@ installed. ``export_onnx`` imports it inside the function.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from dfdetect import _io
 from dfdetect.config import Protocol
+from dfdetect.data.preprocess_spec import PreprocessSpec
 from dfdetect.errors import DfdetectError, WeightsError
-from dfdetect.model.metadata import INTERPOLATIONS, check_metadata
+from dfdetect.model.metadata import check_metadata
 
 __all__ = ["METADATA_PREFIX", "ExportInfo", "OnnxDetector", "PreprocessSpec", "export_onnx", "onnx_session",
            "torch_to_onnx"]
 
 METADATA_PREFIX = "dfdetect."
 _FORMAT = "1"
-_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC,
-           "nearest": cv2.INTER_NEAREST}
-# INTERPOLATIONS (dfdetect.model.metadata): "area_down" (INTER_AREA when the crop's shorter side exceeds the input
-# side, else INTER_LINEAR: dfdetect.data.transforms.resize_rgb, what Detector.preprocess does) first, then _INTERP's
-assert INTERPOLATIONS == ("area_down", *_INTERP)
 _TOL = 1e-5  # numpy preprocessing must reproduce Detector.preprocess to float32 rounding
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How a BGR uint8 crop becomes the network input: resize, BGR->RGB, /255, (x - mean) / std, NCHW."""
-
-    size: tuple[int, int]  #: (height, width)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "area_down"  #: one of INTERPOLATIONS
-    rgb: bool = True  #: the network takes RGB (BGR crops are converted)
-
-    def apply(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
-        """``(n, 3, H, W)`` float32, numpy and OpenCV only."""
-        h, w = self.size
-        mean = np.asarray(self.mean, np.float32).reshape(1, 1, 3)
-        std = np.asarray(self.std, np.float32).reshape(1, 1, 3)
-        out = np.empty((len(crops_bgr), 3, h, w), np.float32)
-        for i, crop in enumerate(crops_bgr):
-            _check_crop(crop, i)
-            img = cv2.resize(crop, (w, h), interpolation=self._interp(crop))
-            if self.rgb:
-                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-            out[i] = ((img.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
-        return out
-
-    def _interp(self, crop: np.ndarray) -> int:
-        if self.interpolation == "area_down":
-            return cv2.INTER_AREA if min(crop.shape[:2]) > min(self.size) else cv2.INTER_LINEAR
-        return _INTERP[self.interpolation]
-
-
-def _check_crop(crop: np.ndarray, i: int) -> None:
-    if not (isinstance(crop, np.ndarray) and crop.ndim == 3 and crop.shape[2] == 3 and crop.dtype == np.uint8
-            and crop.shape[0] > 0 and crop.shape[1] > 0):
-        got = f"{crop.dtype} array of shape {crop.shape}" if isinstance(crop, np.ndarray) else type(crop).__name__
-        raise DfdetectError(f"crop {i}: expected a BGR uint8 image of shape (H, W, 3), got {got}")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -83,32 +40,25 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- export (torch)
 
 
-def _candidate_specs(detector: Any, hw: tuple[int, int]) -> list[PreprocessSpec]:
-    """Specs to try, most likely first; mean/std from ``data_config_``, ``mean_``/``std_`` or the timm cfg."""
-    cfg = getattr(detector, "data_config_", None) or {}
-    mean, std = cfg.get("mean", getattr(detector, "mean_", None)), cfg.get("std", getattr(detector, "std_", None))
-    if mean is None or std is None:
-        cfg = getattr(detector.model_, "pretrained_cfg", None) or {}
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-    m = tuple(float(v) for v in mean)
-    s = tuple(float(v) for v in std)
-    return [PreprocessSpec(hw, m, s, interp, rgb) for rgb in (True, False) for interp in INTERPOLATIONS]
-
-
 def resolve_preprocess(detector: Any, *, seed: int = 0) -> PreprocessSpec:
-    """The numpy spec that reproduces ``detector.preprocess`` on random crops (checked, not assumed)."""
+    """The detector's declared :class:`PreprocessSpec`, checked: it must reproduce ``detector.preprocess``.
+
+    The check is on random crops (small, large and square ones, where resize rules differ), so an exported
+    model never scores a crop differently from the detector it came from.
+    """
+    spec = getattr(detector, "preprocess_spec", None)
+    if not isinstance(spec, PreprocessSpec):
+        raise DfdetectError(f"{type(detector).__name__} declares no preprocess_spec (a PreprocessSpec); "
+                            "the ONNX model could not know how to prepare a crop, so it was not written")
     rng = np.random.default_rng(seed)
-    # small, large and square crops, so that every interpolation rule gives a different answer
     crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((97, 83), (700, 620), (64, 64), (23, 31))]
     want = [detector.preprocess([c]).detach().cpu().numpy()[0] for c in crops]
-    hw = (int(want[0].shape[-2]), int(want[0].shape[-1]))  # the input size is what preprocess makes
-    for spec in _candidate_specs(detector, hw):
-        got = spec.apply(crops)
-        if all(np.abs(g - w).max() <= _TOL for g, w in zip(got, want, strict=True)):
-            return spec
-    raise DfdetectError(
-        f"cannot reproduce {type(detector).__name__}.preprocess with OpenCV resize + mean/std "
-        f"(input shape {tuple(want[0].shape)}); the ONNX model would score differently, so it was not written")
+    got = spec.apply(crops)
+    if not all(g.shape == w.shape and np.abs(g - w).max() <= _TOL for g, w in zip(got, want, strict=True)):
+        raise DfdetectError(
+            f"cannot reproduce {type(detector).__name__}.preprocess with its preprocess_spec ({spec.interpolation} "
+            f"resize to {spec.size}, mean/std); the ONNX model would score differently, so it was not written")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -134,7 +84,9 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
     dummy = torch.zeros((1, 3, *spec.size), dtype=torch.float32, device=device)
-    graph = _ScoredLogit(model, bool(getattr(detector.protocol_.model, "tta_flip", False)))
+    from dfdetect.model.detector import ScoredLogit
+
+    graph = ScoredLogit(model, bool(getattr(detector.protocol_.model, "tta_flip", False))).eval()
     path = Path(path)
     try:
         with _io.atomic_path(path, suffix=".onnx") as tmp:
@@ -142,7 +94,7 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
             proto = onnx.load(str(tmp))
             meta = {
                 "format": _FORMAT,
-                "preprocess": json.dumps(asdict(spec)),
+                "preprocess": spec.model_dump_json(),
                 "threshold": repr(float(detector.threshold_)),
                 "protocol": detector.protocol_.model_dump_json(),
             }
@@ -197,28 +149,6 @@ def _cpu_session(model: str | bytes, threads: int, spin: bool = True) -> Any:
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _ScoredLogit(model: Any, tta_flip: bool) -> Any:
-    """The network as Detector.predict_proba runs it: with ``tta_flip`` the mean logit of crop and mirror.
-
-    Baked into the graph so that onnxruntime needs no extra step; ``(n, 1)`` logits either way.
-    """
-    import torch
-    from torch import nn
-
-    class ScoredLogit(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            logit = self.model(x).reshape(-1, 1)
-            if tta_flip:
-                logit = (logit + self.model(torch.flip(x, dims=(3,))).reshape(-1, 1)) / 2
-            return logit
-
-    return ScoredLogit().eval()
-
-
 def _max_diff(detector: Any, onnx_det: OnnxDetector, n: int, seed: int = 1) -> float:
     rng = np.random.default_rng(seed)
     crops = [rng.integers(0, 256, (int(rng.integers(48, 300)), int(rng.integers(48, 300)), 3), dtype=np.uint8)
@@ -260,9 +190,7 @@ class OnnxDetector:
         fields = check_metadata(meta, path, fmt=_FORMAT, prefix=METADATA_PREFIX,
                                 required=("preprocess", "threshold", "protocol"),
                                 hint="; export it with `dfdetect export`")
-        p = fields["preprocess"]
-        spec = PreprocessSpec(size=p.size, mean=p.mean, std=p.std, interpolation=p.interpolation, rgb=p.rgb)
-        return cls(session, spec, fields["threshold"], fields["protocol"], path)
+        return cls(session, fields["preprocess"], fields["threshold"], fields["protocol"], path)
 
     def preprocess(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
         return self.preprocess_.apply(crops_bgr)

@@ -14,34 +14,15 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from dfdetect.config import MAX_ENSEMBLE, Protocol
+from dfdetect.config import MAX_ENSEMBLE, Protocol, validation_line
+from dfdetect.data.preprocess_spec import PreprocessSpec
 from dfdetect.errors import WeightsError
 
-__all__ = ["INTERPOLATIONS", "MAX_INPUT_SIDE", "PreprocessMeta", "check_metadata", "check_threshold"]
-
-#: resize rules an exported model may name ("area_down": INTER_AREA when shrinking, else INTER_LINEAR)
-INTERPOLATIONS = ("area_down", "linear", "area", "cubic", "nearest")
-MAX_INPUT_SIDE = 4096  #: a larger network input is a damaged file, not a model (it would allocate GBs per crop)
-
-_Finite = Annotated[float, Field(allow_inf_nan=False)]
-_Side = Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)]
-
-
-class PreprocessMeta(BaseModel):
-    """An ONNX model's ``dfdetect.preprocess``: how a crop becomes its input (see export.PreprocessSpec)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    size: tuple[_Side, _Side]
-    mean: tuple[_Finite, _Finite, _Finite]
-    std: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...] = Field(min_length=3, max_length=3)
-    interpolation: Literal[INTERPOLATIONS] = "area_down"  # type: ignore[valid-type]
-    rgb: bool = True
-
+__all__ = ["check_metadata", "check_threshold"]
 
 def check_threshold(value: Any) -> float:
     """A decision threshold as a float in [0, 1]; ValueError otherwise (NaN included)."""
@@ -70,12 +51,6 @@ def _backbone(value: str) -> str:
     return value
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ())) or "value"
-    return f"{where}: {err.get('msg', 'invalid')}"
-
-
 def _json_model(model: type[BaseModel]) -> Callable[[str], Any]:
     def parse(value: str) -> Any:
         try:
@@ -85,7 +60,7 @@ def _json_model(model: type[BaseModel]) -> Callable[[str], Any]:
         try:
             return model.model_validate_json(value)
         except ValidationError as exc:
-            raise ValueError(f"is invalid ({_first_error(exc)})") from None
+            raise ValueError(f"is invalid ({validation_line(exc)})") from None
 
     return parse
 
@@ -96,7 +71,7 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "threshold": check_threshold,
     "members": _members,
     "backbone": _backbone,
-    "preprocess": _json_model(PreprocessMeta),
+    "preprocess": _json_model(PreprocessSpec),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dfdetect.config import ModelConfig, Protocol
-from dfdetect.errors import WeightsError
+from dfdetect.errors import BadInputError, WeightsError
 from dfdetect.model.backbones import _weights, create_backbone
 from dfdetect.model.detector import Detector, NotFittedError
 
@@ -42,8 +43,17 @@ def test_predict_proba_any_size_in_batches(det):
 
 
 def test_bad_crop_shape_names_the_remedy(det):
-    with pytest.raises(ValueError, match=r"crop 1: expected a BGR image of shape \(H, W, 3\), got shape \(3, 4, 5, 6\)"):
+    with pytest.raises(BadInputError, match=r"crop 1: expected a BGR uint8 image of shape \(H, W, 3\), got a uint8 "
+                                            r"array of shape \(3, 4, 5, 6\)"):
         det.predict_proba([np.zeros((8, 8, 3), np.uint8), np.zeros((3, 4, 5, 6), np.uint8)])
+    with pytest.raises(BadInputError, match="got a float64 array"):
+        det.predict_proba([np.zeros((8, 8, 3))])
+    # grey and BGRA crops are scored as their BGR version
+    bgr = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert np.allclose(det.predict_proba([grey]), det.predict_proba([cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)]))
+    assert np.allclose(det.predict_proba([grey[..., None]]), det.predict_proba([grey]))
+    assert np.allclose(det.predict_proba([np.dstack([bgr, bgr[..., :1]])]), det.predict_proba([bgr]))
 
 
 def test_unfitted_detector_says_what_to_do():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dfdetect.config import Protocol
+from dfdetect.data.preprocess_spec import PreprocessSpec
 from dfdetect.inference.explain import LogitTarget, gradcam_maps, gradcam_overlay
 
 
@@ -29,6 +30,10 @@ class TinyTorchDetector:
         self.threshold_ = threshold
         self.protocol_ = protocol or Protocol.seed()
         self._cam_layer = cam_layer
+
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec(size=(self.size, self.size), mean=self.mean_, std=self.std_, interpolation="linear")
 
     def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         x = np.stack([cv2.cvtColor(cv2.resize(c, (self.size, self.size), interpolation=cv2.INTER_LINEAR),

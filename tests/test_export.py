@@ -94,14 +94,27 @@ def test_real_detector_round_trip(tmp_path, members):
     assert diff < 1e-4 and onnx_det.threshold_ == pytest.approx(0.42)
 
 
-def test_resize_interpolation_is_detected(tmp_path):
+def test_the_detectors_declared_preprocess_spec_is_exported(tmp_path):
     class AreaDetector(TinyTorchDetector):
+        @property
+        def preprocess_spec(self):
+            return super().preprocess_spec.model_copy(update={"interpolation": "area"})
+
         def preprocess(self, crops):
             crops = [cv2.resize(c, (self.size, self.size), interpolation=cv2.INTER_AREA) for c in crops]
             return super().preprocess(crops)
 
     info = export_onnx(AreaDetector(tiny_cnn(1), size=40, **IMAGENET), tmp_path / "a.onnx")
     assert info.preprocess.interpolation == "area" and info.max_abs_diff < 1e-4
+    assert OnnxDetector.load(tmp_path / "a.onnx").preprocess_ == info.preprocess
+    # a detector that declares one rule and resizes by another is refused, not exported to score differently
+    class Liar(AreaDetector):
+        @property
+        def preprocess_spec(self):
+            return TinyTorchDetector.preprocess_spec.fget(self)
+
+    with pytest.raises(DfdetectError, match="cannot reproduce"):
+        export_onnx(Liar(tiny_cnn(1), size=40, **IMAGENET), tmp_path / "b.onnx")
 
 
 def test_unreproducible_preprocessing_is_refused(tmp_path):

@@ -44,9 +44,6 @@ def cpu_sample() -> CpuSample | None:
     return CpuSample(time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), t.user + t.system)
 
 
-# A fallback window for a call without ``since``: other processes' use since dfdetect was imported (at most
-# 10 minutes back). At a fresh start the load average still counts what this process did a minute ago as
-# someone else's (docs/QUALITY.md#measurements).
 def _others_busy(since: CpuSample | None) -> float | None:
     """Cores that other processes kept busy since ``since`` (None: no sample, or too short to tell)."""
     now = cpu_sample()

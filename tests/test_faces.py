@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from dfdetect.config import FaceConfig
+from dfdetect.config import FaceConfig, Protocol
 from dfdetect.errors import DfdetectError
 from dfdetect.preprocess import faces as FA
 from dfdetect.preprocess.manifest import MANIFEST_FIELDS, MANIFEST_NAME, read_manifest
@@ -26,7 +26,7 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-SEED = FaceConfig(detector="haar", min_size=128, scale_factor=1.1, min_neighbors=5)
+SEED = Protocol.seed().faces.model_copy(update={"image_format": "png"})  # Haar, min 128 px, the box itself
 
 
 def astronaut_face(scale: float = 1.4) -> np.ndarray:

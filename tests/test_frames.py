@@ -205,7 +205,7 @@ def test_official_test_videos_get_more_frames(tmp_path):
     assert len(list((tmp_path / "out" / "b").glob("*.png"))) == 12
     again = F.extract_frames([train_item, test_item], tmp_path / "out", cfg)
     assert (again.written, again.reused) == (0, 16)
-    assert FrameConfig(num_frames=4).for_item(True).num_frames == 4
+    assert FrameConfig(num_frames=4, test_frames=None).for_item(True).num_frames == 4
 
 
 def test_partly_decodable_video_is_reported_again_without_decoding(tmp_path, monkeypatch):

@@ -341,7 +341,7 @@ def test_train_takes_the_cards_protocol_yaml(zoo, tmp_path):
     assert p.faces.detector == "haar" and p.model.input_size == 48 and p.train.epochs == 3
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    for path, msg in ((bad, "not a dfdetect protocol"), (tmp_path / "none.yaml", "protocol file not found")):
+    for path, msg in ((bad, "not a dfdetect recipe"), (tmp_path / "none.yaml", "protocol file not found")):
         with pytest.raises(BadInputError, match=msg) as exc:
             _protocol(str(path), {}, {})
         assert "\n" not in str(exc.value)

@@ -154,7 +154,7 @@ def test_faces_stage_with_yunet_end_to_end(tmp_path):
         identities=2, videos_per_identity=1, fakes_per_identity=1, youtube_videos=1, frames=3,
         frame_size=224, face_size=150, seed=3, test_fraction=0.5))
     items = load_celebdf(root).items
-    extract_frames(items, tmp_path / "frames", FrameConfig(num_frames=2))
+    extract_frames(items, tmp_path / "frames", FrameConfig(num_frames=2, test_frames=None))
     cfg = Protocol.default().faces
     report = extract_faces(tmp_path / "frames", tmp_path / "faces", cfg)
     rows = read_manifest(tmp_path / "faces" / MANIFEST_NAME)

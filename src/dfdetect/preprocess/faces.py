@@ -567,9 +567,7 @@ def extract_faces(
                         weight=lambda j: j[3], on_error=failed)
     rows: list[dict] = []
     for r, job_rows in results:
-        report.written += r.written
-        report.reused += r.reused
-        report.failed += r.failed
+        report.add(r)
         rows += job_rows
     write_manifest(out / MANIFEST_NAME, rows)
     no_face = sum(r["status"] == "no_face" for r in rows)

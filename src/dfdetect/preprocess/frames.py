@@ -508,7 +508,5 @@ def extract_frames(
     results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
                         on_error=lambda item, exc: JobResult(failed=[failure_line(Path(item[0]), exc)]))
     for r in results:
-        report.written += r.written
-        report.reused += r.reused
-        report.failed += r.failed
+        report.add(r)
     return report

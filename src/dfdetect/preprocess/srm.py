@@ -212,9 +212,7 @@ def make_srm_copy(
                         weight=lambda j: len(j[1]),
                         on_error=lambda j, exc: JobResult(failed=[failure_line(src / j[0], exc)]))
     for r in results:
-        report.written += r.written
-        report.reused += r.reused
-        report.failed += r.failed
+        report.add(r)
     manifest = src / MANIFEST_NAME
     if manifest.is_file():
         rows = read_manifest(manifest)

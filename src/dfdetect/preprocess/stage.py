@@ -32,6 +32,12 @@ class StageReport:
         if n := remove_stale_temps(self.out_dir):
             self.notes.append(f"removed {n} temp file(s) an interrupted run left under {self.out_dir}")
 
+    def add(self, result: JobResult) -> None:
+        """Count one job's outcome (the parent sums what its workers did)."""
+        self.written += result.written
+        self.reused += result.reused
+        self.failed += result.failed
+
     @property
     def usable(self) -> int:
         return self.written + self.reused

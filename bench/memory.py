@@ -15,7 +15,8 @@ Issue 12 item 2, ``--media``: peak RSS of one CLI command on one hostile input, 
 detector, Haar faces), with the default :class:`~dfdetect.config.MediaLimits` and, as the baseline in the
 same run, with the frame scaling switched off (``DFDETECT_MAX_FRAME_SIDE`` huge: what the old code did);
 ``faces`` and ``srm`` on PNGs declaring 100000 x 100000 and 30000 x 30000 pixels, and a PNG "video"
-declaring 16000 x 16000. Target: under 1 GB each.
+declaring 16000 x 16000; and ``predict`` with the shipped model, scored through its ONNX twin (the default) and
+through torch (``--save``, which draws Grad-CAM overlays). Target: under 1 GB each.
 
     nice -n 10 python bench/memory.py --media --frames 8
 """
@@ -160,6 +161,10 @@ def media(frames: int) -> int:
             ("predict PNG 'video' declaring 16000 x 16000", [*predict[:4], str(t / "pngvideo.mp4"), *predict[5:]], None),
             (f"predict 640 x 360 video, {frames} frames (torch and the model alone)",
              [*predict[:4], str(small), *predict[5:]], None),
+            (f"predict 8K video, {frames} frames, the shipped model (its ONNX twin: no torch)",
+             [*cli, "predict", str(video), "--frames", str(frames)], None),
+            (f"predict 8K video, {frames} frames, the shipped model through torch (--save: Grad-CAM)",
+             [*cli, "predict", str(video), "--frames", str(frames), "--save", str(t / "visuals")], None),
             ("faces on PNGs declaring 100000^2 and 30000^2", [*cli, "faces", str(t / "bombs"), "--out",
                                                              str(t / "faces"), "--protocol", "seed"], None),
             ("srm on the same PNGs", [*cli, "srm", str(t / "bombs"), "--out", str(t / "srm")], None),

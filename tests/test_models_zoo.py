@@ -272,6 +272,25 @@ def test_cli_predict_uses_the_shipped_model_without_model(zoo, tmp_path):
     assert doc["results"][0]["verdict"] in ("fake", "real")
 
 
+
+def test_the_shipped_onnx_twin_scores_as_the_shipped_file_and_plain_verdicts_use_it(zoo, tmp_path):
+    """ship_model exports an ONNX twin, listed (with its sha256) in the card; a verdict without Grad-CAM
+    scores through it, a damaged twin is refused like the safetensors file."""
+    from dfdetect.model.export import OnnxDetector
+
+    front, _ = read_card(zoo / f"{NAME}.md")
+    twin = zoo / front["onnx"]
+    assert twin.is_file() and front["onnx_sha256"] == sha256_file(twin)
+    used = hub.resolve(None)
+    assert used.onnx == twin and used.scorer_file() == (twin, True)
+    assert used.scorer_file(need_torch=True) == (used.path, False)
+    crops = _crops(4)
+    np.testing.assert_allclose(OnnxDetector.load(twin).predict_proba(crops),
+                               Detector.load(used.path).predict_proba(crops), atol=1e-4)
+    twin.write_bytes(twin.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(WeightsError, match="sha256"):
+        hub.resolve(None)
+
 def test_cli_without_model_and_nothing_shipped_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "MODELS_DIR", tmp_path / "empty")
     for args in (["predict", str(tmp_path)], ["export", "--onnx", str(tmp_path / "d.onnx")],

@@ -170,7 +170,8 @@ def predict(
     if save is not None:
         _check_writable(save, "--save")
     used = resolve_cli(model)
-    scorer = load_scorer(used.path, onnx=onnx)
+    path, twin = used.scorer_file(need_torch=save is not None)  # --save draws Grad-CAM overlays: torch
+    scorer = load_scorer(path, onnx=onnx or twin)
     # Lines name what was given: "." would say nothing about which input had nothing usable
     report = StageReport("predict", save or (paths[0] if len(paths) == 1 else Path(os.path.commonpath(
         [os.path.abspath(p) for p in paths]))))
@@ -208,7 +209,9 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
             raise DfdetectError("--jsonl names a folder; give a file such as scan.jsonl", path=jsonl)
         _check_writable(jsonl.parent, "--jsonl")
     used = resolve_cli(model)
-    ref = ModelRef.of(used.path, onnx=kwargs["onnx"], name=used.name)
+    path, twin = used.scorer_file()
+    kwargs["onnx"] = kwargs["onnx"] or twin
+    ref = ModelRef.of(path, onnx=kwargs["onnx"], name=used.name)
     report = StageReport("predict", jsonl.parent if jsonl is not None else Path("."))
     verdicts: Counter[str] = Counter()
     rows = []

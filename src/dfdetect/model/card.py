@@ -150,6 +150,8 @@ def render_card(card: ModelCard, weights: str | Path) -> str:
         "backbone": meta.get("backbone"),
         "input_size": (data_config.get("input_size") or [None])[-1],
         "threshold": float(meta["threshold"]) if "threshold" in meta else None,
+        **({"onnx": onnx.name, "onnx_sha256": sha256_file(onnx)} if (onnx := weights.with_suffix(".onnx")).is_file()
+           else {}),
         "hub": card.hub,
         "url": card.url,
         "license": card.license,
@@ -203,11 +205,14 @@ def write_model_card(card: ModelCard, weights: str | Path) -> Path:
 
 def ship_model(detector: Detector, card: ModelCard, models_dir: str | Path = MODELS_DIR, *,
                half: bool = True) -> Path:
-    """Save ``detector`` as ``models_dir/<name>.safetensors`` (float16) with its card; returns the card.
+    """Save ``detector`` as ``models_dir/<name>.safetensors`` (float16), its ONNX twin and its card; returns the card.
 
-    Refuses a file over :data:`MAX_SHIPPED_BYTES` (and removes it), so the package stays small.
+    The twin is exported from the saved file (what predict loads) and checked to score as it does; predict
+    uses it when no Grad-CAM is asked for. Refuses a file over :data:`MAX_SHIPPED_BYTES` (and removes it),
+    so the package stays small.
     """
     from dfdetect.model.detector import Detector
+    from dfdetect.model.export import export_onnx
 
     weights = Path(models_dir) / f"{card.name}.safetensors"
     detector.save(weights, half=half)
@@ -216,11 +221,15 @@ def ship_model(detector: Detector, card: ModelCard, models_dir: str | Path = MOD
     except WeightsError:
         weights.unlink()
         raise
-    size = weights.stat().st_size
-    if size > MAX_SHIPPED_BYTES:
-        weights.unlink()
-        raise WeightsError(f"{size / 2**20:.1f} MiB is over the {MAX_SHIPPED_BYTES / 2**20:.0f} MiB limit for a "
-                           "shipped model; use a smaller backbone or half=True", path=weights)
+    twin = weights.with_suffix(".onnx")
+    export_onnx(Detector.load(weights), twin)
+    for f in (weights, twin):
+        size = f.stat().st_size
+        if size > MAX_SHIPPED_BYTES:
+            weights.unlink()
+            twin.unlink(missing_ok=True)
+            raise WeightsError(f"{size / 2**20:.1f} MiB is over the {MAX_SHIPPED_BYTES / 2**20:.0f} MiB limit for a "
+                               "shipped model file; use a smaller backbone or half=True", path=f)
     return write_model_card(card, weights)
 
 

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 
-@dataclass
-class Table:
-    """Stand-in for dfdetect.data.crops.CropTable: only the columns evaluate and report read."""
+def Table(paths=(), labels=(), videos=()):
+    """A real :class:`dfdetect.data.crops.CropTable` of crops, one group per video, none in a test list."""
+    from dfdetect.data.crops import CropTable
 
-    paths: list = field(default_factory=list)
-    labels: list = field(default_factory=list)
-    videos: list = field(default_factory=list)
+    return CropTable(list(paths), np.asarray(list(labels), dtype=np.int64), list(videos), [(v,) for v in videos],
+                     np.zeros(len(paths), bool))
 
 
 class MeanBrightness:
     """Stand-in detector: P(fake) = mean brightness / 255, at a fixed 'validation' threshold."""
 
     def __init__(self, threshold: float = 0.5):
+        from dfdetect.config import Protocol
+
         self.threshold_ = threshold
+        self.protocol_ = Protocol.default()  #: the Scorer contract: what it was made by
         self.calls: list[int] = []
 
     def predict_proba(self, crops):

@@ -18,17 +18,17 @@ from dfdetect.evaluation.evaluate import evaluate
 
 def _make_set(root, n_videos=6, frames=3, seed=0) -> Table:
     rng = np.random.default_rng(seed)
-    t = Table()
+    paths, labels, videos = [], [], []
     for v in range(n_videos):
         label = v % 2
         for f in range(frames):
             level = int(rng.integers(60, 160)) + 50 * label
             path = root / ("fake" if label else "real") / f"v{v}" / f"{f:05d}.png"
             write_image(path, np.full((16, 16, 3), level, np.uint8))
-            t.paths.append(path)
-            t.labels.append(label)
-            t.videos.append(f"v{v}")
-    return t
+            paths.append(path)
+            labels.append(label)
+            videos.append(f"v{v}")
+    return Table(paths, labels, videos)
 
 
 def test_outputs_and_sklearn_agreement(tmp_path):
@@ -64,9 +64,7 @@ def test_unreadable_crop_is_skipped_and_counted(tmp_path):
     table = _make_set(tmp_path / "crops", n_videos=4, frames=2)
     bad = tmp_path / "crops" / "broken.png"
     bad.write_bytes(b"not a png")
-    table.paths.append(bad)
-    table.labels.append(1)
-    table.videos.append("v9")
+    table = Table([*table.paths, bad], [*table.labels, 1], [*table.videos, "v9"])
     m = evaluate(MeanBrightness(0.5), table, tmp_path / "eval")
     assert m["n_skipped"] == 1 and m["n_frames"] == 8
     assert "broken.png" in m["skipped"][0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -20,26 +19,22 @@ from typer.testing import CliRunner
 from dfdetect.config import FaceConfig, Protocol
 from dfdetect.errors import NothingUsableError
 from dfdetect.inference import predict as P
+from dfdetect.preprocess.faces import Box, FaceCrop
 from dfdetect.preprocess.stage import StageReport
 
 # --------------------------------------------------------------------------- stand-ins (shared by my tests)
 
 
-@dataclass
-class StandInFace:
-    box: tuple[int, int, int, int, float]
-    crop: np.ndarray
 
-
-def find_green_squares(bgr: np.ndarray, detector: object, cfg: FaceConfig) -> list[StandInFace]:
+def find_green_squares(bgr: np.ndarray, detector: object, cfg: FaceConfig) -> list[FaceCrop]:
     """Stand-in for faces.faces_in_image: each bright-green blob is a face, largest first."""
     mask = (bgr[..., 1] > 128).astype(np.uint8)
     _, _, stats, _ = cv2.connectedComponentsWithStats(mask)
     faces = []
     for x, y, w, h, area in stats[1:]:
         if area >= 16:
-            faces.append((area, StandInFace((int(x), int(y), int(x + w), int(y + h), 0.9),
-                                            bgr[y:y + h, x:x + w].copy())))
+            faces.append((area, FaceCrop(Box(int(x), int(y), int(x + w), int(y + h), 0.9),
+                                         bgr[y:y + h, x:x + w].copy())))
     return [f for _, f in sorted(faces, key=lambda t: -t[0])]
 
 

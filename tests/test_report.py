@@ -22,14 +22,14 @@ from dfdetect.evaluation.report import confident_errors, write_report
 
 
 def _crops(root) -> Table:
-    t = Table()
+    paths, labels, videos = [], [], []
     for v, (label, level) in enumerate([(0, 60), (0, 200), (1, 220), (1, 40), (0, 90), (1, 180)]):
         path = root / f"v{v}.png"
         write_image(path, np.full((20, 20, 3), level, np.uint8))
-        t.paths.append(path)
-        t.labels.append(label)
-        t.videos.append(f"v{v}")
-    return t
+        paths.append(path)
+        labels.append(label)
+        videos.append(f"v{v}")
+    return Table(paths, labels, videos)
 
 
 class _Collector(HTMLParser):

@@ -18,6 +18,7 @@ from dfdetect.evaluation import study
 
 class Brightness:
     threshold_ = 0.5
+    protocol_ = Protocol.default()
 
     def predict_proba(self, crops):
         return np.array([c.mean() / 255.0 for c in crops])

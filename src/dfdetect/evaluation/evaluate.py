@@ -56,18 +56,11 @@ def _batches(paths: Sequence[Any], size: int) -> Iterator[tuple[list[int], list[
         yield idx, imgs, bad
 
 
-def _aggregate_of(detector: Any) -> str:
-    proto = getattr(detector, "protocol_", None)
-    return getattr(getattr(proto, "eval", None), "aggregate", "mean")
-
-
-def _threshold_source(detector: Any) -> str:
-    method = getattr(getattr(getattr(detector, "protocol_", None), "train", None), "threshold", None)
+def _threshold_source(detector: Scorer) -> str:
+    method = detector.protocol_.train.threshold
     if method == "fixed":
         return "fixed at 0.5 (the seed's rule); not chosen on this set"
-    if method:
-        return f"{method}: chosen on the validation split at training time; not re-chosen on this set"
-    return "the detector's threshold_; not re-chosen on this set"
+    return f"{method}: chosen on the validation split at training time; not re-chosen on this set"
 
 
 def _scores_csv(paths: Sequence[str], videos: Sequence[str], y: np.ndarray, p: np.ndarray) -> str:
@@ -85,7 +78,7 @@ def official_test_subset(table: CropTable) -> tuple[CropTable, str | None]:
     Scoring a Celeb-DF root as a whole would mix in the videos a model may have trained on; the
     note says what was kept. Data without an official list is returned whole.
     """
-    is_test = np.asarray(getattr(table, "is_test", []), dtype=bool)
+    is_test = np.asarray(table.is_test, dtype=bool)
     if not is_test.any() or is_test.all():
         return table, None
     kept = table.subset(np.flatnonzero(is_test))
@@ -153,7 +146,7 @@ def evaluate(
     p = np.concatenate(scores)
     y = labels[kept]
     vids = [videos[i] for i in kept]
-    aggregate = _aggregate_of(detector)
+    aggregate = detector.protocol_.eval.aggregate
     threshold = float(detector.threshold_)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -28,6 +28,9 @@ from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 from dfdetect.model.scoring import Scorer
 from dfdetect.parallel import ProgressCallback
 from dfdetect.preprocess.stage import StageReport
+
+if TYPE_CHECKING:
+    from dfdetect.preprocess.faces import FaceCrop
 
 __all__ = [
     "SCHEMA",
@@ -279,14 +282,9 @@ def _score(scorer: Scorer, crops: list[np.ndarray]) -> np.ndarray:
     return scores
 
 
-def _box(face: Any) -> tuple[tuple[int, int, int, int], float]:
+def _box(face: FaceCrop) -> tuple[tuple[int, int, int, int], float]:
     b = face.box
-    if hasattr(b, "x0"):  # a Box dataclass
-        x0, y0, x1, y1, score = b.x0, b.y0, b.x1, b.y1, getattr(b, "score", 1.0)
-    else:
-        x0, y0, x1, y1, *rest = b
-        score = rest[0] if rest else 1.0
-    return (int(x0), int(y0), int(x1), int(y1)), float(1.0 if score is None else score)
+    return (int(b.x0), int(b.y0), int(b.x1), int(b.y1)), float(b.score)
 
 
 def _explain(scorer: Scorer, faces: list[FaceResult], max_explain: int, notes: list[str]) -> None:

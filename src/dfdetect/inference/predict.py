@@ -5,6 +5,9 @@ per file. It works with either a torch :class:`~dfdetect.model.detector.Detector
 :class:`~dfdetect.model.export.OnnxDetector` (anything that satisfies :class:`Scorer`), and imports no torch
 itself, so the ONNX path runs where torch is not installed. The JSON that :meth:`PredictResult.to_json`
 returns is what ``dfdetect predict --json`` writes and what ``POST /api/v1/detect`` answers.
+
+Why one file: the result types, the per-file path and the JSON schema are one contract, the one the CLI,
+the service and scan all return.
 """
 
 from __future__ import annotations

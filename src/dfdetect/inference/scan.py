@@ -20,6 +20,9 @@ With ``jsonl``, each line is appended, flushed and fsynced as it arrives, so a k
 finished line. A rerun skips the files already in the file for the same model (its sha256) and settings
 (``frames``, ``crops``), error lines included (delete a line to retry that file), and cuts off a torn
 last line a kill left. The file is locked while a scan writes it: two scans cannot interleave lines.
+
+Why one file: the three engines share the job record, the resume key and the JSON-lines writer; apart,
+each would restate them.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Output mirrors the frames: ``out_dir/<video_id>/<frame>.<ext>`` (``<frame>_f1``,
 ``keep="all"``), plus ``out_dir/manifest.csv`` with one row per crop *and* one per frame without a
 usable face (``status`` ``no_face`` / ``unreadable`` with the reason): nothing is dropped silently.
 ``path`` is the crop relative to ``out_dir`` for ``ok`` rows, else the frame relative to the frames folder.
+
+Why one file: the three finders and the stage share the ``Box``/``FaceCrop`` types, the registry and the
+per-worker finder cache; the YuNet model and the manifest already live apart.
 """
 
 from __future__ import annotations

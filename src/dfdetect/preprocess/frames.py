@@ -13,6 +13,9 @@ without packet timestamps fall back to a plain sequential decode.
 
 Output layout: ``out_dir/<video_id>/<frame:05d>.<png|jpg>``, plus a small ``.frames.json`` marker per
 video, written last, so a resumed run does not even open a finished video.
+
+Why one file: the seeking decoder and the stage that writes its frames share the packet index and the
+done-marker's notion of a frame; split, the marker's check would reach into the decoder's internals.
 """
 
 from __future__ import annotations

@@ -53,6 +53,9 @@ the test list (2 held-out identities and 1 YouTube clip); about 9 s of CPU.
 Deterministic per seed: every video draws from a generator seeded by ``(seed, its name)``, so a
 resumed run (valid videos are kept; each mp4 is written to a temp name and renamed) gives the
 same files as a fresh one.
+
+Why one file: the generator is one recipe (identities, faces, motion, blending, encoding, manifest) whose
+parts mean nothing alone.
 """
 
 from __future__ import annotations

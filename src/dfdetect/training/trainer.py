@@ -12,6 +12,9 @@ disk-backed array (:func:`dfdetect.data.torch_datasets.decode_crops`) and read f
 train side by side, one thread each, on a CPU with no more cores than members (:func:`_members_at_once`).
 
 Either way the decision threshold is chosen on validation scores, never on test.
+
+Why one file: head and full mode share the split, the checks, the threshold and the saved run; the
+policies, loaders, distributed context and run folder already live in modules of their own.
 """
 
 from __future__ import annotations

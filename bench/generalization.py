@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faces", default=None, help="whose face finder and framing cut the ffpp crops (a model name "
                     "or file; default: the shipped model's), so detectors compared in two runs see the same crops")
     ap.add_argument("--only", nargs="*", default=None, help="detectors to run: seed default shipped")
+    ap.add_argument("--candidate", type=Path, default=None, help="one more detector file, scored beside the others "
+                    "as 'candidate' (a recipe being weighed against the shipped model, on the same crops)")
     ap.add_argument("--limit", type=int, default=None, help="smoke test: this many ffpp videos")
     args = ap.parse_args(argv)
     need = [*SETS, "ffpp-samples"]
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = {n: ensure_trained(n, args.quality_runs) for n in names if n != "shipped"}
     if "shipped" in names:
         paths["shipped"] = resolve_model(args.shipped or DEFAULT_MODEL)
+    if args.candidate is not None:
+        paths["candidate"] = args.candidate
     detectors = {n: Detector.load(p) for n, p in paths.items()}
     for n, p in paths.items():
         print(f"{n}: {p}", flush=True)

@@ -33,7 +33,7 @@ SETS = ("dfdc-faces", "dfdc-faces-more")
 NAME = "mobilenet_v2.dfdc_sbi"
 
 
-def recipe(sbi_mask: str = "landmarks", input_size: int = 128, epochs: int = 7):  # -> dfdetect.config.Protocol
+def recipe(sbi_mask: str = "landmarks", input_size: int = 160, epochs: int = 8):  # -> dfdetect.config.Protocol
     """The shipped model's protocol: what each lever was, in one place (docs/QUALITY.md has the figures)."""
     from dfdetect.config import Protocol
 
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/ship"))
     ap.add_argument("--sbi-mask", choices=("ellipse", "landmarks"), default="landmarks",
                     help="the SBI blend region: a centred ellipse, or the face outline from YuNet's five points")
-    ap.add_argument("--input-size", type=int, default=128, help="the network's input side, in pixels")
-    ap.add_argument("--epochs", type=int, default=7)
+    ap.add_argument("--input-size", type=int, default=160, help="the network's input side, in pixels")
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--ship", action="store_true", help="write the trained model and its card into src/dfdetect/models/")
     args = ap.parse_args(argv)
     if args.ship:

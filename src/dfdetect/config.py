@@ -235,8 +235,7 @@ class InferenceConfig(_Config):
     """How predict, scan, serve and evaluate score media: how a model is run, never part of its recipe."""
 
     frames: int = Field(32, ge=1, description="frames sampled per video")
-    batch_size: int = Field(16, ge=1, description="crops per network call: bounds memory on many-face videos "
-                            "(16 was as fast as 64 through onnxruntime at 160 px, at 0.4x the peak memory; docs/SPEED.md)")
+    batch_size: int = Field(64, ge=1, description="crops per network call: bounds memory on many-face videos")
 
 
 INFERENCE = InferenceConfig()  #: the defaults every command and API function starts from

@@ -88,7 +88,7 @@ def test_make_srm_copy_mirrors_resumes_and_copies_manifest(tmp_path):
     assert read_manifest(out / MANIFEST_NAME)[0]["path"] == "Celeb-real/id0_0000/00000.png"
     again = S.make_srm_copy(faces, out, SRMConfig())
     assert (again.written, again.reused) == (0, 2)
-    with pytest.raises(BadInputError, match="another SRM config"):
+    with pytest.raises(BadInputError, match=r"other srm settings \(mode: .classic3. -> .seed.\)"):
         S.make_srm_copy(faces, out, SRMConfig(mode="seed"))
     with pytest.raises(BadInputError, match="faces folder not found"):
         S.make_srm_copy(tmp_path / "missing", out, SRMConfig())

@@ -130,7 +130,7 @@ def test_rerun_reuses_and_regenerates_identically(tiny: Path) -> None:
         assert p.read_bytes() == data  # same seed, same bytes (H.264 included)
     assert json.loads((tiny / MANIFEST).read_text())["reused"] == len(plan_videos(TINY)) - 2
     assert not list(tiny.rglob(".*.mp4"))
-    with pytest.raises(BadInputError, match="other settings"):
+    with pytest.raises(BadInputError, match="other synth settings"):
         make_synthetic_celebdf(tiny, TINY.model_copy(update={"seed": 6}))
 
 

@@ -98,16 +98,15 @@ def faces_cmd(
     protocol: ProtocolOpt = "default",
 ) -> None:
     """Crop the face in every frame: OUT/<video>/<frame>.png and OUT/manifest.csv (frames without one too)."""
-    from dfdetect.preprocess.faces import extract_faces, frame_files
+    from dfdetect.preprocess.faces import extract_faces, images_in
 
     cfg: FaceConfig = override(load_protocol_option(protocol).faces, _FLAGS, detector=detector, min_size=min_size,
                                 scale_factor=scale_factor, min_neighbors=min_neighbors, margin=margin,
                                 output_size=size, keep=keep, image_format=image_format,
                                 detect_max_side=detect_max_side, min_score=min_score)
-    if not frames_dir.is_dir():
-        raise BadInputError("frames folder not found", path=frames_dir)
+    total = len(images_in(frames_dir, "frames"))  # before the bar: a bad folder is one line, nothing else
     check_separate(frames_dir, out_dir, "frames")
-    with progress_bar(f"faces ({cfg.detector})", len(frame_files(frames_dir))) as advance:
+    with progress_bar(f"faces ({cfg.detector})", total) as advance:
         report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=engine.value,
                                ray_address=ray_address, progress=advance)
     print_report(report)
@@ -126,14 +125,12 @@ def srm_cmd(
     protocol: ProtocolOpt = "default",
 ) -> None:
     """Write the SRM-filtered copy of the face crops (PNG, same structure, manifest copied)."""
-    from dfdetect.preprocess.faces import frame_files
+    from dfdetect.preprocess.faces import images_in
     from dfdetect.preprocess.srm import make_srm_copy
 
     cfg: SRMConfig = override(load_protocol_option(protocol).srm, _FLAGS, mode=mode, clip=clip)
-    if not faces_dir.is_dir():
-        raise BadInputError("faces folder not found", path=faces_dir)
+    total = len(images_in(faces_dir, "faces"))  # before the bar: a bad folder is one line, nothing else
     check_separate(faces_dir, out_dir, "faces")
-    total = len(frame_files(faces_dir))
     with progress_bar(f"srm ({cfg.mode})", total) as advance:
         report = make_srm_copy(faces_dir, out_dir, cfg, workers=workers, engine=engine.value,
                                ray_address=ray_address, progress=advance)

@@ -25,11 +25,10 @@ import copy
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from typing import Protocol as TypingProtocol
 
 import cv2
@@ -46,10 +45,10 @@ from dfdetect._io import (
 )
 from dfdetect.config import FaceConfig, MediaLimits
 from dfdetect.data.labels import IMAGE_SUFFIXES
-from dfdetect.errors import BadInputError, DfdetectError, failure_line
-from dfdetect.parallel import Engine, ProgressCallback, in_worker, map_items
+from dfdetect.errors import BadInputError, DfdetectError
+from dfdetect.parallel import Engine, ProgressCallback, in_worker
 from dfdetect.preprocess.manifest import MANIFEST_FIELDS, MANIFEST_NAME, write_manifest
-from dfdetect.preprocess.stage import JobResult, StageReport
+from dfdetect.preprocess.stage import JobResult, Stage, StageReport, run_stage
 
 __all__ = [
     "Box",
@@ -61,6 +60,7 @@ __all__ = [
     "faces_in_frames",
     "faces_in_image",
     "frame_files",
+    "images_in",
     "landmarks_for_crop",
     "list_detectors",
     "register_detector",
@@ -407,6 +407,16 @@ def frame_files(frames_dir: Path) -> list[Path]:
     return files_under(frames_dir, IMAGE_SUFFIXES)
 
 
+def images_in(folder: Path, what: str) -> list[Path]:
+    """:func:`frame_files` of a stage's input ``folder``; a missing or image-less one is one line."""
+    if not folder.is_dir():
+        raise BadInputError(f"{what} folder not found", path=folder)
+    files = frame_files(folder)
+    if not files:
+        raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the {what} folder", path=folder)
+    return files
+
+
 def _video_id(rel: Path) -> str:
     parent = rel.parent.as_posix()
     return "" if parent == "." else parent
@@ -437,43 +447,12 @@ def _load(path: Path, limits: MediaLimits | None) -> tuple[np.ndarray | None, st
         return None, exc.message
 
 
-def _faces_job(job: tuple[str, str, list[str], int, dict[str, str]], frames_dir: str, out_dir: str, cfg: FaceConfig,
-               limits: MediaLimits | None = None) -> tuple:
-    """Detect and crop the faces of one group of frames; returns (JobResult, manifest rows)."""
-    video_id, marker_name, frames, _, stems = job
-    src_root, out_root = Path(frames_dir), Path(out_dir)
-    marker = out_root / video_id / marker_name
-    cfg_key = cfg.model_dump_json()
-    result = JobResult()
-    rows = _marker_rows(marker, cfg_key, frames, out_root)
-    if rows is not None:
-        result.reused = sum(r["status"] == "ok" for r in rows)
-        result.failed = [f"{src_root / r['path']}: {r['reason']}" for r in rows if r["status"] != "ok"]
-        return result, rows
-    detector = _worker_detector(cfg)
-    rows = []
-    for start in range(0, len(frames), _DETECT_CHUNK):
-        names = frames[start:start + _DETECT_CHUNK]
-        loaded = [_load(src_root / video_id / name, limits) for name in names]
-        images = [im for im, _ in loaded]
-        readable = [im for im in images if im is not None]
-        try:
-            batched: Iterator[list[FaceCrop]] | None = iter(faces_in_frames(readable, detector, cfg))
-        except Exception:  # noqa: BLE001 - a crash in the batch: find the frame that causes it, one by one
-            batched = None
-        for name, (image, why) in zip(names, loaded, strict=True):
-            _crop_one(name, image, batched, detector, cfg, src_root=src_root, out_root=out_root, video_id=video_id,
-                      result=result, rows=rows, why=why, stem=stems.get(name))
-    write_json(marker, {"config": cfg_key, "frames": frames, "rows": rows})
-    return result, rows
-
-
 _DETECT_CHUNK = 16  #: frames read and detected together per job step (bounds memory at 720p: ~45 MB)
 
 
 def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCrop]] | None, detector: FaceFinder,
               cfg: FaceConfig, *, src_root: Path, out_root: Path, video_id: str, result: JobResult,
-              rows: list[dict], why: str = "", stem: str | None = None) -> None:
+              why: str = "", stem: str | None = None) -> None:
     """Write one frame's crops and manifest rows; ``batched`` yields its detections (None: detect it alone).
 
     ``stem`` names the crop when the frame's own stem is another frame's too (``face.bmp``, ``face.webp``).
@@ -482,7 +461,7 @@ def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCr
     if image is None:
         reason = why or "cannot read as an image (missing, empty or corrupt)"
         result.failed.append(f"{src}: {reason}")
-        rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "unreadable", reason))
+        result.rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "unreadable", reason))
         return
     try:
         found = next(batched) if batched is not None else faces_in_image(image, detector, cfg)
@@ -492,7 +471,7 @@ def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCr
         reason = f"no face found ({cfg.detector}, min size {cfg.min_size} px)"
     if not found:
         result.failed.append(f"{src}: {reason}")
-        rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "no_face", reason))
+        result.rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "no_face", reason))
         return
     keep = found[:1] if cfg.keep == "largest" else found
     for k, face in enumerate(keep, start=1):
@@ -505,29 +484,94 @@ def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCr
                 write_image(dest, face.crop)
             except OSError as exc:  # e.g. disk full: name the file, skip it, go on
                 result.failed.append(f"{dest}: cannot write ({exc})")
-                rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, face.box, "unreadable",
-                                 f"cannot write crop ({exc})"))
+                result.rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, face.box,
+                                        "unreadable", f"cannot write crop ({exc})"))
                 continue
             result.written += 1
-        rows.append(_row(dest.relative_to(out_root).as_posix(), video_id, stem, face.box, "ok"))
+        result.rows.append(_row(dest.relative_to(out_root).as_posix(), video_id, stem, face.box, "ok"))
 
 
-def _jobs(files: Iterable[Path], frames_dir: Path, image_format: str = "png"
-          ) -> list[tuple[str, str, list[str], int, dict[str, str]]]:
-    groups: dict[str, list[str]] = {}
-    for f in files:
-        rel = f.relative_to(frames_dir)
-        groups.setdefault(_video_id(rel), []).append(rel.name)
-    jobs = []
-    for vid, names in groups.items():
-        # face.bmp and face.webp would both crop to face.png: the twins get face_bmp.png, face_webp.png
-        stems = {n: st for n, st in output_stems(names, image_format).items() if st != Path(n).stem}
-        for start in range(0, len(names), JOB_FRAMES):
-            part = start // JOB_FRAMES
-            marker = DONE_MARKER if len(names) <= JOB_FRAMES else f".faces-{part:04d}.json"
-            chunk = names[start:start + JOB_FRAMES]
-            jobs.append((vid, marker, chunk, len(chunk), {n: stems[n] for n in chunk if n in stems}))
-    return jobs
+@dataclass(frozen=True)
+class FacesJob:
+    """One group of frames of one video, with the record (``marker``) that vouches for it once done."""
+
+    video_id: str
+    marker: str
+    frames: tuple[str, ...]
+    stems: dict[str, str]  #: crop stem per frame whose own stem is another frame's too
+
+
+@dataclass
+class FacesStage(Stage[FacesJob]):
+    """Crops of the faces in every frame under ``frames_dir``, mirroring its structure, plus the manifest."""
+
+    name: ClassVar[str] = "faces"
+    frames_dir: Path
+    out_dir: Path
+    cfg: FaceConfig
+    limits: MediaLimits
+
+    def inputs(self) -> list[Path]:
+        return [self.frames_dir]
+
+    def plan(self) -> list[FacesJob]:
+        files = images_in(self.frames_dir, "frames")
+        if self.cfg.detector not in _DETECTORS:  # fail before starting any worker
+            create_detector(self.cfg)
+        groups: dict[str, list[str]] = {}
+        for f in files:
+            rel = f.relative_to(self.frames_dir)
+            groups.setdefault(_video_id(rel), []).append(rel.name)
+        jobs = []
+        for vid, names in groups.items():
+            # face.bmp and face.webp would both crop to face.png: the twins get face_bmp.png, face_webp.png
+            stems = {n: st for n, st in output_stems(names, self.cfg.image_format).items() if st != Path(n).stem}
+            for start in range(0, len(names), JOB_FRAMES):
+                marker = DONE_MARKER if len(names) <= JOB_FRAMES else f".faces-{start // JOB_FRAMES:04d}.json"
+                chunk = tuple(names[start:start + JOB_FRAMES])
+                jobs.append(FacesJob(vid, marker, chunk, {n: stems[n] for n in chunk if n in stems}))
+        return jobs
+
+    def source(self, job: FacesJob) -> Path:
+        return self.frames_dir / job.video_id
+
+    def weight(self, job: FacesJob) -> int:
+        return len(job.frames)
+
+    def run_job(self, job: FacesJob) -> JobResult:
+        """Detect and crop the faces of one group of frames; the manifest rows travel in ``result.rows``."""
+        src_root, out_root, cfg = self.frames_dir, self.out_dir, self.cfg
+        marker = out_root / job.video_id / job.marker
+        cfg_key = cfg.model_dump_json()
+        frames = list(job.frames)
+        rows = _marker_rows(marker, cfg_key, frames, out_root)
+        if rows is not None:
+            return JobResult(reused=sum(r["status"] == "ok" for r in rows), rows=rows,
+                             failed=[f"{src_root / r['path']}: {r['reason']}" for r in rows if r["status"] != "ok"])
+        result = JobResult()
+        detector = _worker_detector(cfg)
+        for start in range(0, len(frames), _DETECT_CHUNK):
+            names = frames[start:start + _DETECT_CHUNK]
+            loaded = [_load(src_root / job.video_id / name, self.limits) for name in names]
+            readable = [im for im, _ in loaded if im is not None]
+            try:
+                batched: Iterator[list[FaceCrop]] | None = iter(faces_in_frames(readable, detector, cfg))
+            except Exception:  # noqa: BLE001 - a crash in the batch: find the frame that causes it, one by one
+                batched = None
+            for name, (image, why) in zip(names, loaded, strict=True):
+                _crop_one(name, image, batched, detector, cfg, src_root=src_root, out_root=out_root,
+                          video_id=job.video_id, result=result, why=why, stem=job.stems.get(name))
+        write_json(marker, {"config": cfg_key, "frames": frames, "rows": result.rows})
+        return result
+
+    def finish(self, report: StageReport, jobs: list[FacesJob], results: list[JobResult]) -> None:
+        rows = [row for r in results for row in r.rows]
+        write_manifest(self.out_dir / MANIFEST_NAME, rows)
+        no_face = sum(r["status"] == "no_face" for r in rows)
+        unreadable = sum(r["status"] == "unreadable" for r in rows)
+        total = sum(len(j.frames) for j in jobs)
+        report.notes.append(f"{total} frames: {total - no_face - unreadable} with a face, {no_face} without, "
+                            f"{unreadable} unreadable; see {self.out_dir / MANIFEST_NAME}")
 
 
 def extract_faces(
@@ -548,35 +592,5 @@ def extract_faces(
     Resumable: a group of frames whose record and crops exist is not detected again. The detector is
     built once per worker process. ``progress(n)`` counts frames.
     """
-    src, out = Path(frames_dir), Path(out_dir)
-    if not src.is_dir():
-        raise BadInputError("frames folder not found", path=src)
-    files = frame_files(src)
-    if not files:
-        raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the frames folder", path=src)
-    if cfg.detector not in _DETECTORS:  # fail before starting any worker
-        create_detector(cfg)
-    report = StageReport("faces", out)
-    report.remove_stale_temps()
-    jobs = _jobs(files, src, cfg.image_format)
-    # Absolute, not resolved: lines name the folder the user gave, not a symlink's target
-    job = partial(_faces_job, frames_dir=os.path.abspath(src), out_dir=os.path.abspath(out), cfg=cfg,
-                  limits=media_limits(limits))
-
-    def failed(j: tuple, exc: Exception) -> tuple[JobResult, list[dict]]:
-        return JobResult(failed=[failure_line(src / j[0], exc)]), []
-
-    results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
-                        weight=lambda j: j[3], on_error=failed)
-    rows: list[dict] = []
-    for r, job_rows in results:
-        report.add(r)
-        rows += job_rows
-    write_manifest(out / MANIFEST_NAME, rows)
-    no_face = sum(r["status"] == "no_face" for r in rows)
-    unreadable = sum(r["status"] == "unreadable" for r in rows)
-    report.notes.append(f"{len(files)} frames: {len(files) - no_face - unreadable} with a face, {no_face} without, "
-                        f"{unreadable} unreadable; see {out / MANIFEST_NAME}")
-    return report
-
-
+    stage = FacesStage(Path(os.path.abspath(frames_dir)), Path(os.path.abspath(out_dir)), cfg, media_limits(limits))
+    return run_stage(stage, workers=workers, engine=engine, ray_address=ray_address, progress=progress)

@@ -26,8 +26,8 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import av
 import numpy as np
@@ -46,8 +46,8 @@ from dfdetect.config import FrameConfig, MediaLimits
 from dfdetect.data.labels import IMAGE_SUFFIXES
 from dfdetect.data.sources import MediaItem
 from dfdetect.errors import BadInputError, failure_line
-from dfdetect.parallel import Engine, ProgressCallback, in_worker, map_items
-from dfdetect.preprocess.stage import JobResult, StageReport
+from dfdetect.parallel import Engine, ProgressCallback, in_worker
+from dfdetect.preprocess.stage import JobResult, Stage, StageReport, run_stage
 
 __all__ = [
     "DONE_MARKER",
@@ -418,66 +418,85 @@ def _remove_unplanned(video_dir: Path, keep: set[str], ours: set[str]) -> None:
             f.unlink(missing_ok=True)
 
 
-def _frames_job(item: tuple[str, str, FrameConfig], out_dir: str, limits: MediaLimits | None = None) -> JobResult:
-    """One video (or image): write its sampled frames, skipping valid ones, then its marker."""
-    src, video_id, cfg = Path(item[0]), item[1], item[2]
-    result = JobResult()
-    try:
-        video_dir = inside(out_dir, video_id)
-    except BadInputError as exc:
-        result.failed.append(f"{src}: {exc}")
+@dataclass(frozen=True)
+class FramesJob:
+    """One video (or image) and the frame settings for it (test-list items may take more frames)."""
+
+    src: str  #: absolute: Ray workers (possibly on other machines) do not share our working directory
+    video_id: str
+    cfg: FrameConfig
+
+
+@dataclass
+class FramesStage(Stage[FramesJob]):
+    """Sampled frames of every item, to ``out_dir/<video_id>/<frame:05d>.<ext>``."""
+
+    name: ClassVar[str] = "frames"
+    items: list[MediaItem]
+    out_dir: Path
+    cfg: FrameConfig
+    limits: MediaLimits
+
+    def inputs(self) -> list[Path]:
+        return [Path(it.path) for it in self.items]
+
+    def plan(self) -> list[FramesJob]:
+        return [FramesJob(os.path.abspath(it.path), it.video_id, self.cfg.for_item(it.is_test)) for it in self.items]
+
+    def source(self, job: FramesJob) -> Path:
+        return Path(job.src)
+
+    def run_job(self, job: FramesJob) -> JobResult:
+        """Write the video's sampled frames, skipping valid ones, then its marker."""
+        src, cfg = Path(job.src), job.cfg
+        result = JobResult()
+        try:
+            video_dir = inside(self.out_dir, job.video_id)
+        except BadInputError as exc:
+            result.failed.append(f"{src}: {exc}")
+            return result
+        done = _marker_ok(video_dir, src, cfg)
+        if done is not None:
+            return done
+        plan: dict[str, list[int]] = {}
+        ext = cfg.image_format
+
+        def select(total: int) -> list[int]:
+            # Called once the frame count is known: keep valid frames from an earlier run, decode the rest.
+            plan["total"] = [total]
+            plan["all"] = sample_indices(total, cfg.num_frames)
+            plan["missing"] = [i for i in plan["all"] if not is_valid_image(video_dir / frame_name(i, ext))]
+            return plan["missing"]
+
+        meta = {"source": src.name, "source_stamp": _source_stamp(src), "num_frames": cfg.num_frames, "format": ext}
+        try:
+            ours = _ours(_read_marker(video_dir))
+            got = dict(_read(src, select, self.limits))
+            indices, missing = plan["all"], plan["missing"]
+            names = {i: frame_name(i, ext) for i in indices}
+            # The record comes first: a run killed mid-way still knows which files are its own.
+            ours |= {names[i] for i in missing if i in got}
+            write_json(video_dir / DONE_MARKER, {**meta, "complete": False, "written": sorted(ours)})
+            result.reused = len(indices) - len(missing)
+            for i in missing:
+                if i in got:
+                    write_image(video_dir / names[i], got[i], jpeg_quality=cfg.jpeg_quality)
+                    result.written += 1
+            lost = [i for i in missing if i not in got]
+            if lost:
+                result.failed.append(_lost_line(src, lost, len(indices)))
+            keep = {names[i] for i in indices if i not in lost}
+            _remove_unplanned(video_dir, keep, ours)
+            write_json(video_dir / DONE_MARKER, {
+                **meta, "complete": True, "total_frames": plan["total"][0],
+                "frames": [i for i in indices if i not in lost], "lost": lost, "written": sorted(ours & keep)})
+        except BadInputError as exc:
+            result.failed.append(str(exc))
+        except OSError as exc:  # e.g. the output disk is full: name the file, skip, go on
+            result.failed.append(f"{src}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, is one line; the stage goes on
+            result.failed.append(failure_line(src, exc))
         return result
-    done = _marker_ok(video_dir, src, cfg)
-    if done is not None:
-        return done
-    plan: dict[str, list[int]] = {}
-
-    def select(total: int) -> list[int]:
-        # Called once the frame count is known: keep valid frames from an earlier run, decode the rest.
-        plan["total"] = [total]
-        plan["all"] = sample_indices(total, cfg.num_frames)
-        plan["missing"] = [i for i in plan["all"] if not is_valid_image(video_dir / frame_name(i, ext))]
-        return plan["missing"]
-
-    ext = cfg.image_format
-    meta = {"source": src.name, "source_stamp": _source_stamp(src), "num_frames": cfg.num_frames, "format": ext}
-    try:
-        ours = _ours(_read_marker(video_dir))
-        got = dict(_read(src, select, limits))
-        indices, missing = plan["all"], plan["missing"]
-        names = {i: frame_name(i, ext) for i in indices}
-        # The record comes first: a run killed mid-way still knows which files are its own.
-        ours |= {names[i] for i in missing if i in got}
-        write_json(video_dir / DONE_MARKER, {**meta, "complete": False, "written": sorted(ours)})
-        result.reused = len(indices) - len(missing)
-        for i in missing:
-            if i in got:
-                write_image(video_dir / names[i], got[i], jpeg_quality=cfg.jpeg_quality)
-                result.written += 1
-        lost = [i for i in missing if i not in got]
-        if lost:
-            result.failed.append(_lost_line(src, lost, len(indices)))
-        keep = {names[i] for i in indices if i not in lost}
-        _remove_unplanned(video_dir, keep, ours)
-        write_json(video_dir / DONE_MARKER, {
-            **meta, "complete": True, "total_frames": plan["total"][0],
-            "frames": [i for i in indices if i not in lost], "lost": lost, "written": sorted(ours & keep)})
-    except BadInputError as exc:
-        result.failed.append(str(exc))
-    except OSError as exc:  # e.g. the output disk is full: name the file, skip, go on
-        result.failed.append(f"{src}: {exc}")
-    except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, is one line; the stage goes on
-        result.failed.append(failure_line(src, exc))
-    return result
-
-
-def _refuse_sources_inside(items: list[MediaItem], out: Path) -> None:
-    """An output folder that holds the inputs would mix frames with them (and reuse them as frames)."""
-    out_r = Path(os.path.realpath(out))
-    for it in items:  # realpath, not resolve(): a symlink loop among the inputs is that item's problem, not ours
-        if out_r in Path(os.path.realpath(it.path)).parents:
-            raise BadInputError(f"the output folder holds the input {it.path}; choose a separate folder",
-                                path=out)
 
 
 def extract_frames(
@@ -500,16 +519,5 @@ def extract_frames(
     frames that all exist is not opened at all. A bad video is one line in ``report.failed``; the
     others go on. ``progress(1)`` is called per item.
     """
-    out = Path(out_dir)
-    _refuse_sources_inside(items, out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = StageReport("frames", out)
-    report.remove_stale_temps()
-    # Absolute paths: Ray workers (possibly on other machines) do not share our working directory.
-    jobs = [(str(it.path), it.video_id, cfg.for_item(it.is_test)) for it in items]
-    job = partial(_frames_job, out_dir=os.path.abspath(out), limits=media_limits(limits))
-    results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
-                        on_error=lambda item, exc: JobResult(failed=[failure_line(Path(item[0]), exc)]))
-    for r in results:
-        report.add(r)
-    return report
+    stage = FramesStage(list(items), Path(os.path.abspath(out_dir)), cfg, media_limits(limits))
+    return run_stage(stage, workers=workers, engine=engine, ray_address=ray_address, progress=progress)

@@ -16,20 +16,20 @@ Two ways to use them:
 from __future__ import annotations
 
 import os
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import cv2
 import numpy as np
 
-from dfdetect._io import is_valid_image, load_image, media_limits, output_stems, write_image, write_text
+from dfdetect._io import is_valid_image, load_image, media_limits, output_stems, write_image
 from dfdetect.config import MediaLimits, SRMConfig
 from dfdetect.errors import BadInputError, failure_line
-from dfdetect.parallel import Engine, ProgressCallback, map_items
-from dfdetect.preprocess.faces import frame_files
+from dfdetect.parallel import Engine, ProgressCallback
+from dfdetect.preprocess.faces import images_in
 from dfdetect.preprocess.manifest import MANIFEST_NAME, read_manifest, write_manifest
-from dfdetect.preprocess.stage import JobResult, StageReport
+from dfdetect.preprocess.stage import JobResult, Stage, StageReport, run_stage
 
 __all__ = ["SRM_KERNELS", "SRM_KERNEL_NAMES", "SRMConv2d", "make_srm_copy", "srm_filter_image"]
 
@@ -144,27 +144,74 @@ def srm_names(rels: list[str]) -> dict[str, str]:
     return {rel: f"{stem}.{OUTPUT_EXT}" for rel, stem in output_stems(rels, OUTPUT_EXT).items()}
 
 
-def _srm_job(job: tuple[str, list[str], dict[str, str]], faces_dir: str, out_dir: str, cfg: SRMConfig,
-             limits: MediaLimits | None = None) -> JobResult:
-    _, rels, names = job
-    result = JobResult()
-    for rel in rels:
-        src = Path(faces_dir) / rel
-        dest = Path(out_dir) / names[rel]
-        try:
-            if is_valid_image(dest):
-                result.reused += 1
-                continue
-            image = load_image(src, limits)
-            write_image(dest, srm_filter_image(image, cfg))
-            result.written += 1
-        except BadInputError as exc:
-            result.failed.append(str(exc))
-        except OSError as exc:  # the output disk refuses: name the file, go on
-            result.failed.append(f"{dest}: cannot write ({exc.strerror or exc})")
-        except Exception as exc:  # noqa: BLE001 - one crop's failure, whatever it is, is one line
-            result.failed.append(failure_line(src, exc))
-    return result
+@dataclass(frozen=True)
+class SrmJob:
+    """Up to 256 crops of one folder, with the output name of each."""
+
+    group: str
+    names: dict[str, str]  #: input crop (relative) -> output file (relative, .png)
+
+
+@dataclass
+class SrmStage(Stage[SrmJob]):
+    """The SRM-filtered copy of every crop under ``faces_dir`` (same structure, PNG), manifest copied along."""
+
+    name: ClassVar[str] = "srm"
+    faces_dir: Path
+    out_dir: Path
+    cfg: SRMConfig
+    limits: MediaLimits
+
+    def inputs(self) -> list[Path]:
+        return [self.faces_dir]
+
+    def plan(self) -> list[SrmJob]:
+        files = images_in(self.faces_dir, "faces")
+        groups: dict[str, list[str]] = {}
+        for f in files:
+            rel = f.relative_to(self.faces_dir)
+            groups.setdefault(rel.parent.as_posix(), []).append(rel.as_posix())
+        jobs = []
+        for group, rels in groups.items():
+            names = srm_names(rels)
+            jobs += [SrmJob(group, {r: names[r] for r in rels[i:i + 256]}) for i in range(0, len(rels), 256)]
+        return jobs
+
+    def source(self, job: SrmJob) -> Path:
+        return self.faces_dir / job.group
+
+    def weight(self, job: SrmJob) -> int:
+        return len(job.names)
+
+    def run_job(self, job: SrmJob) -> JobResult:
+        result = JobResult()
+        for rel, name in job.names.items():
+            src, dest = self.faces_dir / rel, self.out_dir / name
+            try:
+                if is_valid_image(dest):
+                    result.reused += 1
+                    continue
+                write_image(dest, srm_filter_image(load_image(src, self.limits), self.cfg))
+                result.written += 1
+            except BadInputError as exc:
+                result.failed.append(str(exc))
+            except OSError as exc:  # the output disk refuses: name the file, go on
+                result.failed.append(f"{dest}: cannot write ({exc.strerror or exc})")
+            except Exception as exc:  # noqa: BLE001 - one crop's failure, whatever it is, is one line
+                result.failed.append(failure_line(src, exc))
+        return result
+
+    def finish(self, report: StageReport, jobs: list[SrmJob], results: list[JobResult]) -> None:
+        """Copy the faces manifest, its ``path`` column pointing at the SRM files."""
+        manifest = self.faces_dir / MANIFEST_NAME
+        if not manifest.is_file():
+            return
+        names = {rel: name for job in jobs for rel, name in job.names.items()}
+        rows = read_manifest(manifest)
+        for row in rows:
+            if row.get("status") == "ok" and row.get("path"):
+                row["path"] = names.get(row["path"], Path(row["path"]).with_suffix(f".{OUTPUT_EXT}").as_posix())
+        write_manifest(self.out_dir / MANIFEST_NAME, rows)
 
 
 def make_srm_copy(
@@ -183,42 +230,5 @@ def make_srm_copy(
     Resumable (valid outputs are kept). The faces manifest is copied along, its ``path`` column pointing
     at the SRM files, so labels and crop tables work on the copy unchanged. ``progress(n)`` counts images.
     """
-    src, out = Path(faces_dir), Path(out_dir)
-    if not src.is_dir():
-        raise BadInputError("faces folder not found", path=src)
-    files = frame_files(src)
-    if not files:
-        raise BadInputError("no face crops (images) under the folder", path=src)
-    out.mkdir(parents=True, exist_ok=True)
-    report = StageReport("srm", out)
-    report.remove_stale_temps()
-    cfg_file = out / ".srm-config.json"
-    stamp = cfg.model_dump_json()
-    if cfg_file.is_file() and cfg_file.read_text(encoding="utf-8") != stamp:
-        raise BadInputError(f"was made with another SRM config ({cfg_file.read_text(encoding='utf-8')}); "
-                            "use a new --out folder or delete this one", path=out)
-    write_text(cfg_file, stamp)
-    groups: dict[str, list[str]] = {}
-    for f in files:
-        rel = f.relative_to(src)
-        groups.setdefault(rel.parent.as_posix(), []).append(rel.as_posix())
-    names = {rel: name for rels in groups.values() for rel, name in srm_names(rels).items()}
-    jobs = [(g, rels[i:i + 256], {r: names[r] for r in rels[i:i + 256]})
-            for g, rels in groups.items() for i in range(0, len(rels), 256)]
-    # Absolute, not resolved: lines name the folder the user gave, not a symlink's target
-    job = partial(_srm_job, faces_dir=os.path.abspath(src), out_dir=os.path.abspath(out), cfg=cfg,
-                  limits=media_limits(limits))
-    results = map_items(job, jobs, workers=workers, engine=engine, ray_address=ray_address, progress=progress,
-                        weight=lambda j: len(j[1]),
-                        on_error=lambda j, exc: JobResult(failed=[failure_line(src / j[0], exc)]))
-    for r in results:
-        report.add(r)
-    manifest = src / MANIFEST_NAME
-    if manifest.is_file():
-        rows = read_manifest(manifest)
-        for row in rows:
-            if row.get("status") == "ok" and row.get("path"):
-                row["path"] = names.get(row["path"], Path(row["path"]).with_suffix(f".{OUTPUT_EXT}").as_posix())
-        write_manifest(out / MANIFEST_NAME, rows)
-    return report
-
+    stage = SrmStage(Path(os.path.abspath(faces_dir)), Path(os.path.abspath(out_dir)), cfg, media_limits(limits))
+    return run_stage(stage, workers=workers, engine=engine, ray_address=ray_address, progress=progress)

@@ -1,17 +1,50 @@
-"""What every preprocessing stage returns, and how it reports progress.
+"""One way to run a preprocessing stage: plan the jobs, do each one anywhere, sum what they did.
 
-Stages are pure-ish functions over a list of inputs. They never print: they call an optional
-``progress`` callback and return a :class:`StageReport`, which the CLI renders.
+A stage (frames, faces, srm, synth) says only how to plan its jobs and how to do one job. :func:`run_stage`
+owns the rest, the same way for every stage:
+
+- the output folder is kept apart from the inputs (neither at nor under the other);
+- the temp files a killed run left are removed before any work;
+- a stamp (``.dfdetect-stage.json``) records the settings that shape the outputs, and a folder made with
+  other settings is refused in one line rather than mixed (resuming with the same settings reuses its files);
+- jobs run serially, in a process pool or as Ray tasks (:func:`~dfdetect.parallel.map_items`), and a job
+  that crashes is one line naming its input;
+- what each job did is summed into one :class:`StageReport`.
+
+Stages never print: they call an optional ``progress`` callback and return the report, which the CLI renders.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
 
-from dfdetect.errors import NothingUsableError
+from pydantic import BaseModel
 
-#: ``progress(advance)``: called with the number of inputs just finished.
+from dfdetect._io import check_separate, remove_stale_temps, write_json
+from dfdetect.errors import BadInputError, NothingUsableError, failure_line
+from dfdetect.parallel import Engine, ProgressCallback, map_items
+
+__all__ = ["STAMP", "JobResult", "Stage", "StageReport", "check_stamp", "run_stage"]
+
+#: The settings a stage's output folder was made with (JSON), written before its first job.
+STAMP = ".dfdetect-stage.json"
+
+
+@dataclass
+class JobResult:
+    """What one job did; summed into the :class:`StageReport` by the parent process."""
+
+    written: int = 0
+    reused: int = 0  #: valid outputs found from an earlier (possibly killed) run
+    failed: list[str] = field(default_factory=list)  #: one line per skipped input, naming file and problem
+    rows: list[dict] = field(default_factory=list)  #: records the stage gathers at the end (the faces manifest)
 
 
 @dataclass
@@ -24,13 +57,6 @@ class StageReport:
     reused: int = 0  #: valid outputs found from an earlier (possibly killed) run
     failed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    def remove_stale_temps(self) -> None:
-        """Delete the temp files a killed run left under ``out_dir`` (stages call this before any work)."""
-        from dfdetect._io import remove_stale_temps
-
-        if n := remove_stale_temps(self.out_dir):
-            self.notes.append(f"removed {n} temp file(s) an interrupted run left under {self.out_dir}")
 
     def add(self, result: JobResult) -> None:
         """Count one job's outcome (the parent sums what its workers did)."""
@@ -53,10 +79,121 @@ class StageReport:
                 f"-> {self.out_dir}")
 
 
-@dataclass
-class JobResult:
-    """What one job did; summed into the :class:`StageReport` by the parent process."""
+J = TypeVar("J")
 
-    written: int = 0
-    reused: int = 0
-    failed: list[str] = field(default_factory=list)
+
+class Stage(ABC, Generic[J]):
+    """What a stage says about itself. Instances travel to pool and Ray workers, so they hold only plain data
+    (absolute paths, configs) and build heavy objects (a face detector) inside :meth:`run_job`."""
+
+    name: ClassVar[str]
+    out_dir: Path
+    cfg: BaseModel
+
+    def settings(self) -> dict[str, Any]:
+        """What shapes the outputs (JSON-able): a folder made with other settings is refused. By default the
+        stage's config; a stage whose outputs depend on more says so here."""
+        return self.cfg.model_dump(mode="json")
+
+    @abstractmethod
+    def inputs(self) -> Sequence[Path]:
+        """The folders or files the stage reads: the output folder may be neither at, under nor above one."""
+
+    @abstractmethod
+    def plan(self) -> list[J]:
+        """The jobs, in the order their results are reported. Runs in the parent, before any job."""
+
+    @abstractmethod
+    def run_job(self, job: J) -> JobResult:
+        """Do one job, writing its files atomically; a problem with one input is a line in ``failed``."""
+
+    @abstractmethod
+    def source(self, job: J) -> Path:
+        """The input a job reads, named in the one line when the job crashes."""
+
+    def weight(self, job: J) -> int:
+        """How far ``progress`` advances when the job is done (frames, crops or videos, not jobs)."""
+        return 1
+
+    def finish(self, report: StageReport, jobs: list[J], results: list[JobResult]) -> None:
+        """Write what sums over all jobs (a manifest) and add notes; the default does nothing."""
+
+
+def check_stamp(out_dir: str | Path, name: str, settings: dict[str, Any]) -> None:
+    """Refuse a folder that ``name`` made with other settings (before any work, for a CLI to call early)."""
+    stamp = Path(out_dir) / STAMP
+    if not stamp.is_file():
+        return
+    try:
+        old = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # a stamp torn by a crash of its own write cannot happen (atomic); an unreadable one is rewritten
+    new = _jsonable(settings)
+    if not isinstance(old, dict) or old.get("stage") != name:
+        made = f"the '{old.get('stage')}' stage" if isinstance(old, dict) else "another tool"
+        raise BadInputError(f"was made by {made}, not '{name}'; use a new --out folder", path=out_dir)
+    if old.get("settings") != new:
+        raise BadInputError(f"was made with other {name} settings ({_differences(old.get('settings'), new)}); "
+                            "use a new --out folder or delete this one", path=out_dir)
+
+
+def _differences(old: Any, new: dict[str, Any]) -> str:
+    """``key: old -> new`` for the first settings that differ (nested ones flattened with dots)."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()}
+
+    a, b = flat(old), flat(new)
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
+
+
+def _jsonable(settings: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _keep_apart(stage: Stage[Any]) -> None:
+    out = Path(os.path.realpath(stage.out_dir))
+    for src in stage.inputs():
+        check_separate(src, stage.out_dir, stage.name + " input")
+        # realpath, not resolve(): a symlink loop among the inputs is that input's problem, not the stage's
+        if out in Path(os.path.realpath(src)).parents:
+            raise BadInputError(f"the output folder holds the input {src}; choose a separate folder",
+                                path=stage.out_dir)
+
+
+def _do(stage: Stage[J], job: J) -> JobResult:
+    return stage.run_job(job)
+
+
+def run_stage(
+    stage: Stage[J],
+    *,
+    workers: int = 0,
+    engine: Engine = "process",
+    ray_address: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> StageReport:
+    """Plan ``stage``'s jobs, run them (see the module docstring for what this owns) and sum the report."""
+    out = Path(stage.out_dir)
+    _keep_apart(stage)
+    settings = stage.settings()
+    check_stamp(out, stage.name, settings)
+    jobs = stage.plan()
+    out.mkdir(parents=True, exist_ok=True)
+    report = StageReport(stage.name, out)
+    if n := remove_stale_temps(out):
+        report.notes.append(f"removed {n} temp file(s) an interrupted run left under {out}")
+    write_json(out / STAMP, {"stage": stage.name, "settings": _jsonable(settings)})
+
+    def crashed(job: J, exc: Exception) -> JobResult:
+        return JobResult(failed=[failure_line(stage.source(job), exc)])
+
+    results = map_items(partial(_do, stage), jobs, workers=workers, engine=engine, ray_address=ray_address,
+                        progress=progress, weight=stage.weight, on_error=crashed)
+    for r in results:
+        report.add(r)
+    stage.finish(report, jobs, results)
+    return report
+

@@ -61,22 +61,24 @@ parts mean nothing alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import av
 import cv2
 import numpy as np
 
-from dfdetect._io import TEMP_TAG, atomic_path, read_image, write_json
+from dfdetect._io import atomic_path, read_image, write_json
 from dfdetect.config import SynthConfig
 from dfdetect.data.labels import IMAGE_SUFFIXES, Label, LabelLine, write_label_file
 from dfdetect.data.sources import CELEBDF_FAKE_DIR, CELEBDF_TEST_LIST
 from dfdetect.errors import BadInputError, NothingUsableError
 from dfdetect.parallel import ProgressCallback
+from dfdetect.preprocess.stage import JobResult, Stage, StageReport, check_stamp, run_stage
 from dfdetect.synthetic.blend import alpha_blend, colour_transfer, ellipse_mask
 from dfdetect.synthetic.sbi import BLEND_RATIOS, deform_mask, pseudo_source
 
@@ -477,16 +479,87 @@ def check_inputs(out_dir: str | Path, cfg: SynthConfig, faces_dir: str | Path | 
     """
     if faces_dir is not None:
         face_photo_files(faces_dir)
-    manifest_path = Path(out_dir) / MANIFEST
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return  # a torn manifest is rewritten at the end; the videos are checked one by one
-        key = _manifest_key(cfg, faces_dir)
-        if {k: old.get(k) for k in key} != key:
-            raise BadInputError("holds a synthetic dataset made with other settings or photos; "
-                                "use a new --out folder or delete this one", path=out_dir)
+    check_stamp(out_dir, SynthStage.name, _manifest_key(cfg, faces_dir))
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    """A real video's scene and every video made from it: the real frames are rendered once for all."""
+
+    scene: str
+    specs: tuple[VideoSpec, ...]
+
+
+@dataclass
+class SynthStage(Stage[SynthJob]):
+    """The videos of :func:`plan_videos`, then the test list and the manifest."""
+
+    name: ClassVar[str] = "synth"
+    out_dir: Path
+    cfg: SynthConfig
+    faces_dir: Path | None
+    photos: list[FacePhoto]
+    skipped_photos: list[str]
+
+    def settings(self) -> dict:
+        return _manifest_key(self.cfg, self.faces_dir)
+
+    def inputs(self) -> list[Path]:
+        return [] if self.faces_dir is None else [self.faces_dir]
+
+    def plan(self) -> list[SynthJob]:
+        by_scene: dict[str, list[VideoSpec]] = {}
+        for spec in sorted(self.specs, key=lambda s: s.scene):  # stable: the real video first
+            by_scene.setdefault(spec.scene, []).append(spec)
+        for folder in (CELEB_REAL, YOUTUBE_REAL, CELEBDF_FAKE_DIR):
+            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
+        return [SynthJob(scene, tuple(specs)) for scene, specs in by_scene.items()]
+
+    @cached_property
+    def specs(self) -> list[VideoSpec]:
+        return plan_videos(self.cfg, len(self.photos))
+
+    @cached_property
+    def people(self) -> dict[str, _Person]:
+        # Identities first, then YouTube people: with a photo folder they are different people.
+        cfg = self.cfg
+        names = [_ident(i) for i in range(cfg.identities)] + [f"yt{k:05d}" for k in range(cfg.youtube_videos)]
+        return {p.name: p for p in _people(self.photos, names, cfg.face_size, cfg.seed)}
+
+    def source(self, job: SynthJob) -> Path:
+        return self.out_dir / job.scene
+
+    def weight(self, job: SynthJob) -> int:
+        return len(job.specs)
+
+    def run_job(self, job: SynthJob) -> JobResult:
+        result = JobResult()
+        todo = [s for s in job.specs if not _is_valid_video(self.out_dir / s.rel, self.cfg.frames)]
+        result.reused = len(job.specs) - len(todo)
+        if not todo:
+            return result
+        people = self.people
+        scene = _scene(self.cfg, job.scene)
+        real = _render_real(scene, people[todo[0].person], self.cfg.frame_size)  # fakes follow their real's frames
+        for spec in todo:
+            frames = real if spec.kind == "real" else _manipulate(
+                self.cfg, spec, real, scene, people[spec.person], people[spec.source or spec.person])
+            _write_mp4(self.out_dir / spec.rel, frames, self.cfg)
+            result.written += 1
+        return result
+
+    def finish(self, report: StageReport, jobs: list[SynthJob], results: list[JobResult]) -> None:
+        specs = [s for job in jobs for s in job.specs]
+        write_label_file(self.out_dir / CELEBDF_TEST_LIST, [LabelLine(s.label, s.rel) for s in specs if s.is_test])
+        write_json(self.out_dir / MANIFEST, {
+            **self.settings(),
+            "photos": [p.name for p in self.photos],
+            "identities": {n: {"photo": p.photo, "variant": p.variant} for n, p in self.people.items()},
+            "videos": [{"rel": s.rel, "kind": s.kind, "target": s.person, "source": s.source, "test": s.is_test}
+                       for s in specs],
+            "reused": report.reused,
+            "skipped_photos": self.skipped_photos,
+        })
 
 
 def make_synthetic_celebdf(out_dir: str | Path, cfg: SynthConfig | None = None, *,
@@ -504,7 +577,7 @@ def make_synthetic_celebdf(out_dir: str | Path, cfg: SynthConfig | None = None, 
         A folder of face photos, one person each; None uses the photos shipped by installed
         packages (see the module docstring for what that limits).
     progress : callable, default=None
-        ``progress(1)`` after each video.
+        ``progress(n)`` after each real video and the fakes made from it (``n`` videos).
 
     Raises
     ------
@@ -522,43 +595,6 @@ def make_synthetic_celebdf(out_dir: str | Path, cfg: SynthConfig | None = None, 
         photos = default_face_photos()
     else:
         photos, skipped = load_face_photos(faces_dir, cfg.identities + cfg.youtube_videos, cfg.seed)
-    specs = plan_videos(cfg, len(photos))
-    out.mkdir(parents=True, exist_ok=True)
-    for folder in (CELEB_REAL, YOUTUBE_REAL, CELEBDF_FAKE_DIR):
-        (out / folder).mkdir(exist_ok=True)
-        for stale in (out / folder).glob(f".*.{TEMP_TAG}*.mp4"):  # temp files left by a killed run
-            stale.unlink(missing_ok=True)
-
-    # Identities first, then YouTube people: with a photo folder they are different people.
-    names = [_ident(i) for i in range(cfg.identities)] + [f"yt{k:05d}" for k in range(cfg.youtube_videos)]
-    people = {p.name: p for p in _people(photos, names, cfg.face_size, cfg.seed)}
-    real_cache: dict[str, tuple[_Scene, list[np.ndarray]]] = {}
-    reused = 0
-    # Grouped by scene (stable, real first) so each real video is rendered once for its fakes.
-    for spec in sorted(specs, key=lambda s: s.scene):
-        dest = out / spec.rel
-        if _is_valid_video(dest, cfg.frames):
-            reused += 1
-        else:
-            if spec.scene not in real_cache:
-                scene = _scene(cfg, spec.scene)
-                real_cache.clear()  # fakes follow their real video's frames; keep one at a time
-                real_cache[spec.scene] = (scene, _render_real(scene, people[spec.person], cfg.frame_size))
-            scene, real = real_cache[spec.scene]
-            frames = real if spec.kind == "real" else _manipulate(
-                cfg, spec, real, scene, people[spec.person], people[spec.source or spec.person])
-            _write_mp4(dest, frames, cfg)
-        if progress is not None:
-            progress(1)
-
-    write_label_file(out / CELEBDF_TEST_LIST, [LabelLine(s.label, s.rel) for s in specs if s.is_test])
-    write_json(out / MANIFEST, {
-        **_manifest_key(cfg, faces_dir),
-        "photos": [p.name for p in photos],
-        "identities": {n: {"photo": p.photo, "variant": p.variant} for n, p in people.items()},
-        "videos": [{"rel": s.rel, "kind": s.kind, "target": s.person, "source": s.source, "test": s.is_test}
-                   for s in specs],
-        "reused": reused,
-        "skipped_photos": skipped,
-    })
+    stage = SynthStage(out, cfg, None if faces_dir is None else Path(faces_dir), photos, skipped)
+    run_stage(stage, progress=progress)
     return out

@@ -193,7 +193,7 @@ def main() -> int:
 
     import torch
 
-    from dfdetect.inference.predict import _create_face_detector, resolve_face_config
+    from dfdetect.inference.predict import create_face_finder, resolve_face_config
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -221,8 +221,8 @@ def main() -> int:
             scorers = [("torch", det)]
             if onnx_path is not None:
                 scorers.append(("onnx", OnnxDetector.load(onnx_path, threads=threads)))
-            ours = _create_face_detector(resolve_face_config(faces)[0])  # built once, as iter_predict does
-            mtcnn = _create_face_detector(resolve_face_config(mtcnn_cfg)[0])
+            ours = create_face_finder(resolve_face_config(faces)[0])  # built once, as iter_predict does
+            mtcnn = create_face_finder(resolve_face_config(mtcnn_cfg)[0])
             for kind, scorer in scorers:
                 tag = (f"[{args.protocol}: {faces.detector} faces (detect_max_side={faces.detect_max_side}), "
                        f"{det.protocol_.model.input_size} px MobileNetV2 x{det.protocol_.model.ensemble}"

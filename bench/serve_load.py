@@ -182,7 +182,7 @@ from dfdetect.inference import predict as P
 from dfdetect.cli.use import load_scorer
 files = [Path(f) for f in {[str(f) for f in files]!r}]
 det = load_scorer(Path({str(model)!r}))
-fd = P._create_face_detector(P.resolve_face_config(det.protocol_.faces)[0])
+fd = P.create_face_finder(P.resolve_face_config(det.protocol_.faces)[0])
 def one(f):  # the work the service does per upload
     P.predict_file(f, det, frames={frames}, face_detector=fd, explain=True, keep_images=True).to_json(images=True)
 def loop():

@@ -106,6 +106,12 @@ def test_config_file_with_flags_overriding_it(tmp_path):
     res = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--config", str(path),
                               "--epochs", "0"])
     assert res.exit_code != 0 and "Traceback" not in res.output
+    # Face finders are a registry (plugins may add one), so a recipe's typo is caught against it, before any work
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"faces": {"detector": "yunett"}}))
+    res = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--config", str(typo)])
+    assert res.exit_code == 1 and "unknown face detector 'yunett'; choose from " in res.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_with_a_runs_config_reproduces_the_run(tmp_path):

@@ -135,16 +135,16 @@ def test_logit_target_shapes():
 
 def test_predict_explain_adds_heatmaps(tmp_path, monkeypatch, red_blue):
     from dfdetect.inference import predict as P
-    from test_predict import use_stand_in_faces, write_video
+    from test_predict import GreenSquares, write_video
 
-    use_stand_in_faces(monkeypatch)
     frames = []
     for i in range(6):
         img = np.zeros((64, 64, 3), np.uint8)
         img[10:40, 10:40] = (0, 255, 255 if i % 2 else 60)  # the stand-in finds green squares
         frames.append(img)
     video = write_video(tmp_path / "v.mp4", frames)
-    [res] = P.predict_path(video, red_blue, frames=6, explain=True, max_explain=2, keep_images=True)
+    [res] = P.predict_path(video, red_blue, frames=6, explain=True, max_explain=2, keep_images=True,
+                           face_detector=GreenSquares())  # an injected face finder
     heat = [f for _, f in res.all_faces() if f.heatmap is not None]
     assert len(heat) == 2 and all(h.heatmap.shape == h.crop.shape for h in heat)
     assert min(h.p_fake for h in heat) >= max(f.p_fake for _, f in res.all_faces() if f.heatmap is None)

@@ -289,9 +289,8 @@ def test_a_named_pipe_among_the_videos_is_one_line_and_never_blocks(tmp_path, mo
         assert "named pipe" in line
 
     from dfdetect.cli import use
-    from test_predict import RedScorer, use_stand_in_faces
+    from test_predict import RedScorer
 
-    use_stand_in_faces(monkeypatch)
     monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"x")
@@ -426,9 +425,8 @@ def test_lines_name_the_folder_given_not_a_symlinks_target(tmp_path):
 def test_predict_error_names_the_file_not_dot(tmp_path, monkeypatch):
     """Regression: with nothing usable, predict's last line said "error: .: predict: nothing usable"."""
     from dfdetect.cli import use
-    from test_predict import RedScorer, use_stand_in_faces
+    from test_predict import RedScorer
 
-    use_stand_in_faces(monkeypatch)
     monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"x")
@@ -466,9 +464,8 @@ def test_truncated_and_polyglot_files_are_one_line_each(tmp_path, monkeypatch):
     assert "skipped: " not in "".join(lines_naming(res.output, "good.mp4"))
 
     from dfdetect.cli import use
-    from test_predict import RedScorer, use_stand_in_faces
+    from test_predict import RedScorer
 
-    use_stand_in_faces(monkeypatch)
     monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"x")

@@ -19,39 +19,44 @@ from typer.testing import CliRunner
 from dfdetect.config import FaceConfig, Protocol
 from dfdetect.errors import NothingUsableError
 from dfdetect.inference import predict as P
-from dfdetect.preprocess.faces import Box, FaceCrop
+from dfdetect.preprocess.faces import Box, list_detectors, register_detector
 from dfdetect.preprocess.stage import StageReport
 
 # --------------------------------------------------------------------------- stand-ins (shared by my tests)
 
 
 
-def find_green_squares(bgr: np.ndarray, detector: object, cfg: FaceConfig) -> list[FaceCrop]:
-    """Stand-in for faces.faces_in_image: each bright-green blob is a face, largest first."""
-    mask = (bgr[..., 1] > 128).astype(np.uint8)
-    _, _, stats, _ = cv2.connectedComponentsWithStats(mask)
-    faces = []
-    for x, y, w, h, area in stats[1:]:
-        if area >= 16:
-            faces.append((area, FaceCrop(Box(int(x), int(y), int(x + w), int(y + h), 0.9),
-                                         bgr[y:y + h, x:x + w].copy())))
-    return [f for _, f in sorted(faces, key=lambda t: -t[0])]
+class GreenSquares:
+    """A face finder with known answers: each bright-green blob is a face. It is registered as a plugin
+    (``register_detector``), the public route, so the API and the CLI find it by name like any detector."""
+
+    name = "green-squares"
+
+    def __init__(self, cfg: FaceConfig | None = None):
+        self.cfg = cfg
+
+    def __call__(self, bgr: np.ndarray) -> list[Box]:
+        mask = (bgr[..., 1] > 128).astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        return [Box(int(x), int(y), int(x + w), int(y + h), 0.9) for x, y, w, h, area in stats[1:] if area >= 16]
+
+
+if GreenSquares.name not in list_detectors():  # other test files import this one
+    register_detector(GreenSquares.name)(GreenSquares)
+
+#: The box itself is the crop (margin 1, no resize), so a face's red level is exactly its P(fake).
+GREEN_FACES = FaceConfig(detector=GreenSquares.name, margin=1.0, output_size=None, min_size=4)
 
 
 class RedScorer:
     """P(fake) = mean red level of the crop: known answers for the aggregation tests."""
 
-    def __init__(self, threshold: float = 0.5, detector: str = "haar"):
+    def __init__(self, threshold: float = 0.5, faces: FaceConfig = GREEN_FACES):
         self.threshold_ = threshold
-        self.protocol_ = Protocol.seed().model_copy(update={"faces": FaceConfig(detector=detector)})
+        self.protocol_ = Protocol.seed().model_copy(update={"faces": faces})
 
     def predict_proba(self, crops_bgr):
         return np.array([c[..., 2].mean() / 255.0 for c in crops_bgr])
-
-
-def use_stand_in_faces(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(P, "_create_face_detector", lambda cfg: "stand-in")
-    monkeypatch.setattr(P, "_faces_in_frames", lambda frames, det, cfg: [find_green_squares(f, det, cfg) for f in frames])
 
 
 def square(img: np.ndarray, x: int, y: int, side: int, red: int) -> None:
@@ -85,7 +90,6 @@ def two_face_video(path: Path, n: int = 12) -> Path:
 
 
 def test_video_every_face_scored_and_aggregated(tmp_path, monkeypatch):
-    use_stand_in_faces(monkeypatch)
     video = two_face_video(tmp_path / "clip.mp4")
     [res] = P.predict_path(video, RedScorer(threshold=0.5), frames=12)
     assert [fr.index for fr in res.frames] == list(range(12))
@@ -103,13 +107,31 @@ def test_video_every_face_scored_and_aggregated(tmp_path, monkeypatch):
 
 
 def test_frames_sampled_evenly(tmp_path, monkeypatch):
-    use_stand_in_faces(monkeypatch)
     [res] = P.predict_path(two_face_video(tmp_path / "clip.mp4"), RedScorer(), frames=4)
     assert [fr.index for fr in res.frames] == [0, 4, 7, 11] and res.frames_requested == 4
 
 
+def test_an_injected_frame_reader_and_face_finder(tmp_path):
+    """predict_file decodes with the reader it is given (another decoder, a camera) and finds faces with the
+    finder it is given, with no file on disk and no registry entry."""
+    asked = []
+
+    def camera(path: Path, n: int) -> list[tuple[int, np.ndarray]]:
+        asked.append((path.name, n))
+        frames = []
+        for i in range(n):
+            img = np.zeros((64, 64, 3), np.uint8)
+            square(img, 5, 5, 20, 100 + 50 * (i % 2))
+            frames.append((i * 10, img))
+        return frames
+
+    res = P.predict_file("cam0.mp4", RedScorer(faces=GREEN_FACES.model_copy(update={"detector": "nobody"})),
+                         frames=4, frame_reader=camera, face_detector=GreenSquares())
+    assert asked == [("cam0.mp4", 4)] and [fr.index for fr in res.frames] == [0, 10, 20, 30]
+    assert res.n_faces == 4 and res.p_fake_max_face == pytest.approx(125 / 255, abs=0.01)  # mean of frame maxima
+
+
 def test_folder_skips_and_counts_bad_files(tmp_path, monkeypatch):
-    use_stand_in_faces(monkeypatch)
     d = tmp_path / "in"
     (d / "sub").mkdir(parents=True)
     two_face_video(d / "sub" / "good.mp4")
@@ -129,7 +151,6 @@ def test_folder_skips_and_counts_bad_files(tmp_path, monkeypatch):
 
 
 def test_nothing_usable_raises_one_line(tmp_path, monkeypatch):
-    use_stand_in_faces(monkeypatch)
     bad = tmp_path / "x.mp4"
     bad.write_bytes(b"garbage")
     with pytest.raises(NothingUsableError, match="x.mp4"):
@@ -139,7 +160,6 @@ def test_nothing_usable_raises_one_line(tmp_path, monkeypatch):
 
 
 def test_image_without_face_and_crops_mode(tmp_path, monkeypatch):
-    use_stand_in_faces(monkeypatch)
     crop = np.full((50, 40, 3), (0, 0, 230), np.uint8)  # no green: the stand-in finds no face
     cv2.imwrite(str(tmp_path / "face.png"), crop)
     [res] = P.predict_path(tmp_path / "face.png", RedScorer())
@@ -150,7 +170,6 @@ def test_image_without_face_and_crops_mode(tmp_path, monkeypatch):
 
 
 def test_json_schema_and_images(tmp_path, monkeypatch):
-    use_stand_in_faces(monkeypatch)
     [res] = P.predict_path(two_face_video(tmp_path / "clip.mp4"), RedScorer(), frames=4, keep_images=True)
     doc = json.loads(json.dumps(res.to_json()))
     assert doc["schema"] == P.SCHEMA and doc["verdict"] == "fake" and doc["threshold"] == 0.5
@@ -177,7 +196,6 @@ def test_yunet_replaces_mtcnn_without_torch(monkeypatch):
 
 
 def test_explain_needs_torch_model(tmp_path, monkeypatch):
-    use_stand_in_faces(monkeypatch)
     [res] = P.predict_path(two_face_video(tmp_path / "c.mp4"), RedScorer(), frames=2, explain=True)
     assert any("Grad-CAM" in n for n in res.notes)
 
@@ -185,7 +203,6 @@ def test_explain_needs_torch_model(tmp_path, monkeypatch):
 def test_save_visuals(tmp_path, monkeypatch):
     from dfdetect._io import is_valid_image
 
-    use_stand_in_faces(monkeypatch)
     [res] = P.predict_path(two_face_video(tmp_path / "clip.mp4"), RedScorer(), frames=6, keep_images=True)
     written = P.save_visuals(res, tmp_path / "out")
     names = sorted(p.name for p in written)
@@ -210,7 +227,6 @@ def test_cli_without_model_says_how_to_get_one(tmp_path):
 def test_cli_predict_table_json_save(tmp_path, monkeypatch):
     from dfdetect.cli import app, use
 
-    use_stand_in_faces(monkeypatch)
     monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
     model = tmp_path / "m.safetensors"
     model.write_bytes(b"x")
@@ -248,7 +264,6 @@ def test_real_videos_and_face_crops(shared_data):
 
 def test_empty_folder_is_a_named_skip(tmp_path, monkeypatch):
     """Regression: an empty folder said only "0 skipped" and "nothing usable" about '.'."""
-    use_stand_in_faces(monkeypatch)
     (tmp_path / "empty").mkdir()
     report = StageReport("predict", tmp_path)
     assert list(P.iter_predict([tmp_path / "empty"], RedScorer(), report=report)) == []
@@ -260,7 +275,6 @@ def test_cli_save_same_named_inputs_do_not_overwrite(tmp_path, monkeypatch):
     """Regression: a/clip.mp4 and b/clip.mp4 both wrote vis/clip_*.png; the second erased the first."""
     from dfdetect.cli import app, use
 
-    use_stand_in_faces(monkeypatch)
     monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

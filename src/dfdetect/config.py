@@ -100,7 +100,8 @@ class FaceConfig(_Config):
     """How faces are found and cropped."""
 
     #: YuNet (no torch) finds the faces MTCNN finds, several times faster (docs/SPEED.md)
-    detector: Literal["haar", "mtcnn", "yunet"] = "yunet"
+    detector: str = Field("yunet", min_length=1, description="a registered face finder: yunet, haar, mtcnn, or a "
+                          "plugin's (dfdetect.preprocess.faces.register_detector); checked before any work")
     min_size: int = Field(40, ge=1, description="smallest face side in pixels (Haar minSize)")
     scale_factor: float = Field(1.1, gt=1.0)
     min_neighbors: int = Field(5, ge=0)

@@ -131,14 +131,25 @@ def print_report(report: StageReport, max_lines: int = 20) -> None:
 
 def load_protocol_option(name: str) -> Any:
     """What ``--protocol/--config`` names: ``seed``, ``default`` or a recipe YAML file; one line if it is neither."""
-    import yaml
-    from pydantic import ValidationError
 
-    from dfdetect.config import Protocol, load_protocol, validation_line
-    from dfdetect.errors import BadInputError
+    from dfdetect.config import Protocol
 
     if name in ("seed", "default"):
         return Protocol.named(name)  # type: ignore[arg-type]
+    protocol = _load_recipe(name)
+    from dfdetect.preprocess.faces import check_detector
+
+    check_detector(protocol.faces.detector)
+    return protocol
+
+
+def _load_recipe(name: str) -> Any:
+    import yaml
+    from pydantic import ValidationError
+
+    from dfdetect.config import load_protocol, validation_line
+    from dfdetect.errors import BadInputError
+
     if Path(name).suffix.lower() not in (".yaml", ".yml"):
         raise BadInputError(f"unknown protocol {name!r}; use 'seed', 'default' or a recipe .yaml file")
     if not Path(name).is_file():

@@ -161,9 +161,10 @@ def prepare_crops(
         faces_dir = None
         notes.append(f"{source} holds images: each is used as its own face crop")
     else:
-        from dfdetect.preprocess.faces import extract_faces
+        from dfdetect.preprocess.faces import check_detector, extract_faces
         from dfdetect.preprocess.frames import extract_frames
 
+        check_detector(protocol.faces.detector)  # a recipe's typo is one line before the frames, not after
         check_separate(dataset.root, out_dir / FRAMES_DIR, "dataset")
         with progress("frames", len(dataset.items)) as adv:
             _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames,

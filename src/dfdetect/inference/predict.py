@@ -16,7 +16,7 @@ import base64
 import functools
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,7 +33,7 @@ from dfdetect.parallel import ProgressCallback
 from dfdetect.preprocess.stage import StageReport
 
 if TYPE_CHECKING:
-    from dfdetect.preprocess.faces import FaceCrop
+    from dfdetect.preprocess.faces import FaceCrop, FaceFinder
 
 __all__ = [
     "SCHEMA",
@@ -42,12 +42,14 @@ __all__ = [
     "PredictResult",
     "contact_sheet",
     "count_media",
+    "create_face_finder",
     "gradcam_sheet",
     "iter_predict",
     "media_files",
     "plot_scores",
     "predict_file",
     "predict_path",
+    "read_media_frames",
     "results_json",
     "save_visuals",
 ]
@@ -193,27 +195,26 @@ class PredictResult:
         }
 
 
-# --------------------------------------------------------------------------- stages used (lazy imports)
-# frames/faces are imported inside these functions so that importing dfdetect.inference.predict stays cheap and
-# torch-free; tests may replace them with stand-ins.
+# --------------------------------------------------------------------------- the stages predict uses
+# Imported when first used, so that importing dfdetect.inference.predict stays cheap and torch-free. Callers
+# may inject their own: a frame reader (another decoder, a camera) and a face finder (see FaceFinder).
+
+#: ``reader(path, n) -> [(frame index, bgr uint8)]``: n evenly spaced frames, or the image itself.
+FrameReader = Callable[[Path, int], list[tuple[int, np.ndarray]]]
 
 
-def _read_frames(path: Path, n: int) -> list[tuple[int, np.ndarray]]:
+def read_media_frames(path: Path, n: int) -> list[tuple[int, np.ndarray]]:
+    """The default :data:`FrameReader` (:func:`dfdetect.preprocess.frames.read_frames`)."""
     from dfdetect.preprocess.frames import read_frames
 
     return read_frames(path, n)
 
 
-def _create_face_detector(cfg: FaceConfig) -> Any:
+def create_face_finder(cfg: FaceConfig) -> FaceFinder:
+    """The face finder ``cfg.detector`` names (see :func:`dfdetect.preprocess.faces.create_detector`)."""
     from dfdetect.preprocess.faces import create_detector
 
     return create_detector(cfg)
-
-
-def _faces_in_frames(frames: list[np.ndarray], detector: Any, cfg: FaceConfig) -> list[list[Any]]:
-    from dfdetect.preprocess.faces import faces_in_frames
-
-    return faces_in_frames(frames, detector, cfg)
 
 
 @functools.cache
@@ -310,7 +311,8 @@ def predict_file(
     *,
     frames: int = INFERENCE.frames,
     face_cfg: FaceConfig | None = None,
-    face_detector: Any = None,
+    face_detector: FaceFinder | None = None,
+    frame_reader: FrameReader = read_media_frames,
     crops: bool = False,
     explain: bool = False,
     max_explain: int = 8,
@@ -321,22 +323,25 @@ def predict_file(
     """Score one video or image; raises :class:`BadInputError` when it cannot be decoded.
 
     ``crops=True`` treats images as face crops already (scored whole, no detection). ``face_detector`` is
-    a detector made once by the caller for ``face_cfg`` (MTCNN is slow to build).
+    a face finder made once by the caller, for ``face_cfg`` or its own (MTCNN is slow to build);
+    ``frame_reader`` decodes the file (see :data:`FrameReader`).
     """
+    from dfdetect.preprocess.faces import faces_in_frames
+
     path = Path(path)
     kind: Literal["video", "image"] = "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
     whole = crops and kind == "image"
     face_cfg, notes = resolve_face_config(face_cfg or scorer.protocol_.faces)
     if face_detector is None and not whole:
-        face_detector = _create_face_detector(face_cfg)
+        face_detector = create_face_finder(face_cfg)
 
-    sampled = _read_frames(path, 1 if kind == "image" else frames)
+    sampled = frame_reader(path, 1 if kind == "image" else frames)
     if not sampled:
         raise BadInputError("no frames could be decoded", path=path)
 
     frame_results: list[FrameResult] = []
     face_list: list[FaceResult] = []
-    found = [[] for _ in sampled] if whole else _faces_in_frames([f for _, f in sampled], face_detector, face_cfg)
+    found = [[] for _ in sampled] if whole else faces_in_frames([f for _, f in sampled], face_detector, face_cfg)
     for (index, bgr), faces in zip(sampled, found, strict=True):
         fr = FrameResult(index=int(index))
         if whole:
@@ -372,14 +377,18 @@ def iter_predict(
     progress: ProgressCallback | None = None,
     frames: int = INFERENCE.frames,
     face_cfg: FaceConfig | None = None,
+    face_detector: FaceFinder | None = None,
     **kwargs: Any,
 ) -> Iterator[PredictResult]:
-    """Yield a result per media file under ``paths``; a bad file becomes one line in ``report.failed``."""
+    """Yield a result per media file under ``paths``; a bad file becomes one line in ``report.failed``.
+
+    The face finder is built once, at the first file that needs one, unless ``face_detector`` is given.
+    """
     report = report if report is not None else StageReport("predict", Path("."))
     face_cfg = face_cfg or scorer.protocol_.faces
     cfg, notes = resolve_face_config(face_cfg)
     report.notes.extend(notes)
-    detector = None
+    detector = face_detector
     for root in paths:
         try:
             files = media_files(root)
@@ -391,7 +400,7 @@ def iter_predict(
         root_p = Path(root)
         for f in files:
             if detector is None and not (kwargs.get("crops") and f.suffix.lower() in IMAGE_SUFFIXES):
-                detector = _create_face_detector(cfg)
+                detector = create_face_finder(cfg)
             rel = f.name if f == root_p else f.relative_to(root_p).as_posix()
             name = str(f) if f == root_p else str(root_p / rel)
             try:

@@ -134,7 +134,7 @@ class _Worker:
         job = self.job
         whole = job.crops and Path(file).suffix.lower() in IMAGE_SUFFIXES
         if self.face_detector is None and not whole:
-            self.face_detector = P._create_face_detector(self.face_cfg)  # as iter_predict: built once
+            self.face_detector = P.create_face_finder(self.face_cfg)  # as iter_predict: built once
         try:
             res = P.predict_file(file, self.scorer, frames=job.frames, face_detector=self.face_detector,
                                  crops=job.crops, name=file)

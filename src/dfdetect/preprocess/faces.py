@@ -54,6 +54,7 @@ __all__ = [
     "Box",
     "FaceCrop",
     "FaceFinder",
+    "check_detector",
     "create_detector",
     "crop_face",
     "extract_faces",
@@ -137,10 +138,15 @@ def list_detectors() -> list[str]:
     return sorted(_DETECTORS)
 
 
+def check_detector(name: str) -> None:
+    """One line, before any work, when no face finder is registered under ``name`` (a recipe's typo)."""
+    if name not in _DETECTORS:
+        raise DfdetectError(f"unknown face detector {name!r}; choose from {', '.join(list_detectors())}")
+
+
 def create_detector(cfg: FaceConfig) -> FaceFinder:
     """Build the detector ``cfg.detector`` names. Expensive (MTCNN loads weights): build once, reuse."""
-    if cfg.detector not in _DETECTORS:
-        raise DfdetectError(f"unknown face detector {cfg.detector!r}; choose from {', '.join(list_detectors())}")
+    check_detector(cfg.detector)
     return _DETECTORS[cfg.detector](cfg)
 
 
@@ -516,8 +522,7 @@ class FacesStage(Stage[FacesJob]):
 
     def plan(self) -> list[FacesJob]:
         files = images_in(self.frames_dir, "frames")
-        if self.cfg.detector not in _DETECTORS:  # fail before starting any worker
-            create_detector(self.cfg)
+        check_detector(self.cfg.detector)  # before starting any worker
         groups: dict[str, list[str]] = {}
         for f in files:
             rel = f.relative_to(self.frames_dir)

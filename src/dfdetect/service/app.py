@@ -253,7 +253,7 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
 
     def run_predict(path: Path, name: str) -> dict[str, Any]:
         if getattr(local, "face_detector", None) is None:
-            local.face_detector = P._create_face_detector(face_cfg)
+            local.face_detector = P.create_face_finder(face_cfg)
         start = time.perf_counter()
         res = P.predict_file(path, scorer, frames=cfg.frames, face_cfg=detector.protocol_.faces,
                              face_detector=local.face_detector, explain=explain, max_explain=cfg.max_explain,

@@ -17,6 +17,7 @@ CPU seconds), and the ceiling that fixed scoring leaves (the ratio with zero dec
     nice -n 15 python bench/predict.py                        # default protocol, torch + onnx scorers
     nice -n 15 python bench/predict.py --protocol seed        # the seed protocol (Haar, one member)
     nice -n 15 python bench/predict.py --threads 1 2          # torch/OpenCV threads to time
+    nice -n 15 python bench/predict.py --model shipped        # the shipped detector and its ONNX twin
 
 Wall time depends on what else runs: on a shared 2-core machine, two OpenMP threads that must wait for a
 core are slower than one, so the script prints the load average and the CPU time of each side too.
@@ -189,6 +190,9 @@ def main() -> int:
                     help="find faces on a copy this long (FaceConfig.detect_max_side); default: the protocol's")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per pipeline; the median is reported")
     ap.add_argument("--no-onnx", action="store_true", help="time the torch scorer only")
+    ap.add_argument("--model", default=None,
+                    help="'shipped' (or a model name or file): time that detector, its ONNX twin as the onnx scorer; "
+                    "default: an untrained MobileNetV2 at --protocol's settings")
     args = ap.parse_args()
 
     import torch
@@ -202,13 +206,22 @@ def main() -> int:
               f"made in {time.perf_counter() - t:.1f} s; {FRAMES} frames; machine: {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}, nice {os.nice(0)}; torch {torch.__version__}, "
               f"opencv {cv2.__version__}", flush=True)
-        det = make_detector(args.protocol, args.detect_max_side)
+        from dfdetect.model.export import OnnxDetector, export_onnx
+
+        onnx_path = None
+        if args.model is not None:
+            from dfdetect.model.detector import Detector
+            from dfdetect.model.hub import resolve
+
+            found = resolve(None if args.model == "shipped" else args.model)
+            det = Detector.load(found.path)
+            onnx_path = found.onnx
+            args.protocol = found.describe()
+        else:
+            det = make_detector(args.protocol, args.detect_max_side)
         faces = det.protocol_.faces
         mtcnn_cfg = faces.model_copy(update={"detector": "mtcnn"})
-        onnx_path = None
-        if not args.no_onnx:
-            from dfdetect.model.export import OnnxDetector, export_onnx
-
+        if not args.no_onnx and onnx_path is None:
             onnx_path = export_onnx(det, Path(tmp) / "det.onnx").path
         cores, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
         for threads in args.threads:

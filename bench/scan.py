@@ -7,6 +7,7 @@ and loads the model once), as a user's scan does; the time to the first result i
 
     nice -n 15 python bench/scan.py --frames 8           # ../shared/data/videos copied 3 times (9 videos)
     python bench/scan.py --copies 8 --frames 32 --protocol seed
+    python bench/scan.py --model shipped                 # the shipped detector, as 'dfdetect predict DIR' runs it
 
 The videos are ``../shared/data/videos`` (a 1080p multi-face clip, a DFDC clip, a 640x360 clip) copied
 into a temp folder, or, without them, generated 10 s 720p H.264 clips (bench/predict.py's). The model is
@@ -83,6 +84,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=32, help="frames sampled per video")
     ap.add_argument("--protocol", choices=["seed", "default"], default="default")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray run")
+    ap.add_argument("--model", default=None,
+                    help="'shipped' (or a model name): scan with it as 'dfdetect predict DIR' does (its ONNX twin); "
+                    "default: an untrained MobileNetV2 at --protocol's settings, torch")
     args = ap.parse_args()
 
     had_omp = "OMP_NUM_THREADS" in os.environ
@@ -94,8 +98,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dfdetect-bench-scan-") as tmp:
         tmp_p = Path(tmp)
         files = videos_into(tmp_p / "videos", args.copies)
-        det = make_detector(args.protocol, None)
-        model = det.save(tmp_p / "model" / "detector.safetensors")
+        if args.model is not None:  # as the CLI does: the shipped model scores through its ONNX twin
+            from dfdetect.inference.scan import ModelRef
+            from dfdetect.model.detector import Detector
+            from dfdetect.model.hub import resolve
+
+            used = resolve(None if args.model == "shipped" else args.model)
+            path, twin = used.scorer_file()
+            model = ModelRef.of(path, onnx=twin, name=used.name)
+            det = Detector.load(used.path)
+            args.protocol = f"{used.describe()}{' via its ONNX twin' if twin else ''}"
+        else:
+            det = make_detector(args.protocol, None)
+            model = det.save(tmp_p / "model" / "detector.safetensors")
         print(f"{len(files)} videos, {args.frames} frames each, protocol {args.protocol} "
               f"(faces: {det.protocol_.faces.detector}, {det.protocol_.model.ensemble} member(s)); "
               f"{cores} cores, {load()}", flush=True)

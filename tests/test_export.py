@@ -81,6 +81,19 @@ def real_detector(tmp_path: Path, size: int = 64, members: int = 1):
     return Detector.load(det.save(tmp_path / "detector.safetensors"))
 
 
+def test_onnx_in_a_worker_uses_one_thread(exported, monkeypatch):
+    """Regression: each scan worker's onnxruntime session took a thread per core, so 2 workers on 2 cores ran
+    4 threads and gave 1.07x the videos/min of 1 worker (bench/scan.py; 1.74x with one thread each)."""
+    from dfdetect.parallel import WORKER_ENV
+
+    _, path = exported
+    monkeypatch.setenv(WORKER_ENV, "1")
+    assert OnnxDetector.load(path).session_.get_session_options().intra_op_num_threads == 1
+    assert OnnxDetector.load(path, threads=2).session_.get_session_options().intra_op_num_threads == 2
+    monkeypatch.delenv(WORKER_ENV)
+    assert OnnxDetector.load(path).session_.get_session_options().intra_op_num_threads == 0  # its default
+
+
 @pytest.mark.parametrize("members", [1, 2])
 def test_real_detector_round_trip(tmp_path, members):
     pytest.importorskip("dfdetect.model.detector")

@@ -181,13 +181,16 @@ class OnnxDetector:
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int = 0) -> OnnxDetector:
-        """Open an ONNX file written by :func:`export_onnx` (``threads=0``: onnxruntime's default)."""
+        """Open an ONNX file written by :func:`export_onnx` (``threads=0``: onnxruntime's default, one per core;
+        one inside a pool or Ray worker, where N workers already use the N cores)."""
         path = Path(path)
         if not path.is_file():
             raise WeightsError("no such ONNX file; write one with `dfdetect export --model FILE --onnx OUT.onnx`",
                                path=path)
+        from dfdetect.parallel import in_worker
+
         try:
-            session = _cpu_session(str(path), threads)
+            session = _cpu_session(str(path), threads or (1 if in_worker() else 0))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for a corrupt file
             raise WeightsError(f"not a loadable ONNX model ({str(exc).splitlines()[0][:200]})", path=path) from None
         meta = session.get_modelmeta().custom_metadata_map

@@ -14,6 +14,9 @@ without packet timestamps fall back to a plain sequential decode.
 Output layout: ``out_dir/<video_id>/<frame:05d>.<png|jpg>``, plus a small ``.frames.json`` marker per
 video, written last, so a resumed run does not even open a finished video.
 
+Why not torchcodec (``VideoDecoder.get_frames_at``) on the torch-installed path: it gives the same pixels, but was
+slower than this decoder on every video measured (``bench/decode.py``, docs/SPEED.md).
+
 Why one file: the seeking decoder and the stage that writes its frames share the packet index and the
 done-marker's notion of a frame; split, the marker's check would reach into the decoder's internals.
 """

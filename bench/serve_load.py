@@ -18,6 +18,7 @@ protocol: MTCNN, two members, mirror TTA) saved to a temporary file. The weights
 
     nice -n 15 python bench/serve_load.py                     # ~5 min on a loaded 2-core machine
     python bench/serve_load.py --clients 1 4 --seconds 30 --frames 8
+    python bench/serve_load.py --no-explain                   # scores only, through the ONNX twin
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ def pick_files(n_videos: int, n_images: int, tmp: Path) -> list[Path]:
     return [tmp / "face.mp4", tmp / "face.png"]
 
 
-def model_path(tmp: Path) -> tuple[Path, str]:
+def model_path(tmp: Path) -> tuple[str, str]:
+    """What ``--model`` gets: the shipped model's name (so ``serve --no-explain`` and ``predict`` find its ONNX
+    twin, as a user's commands do), else a random-weights file."""
     from dfdetect.model import hub
 
     entry = hub.get_model(hub.DEFAULT_MODEL)
     if entry is not None and entry.shipped_path.is_file():
-        return entry.shipped_path, f"shipped {entry.name}"
+        return entry.name, f"shipped {entry.name}"
     from dfdetect.config import Protocol
     from dfdetect.model.backbones import create_backbone, ensemble_of
     from dfdetect.model.detector import Detector
@@ -77,7 +80,7 @@ def model_path(tmp: Path) -> tuple[Path, str]:
     nets = [create_backbone(p.model.backbone, pretrained=False, pool=p.model.pool, num_classes=1)
             for _ in range(p.model.ensemble)]
     path = Detector.from_model(ensemble_of(nets), p, threshold=0.5).save(tmp / "detector.safetensors")
-    return path, (f"{p.model.backbone} x{p.model.ensemble}, random weights, default protocol "
+    return str(path), (f"{p.model.backbone} x{p.model.ensemble}, random weights, default protocol "
                   f"({p.faces.detector} faces, tta_flip={p.model.tta_flip})")
 
 
@@ -154,7 +157,7 @@ def run_level(url: str, pid: int, bodies: list[tuple[str, bytes]], clients: int,
             "rss_mb": peak_rss[0] / 1024, "hwm_mb": rss_kb(pid, "VmHWM") / 1024}
 
 
-def baseline(files: list[Path], model: Path, frames: int, seconds: float, max_requests: int) -> tuple[float, str]:
+def baseline(files: list[Path], model: str, frames: int, seconds: float, max_requests: int) -> tuple[float, str]:
     """Files per second of predict on the same files: ``--workers 2`` if predict has it, else the API in turn."""
     cli = [sys.executable, "-m", "dfdetect"]
     help_text = subprocess.run([*cli, "predict", "--help"], capture_output=True, text=True, check=False).stdout
@@ -180,8 +183,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dfdetect.inference import predict as P
 from dfdetect.cli.use import load_scorer
+from dfdetect.model.hub import resolve
 files = [Path(f) for f in {[str(f) for f in files]!r}]
-det = load_scorer(Path({str(model)!r}))
+det = load_scorer(resolve({model!r}).path)
 fd = P.create_face_finder(P.resolve_face_config(det.protocol_.faces)[0])
 def one(f):  # the work the service does per upload
     P.predict_file(f, det, frames={frames}, face_detector=fd, explain=True, keep_images=True).to_json(images=True)
@@ -212,6 +216,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=8, help="frames per video (the server's --frames)")
     ap.add_argument("--videos", type=int, default=2)
     ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--no-explain", action="store_true",
+                    help="serve --no-explain: no Grad-CAM, the shipped model through its ONNX twin (no torch)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="dfdetect-serve-load-"))
@@ -228,7 +234,8 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
         server = subprocess.Popen([sys.executable, "-m", "dfdetect", "serve", "--model", str(model), "--port",
-                                   str(port), "--frames", str(args.frames)], env=env,
+                                   str(port), "--frames", str(args.frames),
+                                   *(["--no-explain"] if args.no_explain else [])], env=env,
                                   stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"))  # noqa: SIM115
         url = f"http://127.0.0.1:{port}"
         try:

@@ -315,6 +315,14 @@ def test_cli_export_and_serve_default_to_the_shipped_model(zoo, tmp_path, monkey
     r = _cli("serve", "--port", "8123")
     assert r.exit_code == 0, r.output
     assert f"serving shipped model {NAME} on http://127.0.0.1:8123/" in r.output and len(seen) == 2
+    # without Grad-CAM the service scores through the ONNX twin: no torch model is loaded
+    from dfdetect.model.export import OnnxDetector
+
+    built = []
+    monkeypatch.setattr("dfdetect.service.create_app", lambda scorer, cfg: built.append((scorer, cfg)) or "app")
+    r = _cli("serve", "--no-explain")
+    assert r.exit_code == 0 and f"serving shipped model {NAME} through its ONNX twin" in r.output, r.output
+    assert isinstance(built[0][0], OnnxDetector) and built[0][1].explain is False
 
 
 def test_cli_evaluate_with_the_shipped_model_writes_in_the_working_folder(zoo, tmp_path, monkeypatch):

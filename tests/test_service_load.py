@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from dfdetect.config import ServiceConfig
 from dfdetect.service import create_app
+from dfdetect.service.http import protocol_for
 from test_service import face_frame, haar_detector, png_bytes
 
 BOUNDARY = "dfdetectBoundary"
@@ -37,11 +38,13 @@ WAIT = 60.0  # the bound on every wait; the server answers in well under it, the
 class LiveServer:
     """uvicorn serving ``app`` on a free loopback port, in a thread (no signal handlers there)."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, cfg: ServiceConfig):
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        # the protocol `dfdetect serve` runs (a deadline for the head, JSON 400s)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                                    http=protocol_for(cfg.head_timeout)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         wait_until(lambda: self.server.started, "the server to start")
@@ -68,7 +71,8 @@ def serve() -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
     def start(**cfg: Any) -> LiveServer:
-        servers.append(LiveServer(create_app(haar_detector(), ServiceConfig(**cfg))))
+        config = ServiceConfig(**cfg)
+        servers.append(LiveServer(create_app(haar_detector(), config), config))
         return servers[-1]
 
     yield start
@@ -130,6 +134,46 @@ def test_stalled_upload_is_cut_with_408(serve):
     assert status == 408 and doc["status"] == 408 and "did not arrive within 1 s" in doc["detail"]
     assert headers["content-type"] == "application/json" and closed_by_server(s)
     s.close()
+    assert srv.health()["uploads"] == 0
+
+
+def test_a_slow_or_silent_request_head_is_cut_with_408(serve):
+    """Regression: uvicorn waited for a request's headers forever, so one header byte every few seconds
+    (slowloris), or a connection that sent nothing, held a connection as long as the client liked."""
+    srv = serve(head_timeout=1.0)
+    silent = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    slow = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    slow.sendall(b"POST /api/v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    for byte in b"X-S":  # a header dribbled out, not finished within the deadline
+        slow.sendall(bytes([byte]))
+        time.sleep(0.2)
+    for s in (silent, slow):
+        status, headers, doc = read_response(s)  # the old code never answered: socket.timeout after WAIT
+        assert status == 408 and doc["status"] == 408 and "headers did not arrive within 1 s" in doc["detail"]
+        assert headers["content-type"] == "application/json" and closed_by_server(s)
+        s.close()
+    # a kept-alive connection: the first request is answered, the dawdling second one is cut
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    status, _, doc = read_response(s)
+    assert status == 200 and doc["head_timeout"] == 1.0
+    s.sendall(b"GET /healthz HTTP/1.1\r\n")
+    assert read_response(s)[0] == 408
+    s.close()
+
+
+def test_a_request_h11_cannot_parse_is_a_json_400(serve):
+    """Regression: a broken chunked body or a malformed head got uvicorn's plain-text 400."""
+    srv = serve()
+    broken_chunks = (b"POST /api/v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=" + BOUNDARY.encode() + b"\r\n\r\nzz\r\nnot hex\r\n")
+    for raw in (broken_chunks, b"GARBAGE\x00\x01 / HTTP/9\r\n\r\n"):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+        s.sendall(raw)
+        status, headers, doc = read_response(s)  # the old code: text/plain "Invalid HTTP request received."
+        assert status == 400 and doc["status"] == 400 and "not a valid HTTP/1.1 request" in doc["detail"]
+        assert headers["content-type"] == "application/json"
+        s.close()
     assert srv.health()["uploads"] == 0
 
 

@@ -272,24 +272,33 @@ def serve(
     upload_timeout: Annotated[float, typer.Option(
         "--upload-timeout", min=0.001, help="Seconds a whole upload may take; slower or stalled ones get 408.")]
     = 120.0,
+    head_timeout: Annotated[float, typer.Option(
+        "--head-timeout", min=0.001, help="Seconds a request's line and headers may take; slower ones get 408.")]
+    = 10.0,
     max_uploads: Annotated[int, typer.Option(
         "--max-uploads", min=1, help="Uploads received at once; past it 503 with Retry-After.")] = 16,
     workers: Annotated[int, typer.Option(
         "--workers", "-j", min=0, help="Predictions run at once (threads); 0 = one per CPU core.")] = 0,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", min=0, help="Uploads waiting for a worker; past it 503 with Retry-After.")] = 8,
+    explain: Annotated[bool, typer.Option(
+        "--explain/--no-explain", help="Grad-CAM heatmaps (torch). --no-explain scores a shipped model through its "
+        "ONNX twin, without torch: about a third of the memory.")] = True,
 ) -> None:
     """Web page and API: POST /api/v1/detect, GET / (upload page), GET /healthz."""
     import uvicorn
 
     from dfdetect.config import ServiceConfig
     from dfdetect.service import create_app
+    from dfdetect.service.http import protocol_for
 
     cfg = ServiceConfig(max_upload_bytes=int(max_upload_mb * 2**20), frames=frames, upload_timeout=upload_timeout,
-                        max_uploads=max_uploads, workers=workers, max_queue=max_queue)
+                        head_timeout=head_timeout, max_uploads=max_uploads, workers=workers, max_queue=max_queue,
+                        explain=explain)
     used = resolve_cli(model)
-    app_ = create_app(load_scorer(used.path), cfg)
-    console.print(f"serving {used.describe()} on http://{host}:{port}/ with {cfg.pool_size()} workers, "
+    path, twin = used.scorer_file(need_torch=explain)
+    app_ = create_app(load_scorer(path), cfg)
+    console.print(f"serving {used.describe()}{' through its ONNX twin' if twin else ''} on http://{host}:{port}/ with {cfg.pool_size()} workers, "
                   f"{cfg.max_queue} queued, {cfg.max_uploads} uploads at once (Ctrl+C stops)",
                   highlight=False, soft_wrap=True)
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+    uvicorn.run(app_, host=host, port=port, log_level="info", http=protocol_for(cfg.head_timeout))

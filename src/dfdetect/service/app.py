@@ -273,8 +273,8 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": type(detector).__name__, "threshold": float(detector.threshold_),
                 "face_detector": face_cfg.detector, "frames": cfg.frames, "max_upload_bytes": cfg.max_upload_bytes,
-                "upload_timeout": cfg.upload_timeout, "max_uploads": cfg.max_uploads, "workers": workers,
-                "max_queue": cfg.max_queue, "max_image_pixels": cfg.max_image_pixels,
+                "upload_timeout": cfg.upload_timeout, "head_timeout": cfg.head_timeout, "max_uploads": cfg.max_uploads,
+                "workers": workers, "max_queue": cfg.max_queue, "max_image_pixels": cfg.max_image_pixels,
                 "uploads": load["uploads"], "jobs": load["jobs"], "notes": notes}
 
     @app.get("/", include_in_schema=False)

@@ -1,0 +1,80 @@
+"""The HTTP protocol ``dfdetect serve`` runs under uvicorn: its h11 protocol, with two changes.
+
+- **A deadline for the request head.** uvicorn waits for a request line and headers as long as the client
+  likes, so a client that sends one header byte every few seconds holds a connection forever (slowloris),
+  and so do connections that never send anything. Here a head that is not complete ``head_timeout`` seconds
+  after the connection opens (or after the previous response) gets a JSON 408 and the connection closes.
+  The body has its own deadline in the app (``ServiceConfig.upload_timeout``).
+- **JSON for requests h11 cannot parse** (a malformed head, a broken chunked body): uvicorn answers those in
+  plain text, where every other error of the service is ``{"detail", "status"}``.
+
+Why a subclass: uvicorn has no option for either, and takes a protocol class for ``http``; the rest is
+uvicorn's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["protocol_for"]
+
+
+def _raw_json(status: int, reason: str, detail: str) -> bytes:
+    body = json.dumps({"detail": detail, "status": status}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+class _TimedHeadH11(H11Protocol):
+    head_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def _cancel_head_timer(self) -> None:
+        if getattr(self, "_head_timer", None) is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.write(_raw_json(408, "Request Timeout",
+                                           f"the request line and headers did not arrive within "
+                                           f"{self.head_timeout:g} s; send them at once"))
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # the head is in: the app's upload deadline takes over
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()  # the next request on a kept-alive connection gets its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        self._cancel_head_timer()
+        self.transport.write(_raw_json(400, "Bad Request", f"not a valid HTTP/1.1 request ({msg.rstrip('.')})"))
+        self.transport.close()
+
+
+def protocol_for(head_timeout: float) -> Any:
+    """The protocol class to give uvicorn (``uvicorn.run(app, http=protocol_for(cfg.head_timeout))``)."""
+    return type("DfdetectH11", (_TimedHeadH11,), {"head_timeout": float(head_timeout)})

@@ -11,7 +11,8 @@ package draws its validation split, for early stopping, the threshold and the te
 
 The recipe is :func:`recipe`: the default protocol with one member, SBI pseudo-fakes (landmark-shaped masks)
 mixed with the real fakes, laundering augmentations and temperature calibration. ``--sbi-mask ellipse
---out runs/ship_ellipse`` trains the ellipse-mask lever it was chosen against (docs/QUALITY.md).
+--out runs/ship_ellipse`` trains the ellipse-mask lever it was chosen against, and ``--sbi-only --out
+runs/ship_sbionly`` the one that trains on no DFDC fake at all (docs/QUALITY.md).
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ SETS = ("dfdc-faces", "dfdc-faces-more")
 NAME = "mobilenet_v2.dfdc_sbi"
 
 
-def recipe(sbi_mask: str = "landmarks", input_size: int = 160, epochs: int = 8):  # -> dfdetect.config.Protocol
+def recipe(sbi_mask: str = "landmarks", input_size: int = 160, epochs: int = 8,
+           sbi_mix: bool = True):  # -> dfdetect.config.Protocol
     """The shipped model's protocol: what each lever was, in one place (docs/QUALITY.md has the figures)."""
     from dfdetect.config import Protocol
 
     p = Protocol.default()
     return p.model_copy(update={
         "model": p.model.model_copy(update={"ensemble": 1, "input_size": input_size}),
-        "train": p.train.model_copy(update={"pseudo_fakes": "sbi", "sbi_mix": True, "launder": True,
+        "train": p.train.model_copy(update={"pseudo_fakes": "sbi", "sbi_mix": sbi_mix, "launder": True,
                                             "calibration": "temperature", "epochs": epochs, "patience": 4,
                                             "sbi_mask": sbi_mask}),
     })
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the SBI blend region: a centred ellipse, or the face outline from YuNet's five points")
     ap.add_argument("--input-size", type=int, default=160, help="the network's input side, in pixels")
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--sbi-only", action="store_true",
+                    help="the SBI paper's way: every fake a self-blend of a real crop, no DFDC fake trained on")
     ap.add_argument("--ship", action="store_true", help="write the trained model and its card into src/dfdetect/models/")
     args = ap.parse_args(argv)
     if args.ship:
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     table = held_out_table(args.data)
     run_dir = args.out / NAME
     t0 = time.perf_counter()
-    result = train(table, recipe(args.sbi_mask, args.input_size, args.epochs), run_dir)
+    result = train(table, recipe(args.sbi_mask, args.input_size, args.epochs, sbi_mix=not args.sbi_only), run_dir)
     train_s = time.perf_counter() - t0
     summary = json.loads((run_dir / "train.json").read_text())
     y, crops = test_crops(table)

@@ -140,6 +140,10 @@ def test_pipeline_end_to_end_on_a_crop_folder_and_resume(tmp_path):
     again = run_pipeline(src, out, _tiny_seed(), backbones=["mobilenet_v2"], pretrained=False)
     assert [c.status for c in again.study.cells] == ["reused", "reused"]
     assert again.reports[0].written == 0 and again.reports[0].reused == 32
+    # run settings (-j) are not the recipe: another worker count still resumes (it was refused)
+    busy = _tiny_seed().model_copy(update={"train": _tiny_seed().train.model_copy(update={"workers": 2})})
+    again = run_pipeline(src, out, busy, backbones=["mobilenet_v2"], pretrained=False)
+    assert [c.status for c in again.study.cells] == ["reused", "reused"]
 
     other = _tiny_seed().model_copy(update={"train": _tiny_seed().train.model_copy(update={"epochs": 4})})
     table_md = (out / "study" / "table.md").read_text()

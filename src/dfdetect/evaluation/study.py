@@ -154,7 +154,7 @@ def _check_same_protocol(cell_dir: Path, protocol: Protocol) -> None:
     if not saved.is_file():
         return
     try:
-        same = load_protocol(saved) == protocol
+        same = load_protocol(saved).recipe() == protocol.recipe()  # run settings (-j) may change
     except (OSError, ValueError, yaml.YAMLError):
         same = False
     if not same:

@@ -128,6 +128,7 @@ def test_an_injected_frame_reader_and_face_finder(tmp_path):
     res = P.predict_file("cam0.mp4", RedScorer(faces=GREEN_FACES.model_copy(update={"detector": "nobody"})),
                          frames=4, frame_reader=camera, face_detector=GreenSquares())
     assert asked == [("cam0.mp4", 4)] and [fr.index for fr in res.frames] == [0, 10, 20, 30]
+    assert res.face_detector == "green-squares"  # the finder that ran, not the config's name
     assert res.n_faces == 4 and res.p_fake_max_face == pytest.approx(125 / 255, abs=0.01)  # mean of frame maxima
 
 

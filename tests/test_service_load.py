@@ -160,6 +160,11 @@ def test_a_slow_or_silent_request_head_is_cut_with_408(serve):
     s.sendall(b"GET /healthz HTTP/1.1\r\n")
     assert read_response(s)[0] == 408
     s.close()
+    # answered, but its body never finishes: the connection does not stay open on it
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")
+    assert read_response(s)[0] == 200 and closed_by_server(s)
+    s.close()
 
 
 def test_a_request_h11_cannot_parse_is_a_json_400(serve):

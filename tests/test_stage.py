@@ -14,7 +14,7 @@ import pytest
 from dfdetect.config import FaceConfig, FrameConfig
 from dfdetect.data.labels import Label
 from dfdetect.data.sources import MediaItem
-from dfdetect.errors import BadInputError
+from dfdetect.errors import BadInputError, DfdetectError
 from dfdetect.preprocess import faces as FA
 from dfdetect.preprocess import frames as F
 from dfdetect.preprocess.stage import STAMP, JobResult, Stage, run_stage
@@ -93,7 +93,8 @@ def test_runner_keeps_output_and_inputs_apart(tmp_path):
 
 
 def test_faces_with_another_margin_is_refused_not_mixed(tmp_path, monkeypatch):
-    """Before the runner, a rerun with another margin kept the old crops as 'reused' (same names)."""
+    """Before the runner, a rerun with another margin detected again but kept the old crops as 'reused' (same
+    names): a folder of crops cut at two margins."""
     frames = tmp_path / "frames" / "v"
     frames.mkdir(parents=True)
     img = np.zeros((200, 200, 3), np.uint8)
@@ -104,14 +105,19 @@ def test_faces_with_another_margin_is_refused_not_mixed(tmp_path, monkeypatch):
     monkeypatch.setitem(FA._DETECTORS, "haar", lambda cfg: lambda bgr: [FA.Box(60, 60, 140, 140, 1.0)])
     cfg = FaceConfig(detector="haar", min_size=10, margin=1.0)
     out = tmp_path / "faces"
-    assert FA.extract_faces(tmp_path / "frames", out, cfg).written == 1
-    with pytest.raises(BadInputError, match=r"other faces settings \(margin: 1.0 -> 1.3\)"):
-        FA.extract_faces(tmp_path / "frames", out, cfg.model_copy(update={"margin": 1.3}))
-    FA._WORKER_DETECTORS.clear()
+    try:
+        report = FA.extract_faces(tmp_path / "frames", out, cfg)
+        assert report.written == 1 and report.out_dir == out  # the folder as given, not made absolute
+        with pytest.raises(BadInputError, match=r"other faces settings \(margin: 1.0 -> 1.3\)"):
+            FA.extract_faces(tmp_path / "frames", out, cfg.model_copy(update={"margin": 1.3}))
+        with pytest.raises(DfdetectError, match="unknown face detector 'haarr'"):  # not "other settings"
+            FA.extract_faces(tmp_path / "frames", out, cfg.model_copy(update={"detector": "haarr"}))
+    finally:
+        FA._WORKER_DETECTORS.clear()
 
 
 def test_frames_with_other_settings_is_refused(tmp_path):
-    from tests.test_frames import make_video
+    from test_frames import make_video
 
     video = make_video(tmp_path / "a.mp4", n=12)
     item = MediaItem(video, "a.mp4", Label.REAL, ("a",))
@@ -120,3 +126,32 @@ def test_frames_with_other_settings_is_refused(tmp_path):
     with pytest.raises(BadInputError, match=r"other frames settings \(num_frames: 3 -> 4\)"):
         F.extract_frames([item], out, FrameConfig(num_frames=4, test_frames=None))
     assert sorted(p.name for p in (out / "a").glob("*.png")) == ["00000.png", "00006.png", "00011.png"]
+
+
+def test_only_the_planned_stage_travels_to_workers(tmp_path):
+    """Regression: every pool job pickled the whole item list with the stage (quadratic in the items)."""
+    import pickle
+
+    from dfdetect._io import media_limits
+
+    items = [MediaItem(tmp_path / f"v{i}.mp4", f"v{i}.mp4", Label.REAL, (f"v{i}",)) for i in range(2000)]
+    stage = F.FramesStage(items, Path("rel/out"), FrameConfig(), media_limits(None))
+    worker = stage.for_workers()
+    assert worker.items == [] and worker.out_dir.is_absolute() and len(pickle.dumps(worker)) < 2000
+    assert stage.items is items and stage.out_dir == Path("rel/out")  # the parent's copy is untouched
+
+
+def test_synth_that_cannot_write_its_videos_says_so(tmp_path, monkeypatch):
+    """Regression: a job's failure (a full disk) was summed into a report nobody read, and a manifest and test
+    list vouched for videos that were not there."""
+    from dfdetect.config import SynthConfig
+    from dfdetect.synthetic import synth as S
+
+    def full(dest, frames, cfg):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(S, "_write_mp4", full)
+    cfg = SynthConfig(identities=2, videos_per_identity=1, fakes_per_identity=1, youtube_videos=0, frames=4)
+    with pytest.raises(DfdetectError, match="videos could not be written; first: .*No space left"):
+        S.make_synthetic_celebdf(tmp_path / "synth", cfg)
+    assert not (tmp_path / "synth" / S.MANIFEST).exists()

@@ -98,13 +98,14 @@ def faces_cmd(
     protocol: ProtocolOpt = "default",
 ) -> None:
     """Crop the face in every frame: OUT/<video>/<frame>.png and OUT/manifest.csv (frames without one too)."""
-    from dfdetect.preprocess.faces import extract_faces, images_in
+    from dfdetect.preprocess.faces import check_detector, extract_faces, images_in
 
     cfg: FaceConfig = override(load_protocol_option(protocol).faces, _FLAGS, detector=detector, min_size=min_size,
                                 scale_factor=scale_factor, min_neighbors=min_neighbors, margin=margin,
                                 output_size=size, keep=keep, image_format=image_format,
                                 detect_max_side=detect_max_side, min_score=min_score)
-    total = len(images_in(frames_dir, "frames"))  # before the bar: a bad folder is one line, nothing else
+    check_detector(cfg.detector)  # before the bar: a bad --detector or folder is one line, nothing else
+    total = len(images_in(frames_dir, "frames"))
     check_separate(frames_dir, out_dir, "frames")
     with progress_bar(f"faces ({cfg.detector})", total) as advance:
         report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=engine.value,

@@ -161,11 +161,20 @@ def prepare_crops(
         faces_dir = None
         notes.append(f"{source} holds images: each is used as its own face crop")
     else:
-        from dfdetect.preprocess.faces import check_detector, extract_faces
-        from dfdetect.preprocess.frames import extract_frames
+        from dfdetect._io import media_limits
+        from dfdetect.preprocess.faces import FacesStage, check_detector, extract_faces
+        from dfdetect.preprocess.frames import FramesStage, extract_frames
+        from dfdetect.preprocess.srm import SrmStage
+        from dfdetect.preprocess.stage import check_folder
 
         check_detector(protocol.faces.detector)  # a recipe's typo is one line before the frames, not after
         check_separate(dataset.root, out_dir / FRAMES_DIR, "dataset")
+        limits = media_limits(None)
+        # each stage refuses a folder an earlier run made with other settings: say so before any work
+        check_folder(FramesStage(dataset.items, out_dir / FRAMES_DIR, protocol.frames, limits))
+        check_folder(FacesStage(out_dir / FRAMES_DIR, out_dir / FACES_DIR, protocol.faces, limits))
+        if srm:
+            check_folder(SrmStage(out_dir / FACES_DIR, out_dir / SRM_DIR, protocol.srm, limits))
         with progress("frames", len(dataset.items)) as adv:
             _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames,
                                   ray_address=ray_address, progress=adv, **par), reports, on_stage)

@@ -365,7 +365,7 @@ def predict_file(
     return PredictResult(
         file=name or str(path), kind=kind, threshold=float(scorer.threshold_), frames=frame_results,
         frames_requested=1 if kind == "image" else frames, aggregate=aggregate,
-        face_detector="none" if whole else face_cfg.detector, notes=notes,
+        face_detector="none" if whole else getattr(face_detector, "name", face_cfg.detector), notes=notes,
     )
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -123,7 +122,11 @@ _DETECTORS: dict[str, Callable[[FaceConfig], FaceFinder]] = {}
 
 
 def register_detector(name: str) -> Callable[[Callable[[FaceConfig], FaceFinder]], Callable[[FaceConfig], FaceFinder]]:
-    """Register ``factory(cfg) -> FaceFinder`` under ``name`` (timm-style: look up by name, warn on overwrite)."""
+    """Register ``factory(cfg) -> FaceFinder`` under ``name`` (timm-style: look up by name, warn on overwrite).
+
+    Register at import time of a module the workers import too (a plugin package's ``__init__``): pool and Ray
+    workers start fresh interpreters, so a finder registered in a script's ``main`` exists only there.
+    """
 
     def deco(factory: Callable[[FaceConfig], FaceFinder]) -> Callable[[FaceConfig], FaceFinder]:
         if name in _DETECTORS:
@@ -597,5 +600,5 @@ def extract_faces(
     Resumable: a group of frames whose record and crops exist is not detected again. The detector is
     built once per worker process. ``progress(n)`` counts frames.
     """
-    stage = FacesStage(Path(os.path.abspath(frames_dir)), Path(os.path.abspath(out_dir)), cfg, media_limits(limits))
+    stage = FacesStage(Path(frames_dir), Path(out_dir), cfg, media_limits(limits))
     return run_stage(stage, workers=workers, engine=engine, ray_address=ray_address, progress=progress)

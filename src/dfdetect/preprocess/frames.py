@@ -28,7 +28,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -440,6 +440,10 @@ class FramesStage(Stage[FramesJob]):
     cfg: FrameConfig
     limits: MediaLimits
 
+    def settings(self) -> dict:
+        # frames come back scaled to max_frame_side (MediaLimits): another limit gives frames of another size
+        return {**self.cfg.model_dump(mode="json"), "max_frame_side": self.limits.max_frame_side}
+
     def inputs(self) -> list[Path]:
         return [Path(it.path) for it in self.items]
 
@@ -448,6 +452,9 @@ class FramesStage(Stage[FramesJob]):
 
     def source(self, job: FramesJob) -> Path:
         return Path(job.src)
+
+    def for_workers(self) -> FramesStage:
+        return replace(super().for_workers(), items=[])  # planned already; 100,000 items would ride every job
 
     def run_job(self, job: FramesJob) -> JobResult:
         """Write the video's sampled frames, skipping valid ones, then its marker."""
@@ -522,5 +529,5 @@ def extract_frames(
     frames that all exist is not opened at all. A bad video is one line in ``report.failed``; the
     others go on. ``progress(1)`` is called per item.
     """
-    stage = FramesStage(list(items), Path(os.path.abspath(out_dir)), cfg, media_limits(limits))
+    stage = FramesStage(list(items), Path(out_dir), cfg, media_limits(limits))
     return run_stage(stage, workers=workers, engine=engine, ray_address=ray_address, progress=progress)

@@ -15,7 +15,6 @@ Two ways to use them:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -167,6 +166,10 @@ class SrmStage(Stage[SrmJob]):
 
     def plan(self) -> list[SrmJob]:
         files = images_in(self.faces_dir, "faces")
+        legacy = self.out_dir / ".srm-config.json"  # a folder made before the stage stamp says how it was made here
+        if legacy.is_file() and legacy.read_text(encoding="utf-8", errors="replace") != self.cfg.model_dump_json():
+            raise BadInputError("was made with other srm settings (see .srm-config.json); use a new --out folder "
+                                "or delete this one", path=self.out_dir)
         groups: dict[str, list[str]] = {}
         for f in files:
             rel = f.relative_to(self.faces_dir)
@@ -230,5 +233,5 @@ def make_srm_copy(
     Resumable (valid outputs are kept). The faces manifest is copied along, its ``path`` column pointing
     at the SRM files, so labels and crop tables work on the copy unchanged. ``progress(n)`` counts images.
     """
-    stage = SrmStage(Path(os.path.abspath(faces_dir)), Path(os.path.abspath(out_dir)), cfg, media_limits(limits))
+    stage = SrmStage(Path(faces_dir), Path(out_dir), cfg, media_limits(limits))
     return run_stage(stage, workers=workers, engine=engine, ray_address=ray_address, progress=progress)

@@ -20,7 +20,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -31,7 +31,7 @@ from dfdetect._io import check_separate, remove_stale_temps, write_json
 from dfdetect.errors import BadInputError, NothingUsableError, failure_line
 from dfdetect.parallel import Engine, ProgressCallback, map_items
 
-__all__ = ["STAMP", "JobResult", "Stage", "StageReport", "check_stamp", "run_stage"]
+__all__ = ["STAMP", "JobResult", "Stage", "StageReport", "check_folder", "check_stamp", "run_stage"]
 
 #: The settings a stage's output folder was made with (JSON), written before its first job.
 STAMP = ".dfdetect-stage.json"
@@ -83,8 +83,9 @@ J = TypeVar("J")
 
 
 class Stage(ABC, Generic[J]):
-    """What a stage says about itself. Instances travel to pool and Ray workers, so they hold only plain data
-    (absolute paths, configs) and build heavy objects (a face detector) inside :meth:`run_job`."""
+    """What a stage says about itself, as a dataclass of plain data (paths as the user gave them, configs).
+    Jobs run on :meth:`for_workers`' copy, which travels to pool and Ray workers with every job; heavy objects
+    (a face detector) are built inside :meth:`run_job`."""
 
     name: ClassVar[str]
     out_dir: Path
@@ -118,6 +119,13 @@ class Stage(ABC, Generic[J]):
     def finish(self, report: StageReport, jobs: list[J], results: list[JobResult]) -> None:
         """Write what sums over all jobs (a manifest) and add notes; the default does nothing."""
 
+    def for_workers(self) -> Stage[J]:
+        """The copy jobs run on: every path absolute (a worker's working directory may differ: Ray nodes, a
+        forkserver started elsewhere). A stage drops here what only planning needs, since the copy is pickled
+        with every job."""
+        return replace(self, **{f.name: Path(os.path.abspath(v)) for f in fields(self)  # type: ignore[arg-type]
+                                if isinstance(v := getattr(self, f.name), Path)})
+
 
 def check_stamp(out_dir: str | Path, name: str, settings: dict[str, Any]) -> None:
     """Refuse a folder that ``name`` made with other settings (before any work, for a CLI to call early)."""
@@ -149,6 +157,11 @@ def _differences(old: Any, new: dict[str, Any]) -> str:
     return ", ".join(diff[:3]) + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
+def check_folder(stage: Stage[Any]) -> None:
+    """:func:`check_stamp` for ``stage``'s output folder: a pipeline calls it for every stage before the first."""
+    check_stamp(stage.out_dir, stage.name, stage.settings())
+
+
 def _jsonable(settings: dict[str, Any]) -> Any:
     return json.loads(json.dumps(settings, default=str))
 
@@ -178,19 +191,24 @@ def run_stage(
     """Plan ``stage``'s jobs, run them (see the module docstring for what this owns) and sum the report."""
     out = Path(stage.out_dir)
     _keep_apart(stage)
+    jobs = stage.plan()  # validates the inputs first: a missing folder or unknown detector is the line to see
     settings = stage.settings()
     check_stamp(out, stage.name, settings)
-    jobs = stage.plan()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / STAMP).is_file():  # written once: a finished folder on a read-only disk still resumes
+            write_json(out / STAMP, {"stage": stage.name, "settings": _jsonable(settings)})
+    except OSError as exc:
+        raise BadInputError(f"cannot use as the output folder ({exc.strerror or exc})", path=out) from None
     report = StageReport(stage.name, out)
     if n := remove_stale_temps(out):
         report.notes.append(f"removed {n} temp file(s) an interrupted run left under {out}")
-    write_json(out / STAMP, {"stage": stage.name, "settings": _jsonable(settings)})
+    worker_stage = stage.for_workers()
 
     def crashed(job: J, exc: Exception) -> JobResult:
         return JobResult(failed=[failure_line(stage.source(job), exc)])
 
-    results = map_items(partial(_do, stage), jobs, workers=workers, engine=engine, ray_address=ray_address,
+    results = map_items(partial(_do, worker_stage), jobs, workers=workers, engine=engine, ray_address=ray_address,
                         progress=progress, weight=stage.weight, on_error=crashed)
     for r in results:
         report.add(r)

@@ -242,6 +242,9 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
     app = FastAPI(title="dfdetect", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     _json_errors(app)
     face_cfg, notes = P.resolve_face_config(detector.protocol_.faces)
+    from dfdetect.preprocess.faces import check_detector
+
+    check_detector(face_cfg.detector)  # at start, in one line: not a 500 on every upload
     torch_model = hasattr(detector, "model_")
     explain = cfg.explain and torch_model
     if explain:

@@ -34,36 +34,43 @@ class _TimedHeadH11(H11Protocol):
     head_timeout: float = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
-        self._arm_head_timer()
+        super().connection_made(transport)
+        self._sync_head_timer()
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
+    def _sync_head_timer(self) -> None:
+        """A deadline runs while the client owes us something we are not processing: the head of its next
+        request, or the rest of a body we have answered already. While the app has a request, its own
+        deadline (the upload timeout) rules instead."""
+        waiting = self.conn.their_state is h11.IDLE or (self.conn.our_state is h11.DONE
+                                                        and self.conn.their_state is not h11.DONE)
+        if self.transport.is_closing() or not waiting:
+            self._cancel_head_timer()
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
 
     def _cancel_head_timer(self) -> None:
-        if getattr(self, "_head_timer", None) is not None:
+        if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.IDLE:
             self.transport.write(_raw_json(408, "Request Timeout",
                                            f"the request line and headers did not arrive within "
                                            f"{self.head_timeout:g} s; send them at once"))
-            self.transport.close()
+        self.transport.close()  # or the rest of a body we answered already: nothing more to say
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # the head is in: the app's upload deadline takes over
-            self._cancel_head_timer()
+        self._sync_head_timer()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm_head_timer()  # the next request on a kept-alive connection gets its own deadline
+        self._sync_head_timer()  # the next request on a kept-alive connection gets its own deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -71,7 +78,8 @@ class _TimedHeadH11(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         self._cancel_head_timer()
-        self.transport.write(_raw_json(400, "Bad Request", f"not a valid HTTP/1.1 request ({msg.rstrip('.')})"))
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing sent yet: a response still fits
+            self.transport.write(_raw_json(400, "Bad Request", f"not a valid HTTP/1.1 request ({msg.rstrip('.')})"))
         self.transport.close()
 
 

@@ -61,6 +61,7 @@ parts mean nothing alone.
 from __future__ import annotations
 
 import contextlib
+import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ from dfdetect._io import atomic_path, read_image, write_json
 from dfdetect.config import SynthConfig
 from dfdetect.data.labels import IMAGE_SUFFIXES, Label, LabelLine, write_label_file
 from dfdetect.data.sources import CELEBDF_FAKE_DIR, CELEBDF_TEST_LIST
-from dfdetect.errors import BadInputError, NothingUsableError
+from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 from dfdetect.parallel import ProgressCallback
 from dfdetect.preprocess.stage import JobResult, Stage, StageReport, check_stamp, run_stage
 from dfdetect.synthetic.blend import alpha_blend, colour_transfer, ellipse_mask
@@ -479,7 +480,16 @@ def check_inputs(out_dir: str | Path, cfg: SynthConfig, faces_dir: str | Path | 
     """
     if faces_dir is not None:
         face_photo_files(faces_dir)
-    check_stamp(out_dir, SynthStage.name, _manifest_key(cfg, faces_dir))
+    key = _manifest_key(cfg, faces_dir)
+    check_stamp(out_dir, SynthStage.name, key)
+    manifest_path = Path(out_dir) / MANIFEST  # a folder made before the stage stamp: its manifest says how
+    try:
+        old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+    except (OSError, ValueError):
+        old = None  # a torn manifest is rewritten at the end; the videos are checked one by one
+    if isinstance(old, dict) and {k: old.get(k) for k in key} != key:
+        raise BadInputError("holds a synthetic dataset made with other synth settings or photos; "
+                            "use a new --out folder or delete this one", path=out_dir)
 
 
 @dataclass(frozen=True)
@@ -511,8 +521,6 @@ class SynthStage(Stage[SynthJob]):
         by_scene: dict[str, list[VideoSpec]] = {}
         for spec in sorted(self.specs, key=lambda s: s.scene):  # stable: the real video first
             by_scene.setdefault(spec.scene, []).append(spec)
-        for folder in (CELEB_REAL, YOUTUBE_REAL, CELEBDF_FAKE_DIR):
-            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
         return [SynthJob(scene, tuple(specs)) for scene, specs in by_scene.items()]
 
     @cached_property
@@ -549,7 +557,11 @@ class SynthStage(Stage[SynthJob]):
         return result
 
     def finish(self, report: StageReport, jobs: list[SynthJob], results: list[JobResult]) -> None:
-        specs = [s for job in jobs for s in job.specs]
+        if report.failed:  # a dataset with holes is no dataset: no test list or manifest that would vouch for it
+            return
+        specs = self.specs  # plan order, as the test list always had it
+        for folder in (CELEB_REAL, YOUTUBE_REAL, CELEBDF_FAKE_DIR):  # the Celeb-DF layout, empty folders included
+            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
         write_label_file(self.out_dir / CELEBDF_TEST_LIST, [LabelLine(s.label, s.rel) for s in specs if s.is_test])
         write_json(self.out_dir / MANIFEST, {
             **self.settings(),
@@ -596,5 +608,8 @@ def make_synthetic_celebdf(out_dir: str | Path, cfg: SynthConfig | None = None, 
     else:
         photos, skipped = load_face_photos(faces_dir, cfg.identities + cfg.youtube_videos, cfg.seed)
     stage = SynthStage(out, cfg, None if faces_dir is None else Path(faces_dir), photos, skipped)
-    run_stage(stage, progress=progress)
+    report = run_stage(stage, progress=progress)
+    if report.failed:
+        raise DfdetectError(f"{len(report.failed)} of {len(stage.specs)} videos could not be written; first: "
+                            f"{report.failed[0]}", path=out)
     return out

@@ -213,9 +213,9 @@ def _cosine(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.
     """Per-step linear warm-up, then cosine to 0.
 
     Why not ``timm.scheduler.CosineLRScheduler``: it draws the same curve (``warmup_lr_init=lr / (warmup + 1)``,
-    ``warmup_prefix=True``, ``t_initial=total - warmup``) to 1e-13, but rounds a quarter of the steps differently,
-    so the shipped model's recipe would no longer reproduce it bit for bit, and its state would not load into
-    existing checkpoints. torch's own ``LambdaLR`` keeps both.
+    ``warmup_prefix=True``, ``t_initial=total - warmup``) but rounds some steps differently (docs/QUALITY.md,
+    measurements), so the shipped model's recipe would no longer reproduce it bit for bit, and its state would
+    not load into existing checkpoints. torch's own ``LambdaLR`` keeps both.
     """
     def f(step: int) -> float:
         if step < warmup:

@@ -237,6 +237,7 @@ def test_stage_removes_temp_files_a_killed_run_left(tmp_path):
     src = tmp_path / "Celeb-real" / "id0_0000.mp4"
     src.parent.mkdir(parents=True)
     make_video(src, n=24)
+    F.extract_frames([], tmp_path / "frames", FrameConfig(num_frames=2))  # the killed run: its stamp comes first
     vdir = tmp_path / "frames" / "Celeb-real" / "id0_0000"
     vdir.mkdir(parents=True)
     stale = vdir / ".00008.png.dfdetect-tmp-k2j3ab_9.png"  # what atomic_path leaves after SIGKILL

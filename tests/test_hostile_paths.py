@@ -96,23 +96,29 @@ def test_frames_refuses_an_output_folder_that_holds_the_inputs(tmp_path, victim)
 
 
 def test_frames_keeps_a_users_frame_like_files_in_its_output(tmp_path, victim):
-    """A frames folder that already holds files the stage did not write: they are left as they are."""
+    """A frames folder that already holds files the stage did not write: a folder with no stamp is refused
+    whole; files a user drops into a stage folder later are left as they are."""
     src = tmp_path / "src"
     make_video(src / "clip.mp4", n=24)
     out = tmp_path / "out"
     (out / "clip").mkdir(parents=True)
     user = {i: _photo(out / "clip" / f"{i:05d}.jpg", 3 * i).read_bytes() for i in (3, 7, 11)}
     item = MediaItem(src / "clip.mp4", "clip.mp4", Label.REAL, ("clip",))
-    report = F.extract_frames([item], out, FrameConfig(num_frames=4, image_format="jpg"))
-    assert report.written == 4 and not report.failed
+    with pytest.raises(BadInputError, match="holds files but no"):
+        F.extract_frames([item], out, FrameConfig(num_frames=4, image_format="jpg"))
     for i, data in user.items():
         assert (out / "clip" / f"{i:05d}.jpg").read_bytes() == data
+    out = tmp_path / "out2"
+    report = F.extract_frames([item], out, FrameConfig(num_frames=4, image_format="jpg"))
+    assert report.written == 4 and not report.failed
+    user = {i: _photo(out / "clip" / f"{i:05d}.jpg", 3 * i).read_bytes() for i in (3, 7, 11)}  # dropped in later
     # What it wrote it may clean: a shorter source plans other frames, and only its own go.
     make_video(src / "clip.mp4", n=12, seed=1)
     again = F.extract_frames([item], out, FrameConfig(num_frames=4, image_format="jpg"))
     names = {p.name for p in (out / "clip").glob("*.jpg")}
     assert {F.frame_name(i, "jpg") for i in F.sample_indices(12, 4)} <= names
-    assert {F.frame_name(i, "jpg") for i in (3, 7, 11)} <= names  # the user's, untouched
+    for i, data in user.items():  # the user's, untouched (00011.jpg is also a planned frame now: kept as is)
+        assert (out / "clip" / f"{i:05d}.jpg").read_bytes() == data
     assert F.frame_name(23, "jpg") not in names  # its own, from the longer version
     assert not again.failed
 

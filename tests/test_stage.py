@@ -57,8 +57,8 @@ class Squares(Stage[int]):
 def test_runner_sums_names_crashes_and_resumes(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    (out / "sub").mkdir(parents=True)
-    (out / "sub" / ".x.png.dfdetect-tmp-abcd1234.png").write_bytes(b"torn")  # a killed run's temp file
+    (out / ".sub").mkdir(parents=True)
+    (out / ".sub" / ".x.png.dfdetect-tmp-abcd1234.png").write_bytes(b"torn")  # a killed run's temp file
     report = run_stage(Squares(src, out))
     assert (report.written, report.reused) == (3, 0)
     assert report.failed == [f"{src / '3.in'}: failed (RuntimeError: boom); skipped"]

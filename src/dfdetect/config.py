@@ -329,9 +329,9 @@ class ServiceConfig(_Config):
     """
 
     max_upload_bytes: int = Field(200 * 2**20, ge=1, description="largest accepted upload (413 past it)")
-    upload_timeout: float = Field(120.0, gt=0, description="seconds the whole body may take to arrive; a slower "
+    upload_timeout: float = Field(120.0, gt=0, allow_inf_nan=False, description="seconds the whole body may take to arrive; a slower "
                                   "or stalled upload is cut with 408")
-    head_timeout: float = Field(10.0, gt=0, description="seconds a request's line and headers may take (from the "
+    head_timeout: float = Field(10.0, gt=0, allow_inf_nan=False, description="seconds a request's line and headers may take (from the "
                                 "connection, or the previous response); slower ones get 408 and are closed")
     max_uploads: int = Field(16, ge=1, description="uploads being received at once; past it 503 + Retry-After")
     workers: int = Field(0, ge=0, description="predictions run at once (a thread pool); 0 = one per CPU core")

@@ -9,6 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a file name may hold a line break, and a reason must never lose its second half."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def failure_line(src: str | Path, exc: BaseException) -> str:
     """``file: failed (Type: problem); skipped``, one line, for an error no stage foresaw."""
     text = (str(exc).strip().splitlines() or [""])[-1][:160]

@@ -117,10 +117,19 @@ def rate_progress(description: str) -> Iterator[tuple[ProgressCallback, Callable
         yield (lambda n=1: bar.advance(task, n)), (lambda n: bar.update(task, total=n))
 
 
+def print_skipped(line: str) -> None:
+    """One skipped input, on one line (a line break in a file name is shown as ``\\n``), never read as markup."""
+    from rich.markup import escape
+
+    from dfdetect.errors import one_line
+
+    console.print(f"[yellow]skipped:[/] {escape(one_line(line))}", highlight=False, soft_wrap=True)
+
+
 def print_report(report: StageReport, max_lines: int = 20) -> None:
     """Print a stage summary and the first few skipped inputs; exit 1 only if nothing is usable."""
     for line in report.failed[:max_lines]:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        print_skipped(line)
     if len(report.failed) > max_lines:
         console.print(f"[yellow]... and {len(report.failed) - max_lines} more skipped (see the manifest)[/]")
     for note in report.notes:
@@ -137,9 +146,13 @@ def load_protocol_option(name: str) -> Any:
     if name in ("seed", "default"):
         return Protocol.named(name)  # type: ignore[arg-type]
     protocol = _load_recipe(name)
+    from dfdetect.errors import BadInputError, DfdetectError
     from dfdetect.preprocess.faces import check_detector
 
-    check_detector(protocol.faces.detector)
+    try:
+        check_detector(protocol.faces.detector)
+    except DfdetectError as exc:
+        raise BadInputError(f"not a dfdetect recipe: faces.detector: {exc}", path=name) from None
     return protocol
 
 

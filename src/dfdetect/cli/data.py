@@ -32,6 +32,7 @@ from dfdetect.cli._app import (
     out,
     override,
     print_report,
+    print_skipped,
     progress_bar,
 )
 from dfdetect.config import FaceConfig, FrameConfig, SRMConfig
@@ -66,13 +67,14 @@ def frames_cmd(
                                  image_format=image_format)
     dataset = discover(source)
     check_separate(dataset.root, out_dir, "dataset")
-    for line in dataset.skipped:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
     if not dataset.items:
-        raise NothingUsableError("no videos or images found", path=source)
+        for line in dataset.skipped:
+            print_skipped(line)
+        raise NothingUsableError(f"no videos or images found ({len(dataset.skipped)} entries skipped)", path=source)
     with progress_bar(f"frames x{cfg.num_frames}", len(dataset.items)) as advance:
         report = extract_frames(dataset.items, out_dir, cfg, workers=workers, engine=engine.value,
                                 ray_address=ray_address, progress=advance)
+    report.failed[:0] = dataset.skipped  # what discovery could not use is skipped input too: named and counted
     print_report(report)
 
 
@@ -171,7 +173,7 @@ def labels_cmd(
         skipped: list[str] = []
         lines = generate_labels(root, name, from_seed_value(v), dest=out_file, skipped=skipped)
         for line in skipped:
-            console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+            print_skipped(line)
         console.print(f"labels: {len(lines)} files in {name}/ -> {v} ({'real' if v == 1 else 'fake'})",
                       highlight=False)
         total += len(lines)

@@ -27,6 +27,7 @@ from dfdetect.cli._app import (
     load_protocol_option,
     out,
     print_report,
+    print_skipped,
     progress_bar,
 )
 from dfdetect.config import MAX_ENSEMBLE
@@ -132,7 +133,7 @@ def train_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now (one line), not after training
     table = _table(data, crops, labels, out_dir, proto, workers)
     for line in table.skipped[:20]:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        print_skipped(line)
     with progress_bar(f"train ({proto.train.mode}, {proto.model.backbone})", None) as advance:
         result = train(table, proto, out_dir, progress=advance, cache_dir=cache_dir)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports

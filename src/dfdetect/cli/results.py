@@ -33,6 +33,7 @@ from dfdetect.cli._app import (
     load_protocol_option,
     out,
     print_report,
+    print_skipped,
     progress_bar,
 )
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
@@ -91,7 +92,7 @@ def _print_metrics(metrics: dict[str, Any], where: Path) -> None:
     for w in metrics.get("warnings") or []:
         console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
     for line in metrics.get("skipped") or []:
-        console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        print_skipped(line)
     console.print(f"metrics.json, scores.csv and plots -> {where}", highlight=False, soft_wrap=True)
 
 
@@ -105,7 +106,7 @@ def print_study(result: Any) -> None:
         table.add_row(*row.values())
     out.print(table)
     for line in result.skipped:
-        console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        print_skipped(line)
     out.print(f"table: {result.table_md} and {result.table_csv}", highlight=False, soft_wrap=True)
     out.print(f"plots: {result.out_dir}/<backbone>-<faces|srm>/(history|confusion|roc).png", highlight=False,
               soft_wrap=True)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from dfdetect.cli._app import app, console, handle_errors, out, override, progress_bar
+from dfdetect.cli._app import app, console, handle_errors, out, override, print_skipped, progress_bar
 from dfdetect.config import SynthConfig
 
 _D = SynthConfig()  # defaults, shown in --help
@@ -61,7 +61,7 @@ def synth_cmd(
     counts = ds.counts()
     skipped = json.loads((root / MANIFEST).read_text(encoding="utf-8")).get("skipped_photos", [])
     for line in skipped[:5] + ds.skipped:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        print_skipped(line)
     if len(skipped) > 5:
         console.print(f"[yellow]... {len(skipped)} photos skipped in all, listed in {root / MANIFEST}[/]")
     out.print(f"synth: {len(ds)} videos ({counts['real']} real, {counts['fake']} fake; {counts['test']} in "

@@ -30,6 +30,7 @@ from dfdetect.cli._app import (
     handle_errors,
     out,
     print_report,
+    print_skipped,
     progress_bar,
     rate_progress,
 )
@@ -101,6 +102,24 @@ def _check_writable(folder: Path, flag: str) -> None:
         raise DfdetectError(f"cannot write {flag} into {folder}: no permission to write in {there}")
 
 
+def _check_result_file(path: Path, flag: str, example: str) -> None:
+    """Refuse, before any work, a results file that is a folder, a pipe (it would block for ever) or a video or
+    image: it could be one of the inputs, overwritten or appended to."""
+    import os
+
+    from dfdetect.inference.predict import MEDIA_SUFFIXES
+
+    if path.is_dir():
+        raise DfdetectError(f"{flag} names a folder; give a file such as {example}", path=path)
+    if os.path.lexists(path) and not path.is_file():
+        raise DfdetectError(f"{flag} names something that is not a regular file (a pipe, a socket?); give a file "
+                            f"such as {example}", path=path)
+    if path.suffix.lower() in MEDIA_SUFFIXES:
+        raise DfdetectError(f"{flag} names a video or image, maybe one of the inputs; give a file such as {example}",
+                            path=path)
+    _check_writable(path.parent, flag)
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -146,7 +165,7 @@ def predict(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """A fake/real verdict for each video or image, with P(fake) and the threshold used."""
-    from dfdetect._io import write_json
+    from dfdetect._io import check_separate, write_json
     from dfdetect.inference import predict as P
     from dfdetect.preprocess.stage import StageReport
 
@@ -161,14 +180,15 @@ def predict(
 
     paths = expand_lists(paths)
     # Before any work: an output that cannot be written would otherwise fail after every file was scored.
-    if json_out is not None and json_out.is_dir():
-        raise DfdetectError("--json names a folder; give a file such as results.json", path=json_out)
+    if json_out is not None:
+        _check_result_file(json_out, "--json", "results.json")
     if save is not None and save.exists() and not save.is_dir():
         raise DfdetectError("--save names a file; give a folder for the pictures", path=save)
-    if json_out is not None:
-        _check_writable(json_out.parent, "--json")
     if save is not None:
         _check_writable(save, "--save")
+        for p in paths:  # pictures written among the inputs would be scanned as inputs next time
+            if p.is_dir():
+                check_separate(p, save, "input")
     used = resolve_cli(model)
     path, twin = used.scorer_file(need_torch=save is not None)  # --save draws Grad-CAM overlays: torch
     scorer = load_scorer(path, onnx=onnx or twin)
@@ -205,9 +225,7 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
     from dfdetect.preprocess.stage import StageReport
 
     if jsonl is not None:
-        if jsonl.is_dir():
-            raise DfdetectError("--jsonl names a folder; give a file such as scan.jsonl", path=jsonl)
-        _check_writable(jsonl.parent, "--jsonl")
+        _check_result_file(jsonl, "--jsonl", "scan.jsonl")
     used = resolve_cli(model)
     path, twin = used.scorer_file()
     kwargs["onnx"] = kwargs["onnx"] or twin
@@ -219,7 +237,7 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
     with rate_progress("predict") as (advance, set_total):
         for line in scan(paths, ref, jsonl=jsonl, report=report, progress=advance, on_total=set_total, **kwargs):
             if "error" in line:
-                console.print(f"[yellow]skipped:[/] {line['error']}", highlight=False, soft_wrap=True)
+                print_skipped(line['error'])
                 shown += 1
                 continue
             verdicts[line["verdict"]] += 1
@@ -236,7 +254,7 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
     out.print(f"this run: {counts}, {len(report.failed)} failed; {report.reused} done by an earlier run"
               + (f" -> {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
     for line in report.failed[:len(report.failed) - shown]:  # inputs refused before any work (an empty folder)
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        print_skipped(line)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     report.raise_if_empty()

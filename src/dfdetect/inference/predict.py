@@ -27,7 +27,7 @@ import numpy as np
 from dfdetect import _io
 from dfdetect.config import INFERENCE, FaceConfig
 from dfdetect.data.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
+from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError, one_line
 from dfdetect.model.scoring import Scorer
 from dfdetect.parallel import ProgressCallback
 from dfdetect.preprocess.stage import StageReport
@@ -408,8 +408,8 @@ def iter_predict(
                                    **kwargs)
             except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, is one line
                 # frames.py raises BadInputError; anything else is an error no one foresaw
-                report.failed.append(str(exc) if isinstance(exc, DfdetectError) else
-                                     f"{f}: failed ({type(exc).__name__}: {exc})".splitlines()[0])
+                report.failed.append(one_line(str(exc) if isinstance(exc, DfdetectError) else
+                                              f"{f}: failed ({type(exc).__name__}: {exc})"))
             else:
                 report.written += 1
                 res.rel = rel

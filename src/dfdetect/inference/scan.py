@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, Literal
 
 from dfdetect._io import sha256_file
 from dfdetect.config import INFERENCE
-from dfdetect.errors import BadInputError, DfdetectError, WeightsError
+from dfdetect.errors import BadInputError, DfdetectError, WeightsError, one_line
 from dfdetect.parallel import ProgressCallback
 from dfdetect.preprocess.stage import StageReport
 
@@ -140,7 +140,7 @@ class _Worker:
                                  crops=job.crops, name=file)
         except (DfdetectError, OSError, ValueError, RuntimeError, cv2.error) as exc:  # as iter_predict
             msg = str(exc) if isinstance(exc, DfdetectError) else f"{file}: {exc}"
-            return job.error_line(file, msg.splitlines()[0] if msg else f"{file}: {type(exc).__name__}")
+            return job.error_line(file, one_line(msg) if msg else f"{file}: {type(exc).__name__}")
         return {**res.to_json(), **job.stamp()}
 
 
@@ -177,8 +177,9 @@ class _RayScanner:
 def _read_list(list_file: Path) -> list[Path]:
     """Paths in a list file; relative ones are taken from the list file's folder."""
     try:
-        text = list_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        # surrogateescape: a line that is not UTF-8 is a file name's own bytes, which os calls take back as they are
+        text = list_file.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
         raise BadInputError(f"cannot read the list of files ({exc})", path=list_file) from None
     out = []
     for raw in text.splitlines():
@@ -296,7 +297,11 @@ class _Appender:
                                 path=path) from None
 
     def write(self, obj: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+        try:
+            line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8 (Python holds its bytes as lone surrogates)
+            line = json.dumps(obj, separators=(",", ":")).encode("ascii")  # \udcff escapes: read back the same
+        self.fh.write(line + b"\n")
         self.fh.flush()
         os.fsync(self.fh.fileno())
 

@@ -5,7 +5,7 @@ Why one function: both files carry the same fields (format, protocol, threshold,
 damaged one must be refused the same way, before it is used: a NaN or out-of-range threshold silently
 turns every verdict "real", and broken JSON would otherwise surface as a traceback, or as a 500 on every
 upload to ``serve``. Every problem is one :class:`~dfdetect.errors.WeightsError` line naming the file and
-the field. Imports neither torch nor OpenCV: the ONNX path runs where torch is not installed.
+the field. Imports no torch: the ONNX path runs where torch is not installed.
 """
 
 from __future__ import annotations
@@ -65,9 +65,21 @@ def _json_model(model: type[BaseModel]) -> Callable[[str], Any]:
     return parse
 
 
+def _protocol(value: str) -> Protocol:
+    protocol = _json_model(Protocol)(value)
+    from dfdetect.errors import DfdetectError
+    from dfdetect.preprocess.faces import check_detector
+
+    try:  # a face finder this install does not have would fail every file later, in lines not naming this one
+        check_detector(protocol.faces.detector)
+    except DfdetectError as exc:
+        raise ValueError(f"faces.detector: {exc}") from None
+    return protocol
+
+
 #: every field either file may carry -> its parser (raises ValueError with the reason)
 _FIELDS: dict[str, Callable[[str], Any]] = {
-    "protocol": _json_model(Protocol),
+    "protocol": _protocol,
     "threshold": check_threshold,
     "members": _members,
     "backbone": _backbone,

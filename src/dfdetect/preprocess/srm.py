@@ -166,10 +166,6 @@ class SrmStage(Stage[SrmJob]):
 
     def plan(self) -> list[SrmJob]:
         files = images_in(self.faces_dir, "faces")
-        legacy = self.out_dir / ".srm-config.json"  # a folder made before the stage stamp says how it was made here
-        if legacy.is_file() and legacy.read_text(encoding="utf-8", errors="replace") != self.cfg.model_dump_json():
-            raise BadInputError("was made with other srm settings (see .srm-config.json); use a new --out folder "
-                                "or delete this one", path=self.out_dir)
         groups: dict[str, list[str]] = {}
         for f in files:
             rel = f.relative_to(self.faces_dir)

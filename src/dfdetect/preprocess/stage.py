@@ -128,14 +128,27 @@ class Stage(ABC, Generic[J]):
 
 
 def check_stamp(out_dir: str | Path, name: str, settings: dict[str, Any]) -> None:
-    """Refuse a folder that ``name`` made with other settings (before any work, for a CLI to call early)."""
-    stamp = Path(out_dir) / STAMP
-    if not stamp.is_file():
+    """Refuse, before any work, a folder ``name`` cannot vouch for: made with other settings or by another stage,
+    with a stamp it cannot read, or holding files but no stamp (an older dfdetect's output, or a folder that
+    is not dfdetect's at all): reusing any of those would mix outputs, or write among a user's own files."""
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BadInputError("is a file, not a folder; give a folder for the outputs", path=out)
+    stamp = out / STAMP
+    if not os.path.lexists(stamp):
+        if any(not n.startswith(".") for n in os.listdir(out)):
+            raise BadInputError(f"holds files but no {STAMP} (not made by this dfdetect's '{name}' stage); use a "
+                                "new --out folder or delete this one", path=out)
         return
     try:
+        if not stamp.is_file():
+            raise ValueError("not a regular file")
         old = json.loads(stamp.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # a stamp torn by a crash of its own write cannot happen (atomic); an unreadable one is rewritten
+    except (OSError, ValueError, RecursionError) as exc:
+        raise BadInputError(f"its {STAMP} cannot be read ({type(exc).__name__}), so what made this folder is "
+                            "unknown; use a new --out folder or delete this one", path=out) from None
     new = _jsonable(settings)
     if not isinstance(old, dict) or old.get("stage") != name:
         made = f"the '{old.get('stage')}' stage" if isinstance(old, dict) else "another tool"

@@ -61,7 +61,6 @@ parts mean nothing alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,7 +151,8 @@ def face_photo_files(faces_dir: str | Path) -> list[Path]:
     """The image files in ``faces_dir``, sorted; a missing or image-less folder is one clear error."""
     faces_dir = Path(faces_dir)
     if not faces_dir.is_dir():
-        raise BadInputError("face photo folder not found", path=faces_dir)
+        raise BadInputError("is a file, not a folder of face photos" if faces_dir.exists()
+                            else "face photo folder not found", path=faces_dir)
     files = sorted(p for p in faces_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise BadInputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the face photo folder",
@@ -480,16 +480,7 @@ def check_inputs(out_dir: str | Path, cfg: SynthConfig, faces_dir: str | Path | 
     """
     if faces_dir is not None:
         face_photo_files(faces_dir)
-    key = _manifest_key(cfg, faces_dir)
-    check_stamp(out_dir, SynthStage.name, key)
-    manifest_path = Path(out_dir) / MANIFEST  # a folder made before the stage stamp: its manifest says how
-    try:
-        old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
-    except (OSError, ValueError):
-        old = None  # a torn manifest is rewritten at the end; the videos are checked one by one
-    if isinstance(old, dict) and {k: old.get(k) for k in key} != key:
-        raise BadInputError("holds a synthetic dataset made with other synth settings or photos; "
-                            "use a new --out folder or delete this one", path=out_dir)
+    check_stamp(out_dir, SynthStage.name, _manifest_key(cfg, faces_dir))
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ owns the rest, the same way for every stage:
 
 - the output folder is kept apart from the inputs (neither at nor under the other);
 - the temp files a killed run left are removed before any work;
-- a stamp (``.dfdetect-stage.json``) records the settings that shape the outputs, and a folder made with
-  other settings is refused in one line rather than mixed (resuming with the same settings reuses its files);
+- a stamp (``.dfdetect-stage.json``) records the settings that shape the outputs; a folder made with other
+  settings, with a stamp that cannot be read, or with files but no stamp is refused in one line rather than
+  mixed or written into (resuming with the same settings reuses its files);
 - jobs run serially, in a process pool or as Ray tasks (:func:`~dfdetect.parallel.map_items`), and a job
   that crashes is one line naming its input;
 - what each job did is summed into one :class:`StageReport`.
@@ -138,7 +139,11 @@ def check_stamp(out_dir: str | Path, name: str, settings: dict[str, Any]) -> Non
         raise BadInputError("is a file, not a folder; give a folder for the outputs", path=out)
     stamp = out / STAMP
     if not os.path.lexists(stamp):
-        if any(not n.startswith(".") for n in os.listdir(out)):
+        try:
+            names = os.listdir(out)
+        except OSError as exc:
+            raise BadInputError(f"cannot list the output folder ({exc.strerror or exc})", path=out) from None
+        if any(not n.startswith(".") for n in names):
             raise BadInputError(f"holds files but no {STAMP} (not made by this dfdetect's '{name}' stage); use a "
                                 "new --out folder or delete this one", path=out)
         return

@@ -161,3 +161,65 @@ def test_frames_counts_what_discovery_skipped(tmp_path):
     assert res.exit_code == 0
     summary = [ln for ln in res.output.splitlines() if ln.startswith("frames:")][-1]
     assert "2 written" in summary and "2 skipped" in summary, res.output
+
+
+def test_outputs_that_would_overwrite_a_model_an_input_or_a_pipe_are_refused(tmp_path, red_cli):
+    """Regression (second hostile run): --save beside the input files overwrote an input named like a contact
+    sheet; export --onnx onto the model and report --out onto the model, an image or a pipe destroyed them."""
+    q = tmp_path / "q"
+    x, sheet = photo(q / "x.png"), photo(q / "x_faces.png", value=30)
+    before = sheet.read_bytes()
+    res = cli("predict", str(x), str(sheet), "--crops", "--model", str(red_cli), "--save", str(q))
+    assert res.exit_code == 1 and "--save" in res.output and "folder of the input" in res.output
+    assert sheet.read_bytes() == before
+    model = red_cli
+    res = cli("export", "--model", str(model), "--onnx", str(model))
+    assert res.exit_code == 1 and "--onnx must end in .onnx" in res.output and model.read_bytes() == b"x"
+    os.mkfifo(tmp_path / "pipe.html")
+    for dest in (model, x, tmp_path / "pipe.html"):
+        res = cli("report", str(tmp_path), "--out", str(dest))
+        assert res.exit_code == 1, (dest, res.output)
+    assert model.read_bytes() == b"x" and (tmp_path / "pipe.html").is_fifo()
+
+
+def test_names_that_are_too_long_or_hold_escape_codes(tmp_path, red_cli):
+    """Regression: one over-long path in a list ended the whole run; escape codes in a file name reached the
+    terminal raw (colours, a cleared screen)."""
+    esc = tmp_path / "esc"
+    photo(esc / "a\x1b[31mRED\x1b[0m.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{'x' * 5000}.jpg\n{esc / 'a'}\x1b[31mRED\x1b[0m.png\n")
+    res = cli("predict", str(listing), "--crops", "--model", str(red_cli))
+    assert res.exit_code == 0 and "\x1b" not in res.output, res.output
+    assert "a\\x1b[31mRED" in res.output and "File name too long" in res.output
+
+
+def test_training_values_past_any_sane_range_are_one_line(tmp_path):
+    """Regression: lr .inf, lr 1e300, seed -1 or 10**23 and batch size 10**23 crashed mid-run with a traceback."""
+    data = tmp_path / "data"
+    for label in ("real", "fake"):
+        for i in range(2):
+            photo(data / label / f"{i}.png", value=40 + 100 * (label == "fake") + i)
+    for train in ({"lr": float("inf")}, {"lr": 1e300}, {"seed": -1}, {"seed": 10**23}, {"batch_size": 10**23},
+                  {"weight_decay": float("inf")}):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(yaml.safe_dump({"train": {"mode": "head", **train}}))
+        res = cli("train", str(data), "--out", str(tmp_path / "run"), "--config", str(recipe))
+        assert res.exit_code == 1 and "r.yaml: not a dfdetect recipe: train." in " ".join(res.output.split()), train
+
+
+def test_a_model_url_that_is_a_device_is_refused(tmp_path):
+    from dfdetect.model import hub
+
+    with pytest.raises(WeightsError, match="no such regular file"):
+        hub.resolve("file:///dev/zero")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_nothing_usable_says_why(tmp_path, tiny_model):
+    """Regression: a folder whose only metadata.json was unreadable said only 'no labelled videos or images'."""
+    d = tmp_path / "dfdc"
+    d.mkdir()
+    (d / "metadata.json").write_text("[" * 100_000)
+    res = cli("evaluate", str(tiny_model), str(d), "--out", str(tmp_path / "ev"))
+    assert res.exit_code == 1 and "metadata.json: cannot read metadata" in res.output, res.output

@@ -132,11 +132,11 @@ def _ext(name: str) -> str:
     return os.path.splitext(name)[1].lstrip(".").lower()
 
 
-def check_separate(src: str | Path, out_dir: str | Path, what: str) -> None:
+def check_separate(src: str | Path, out_dir: str | Path, what: str, flag: str = "--out") -> None:
     """Refuse an output folder at or under the input: its files would be taken for outputs or inputs."""
     src_r, out_r = Path(os.path.realpath(src)), Path(os.path.realpath(out_dir))
     if out_r == src_r or src_r in out_r.parents:
-        raise BadInputError(f"--out {out_dir} is inside the {what} folder {src}; choose a separate folder "
+        raise BadInputError(f"{flag} {out_dir} is inside the {what} folder {src}; choose a separate folder "
                             "(files there would be taken for finished outputs, or overwritten)")
 
 

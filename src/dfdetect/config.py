@@ -146,16 +146,17 @@ class ModelConfig(_Config):
 class _TrainCommon(_Config):
     """What both modes share."""
 
-    epochs: int = Field(14, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
+    # Upper bounds are far past any sane value: a typo's 1e300 or 10**23 is one line, not an overflow mid-run
+    epochs: int = Field(14, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    lr: float = Field(5e-4, gt=0, le=10, allow_inf_nan=False)
+    weight_decay: float = Field(0.05, ge=0, le=10, allow_inf_nan=False)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     split: Literal["random", "group"] = "group"
     balance: Literal["none", "weighted", "sampler"] = "sampler"
     frames_per_video: int = Field(8, ge=1)
-    seed: int = 0
-    workers: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)  #: numpy's seed range
+    workers: int = Field(0, ge=0, le=1024)
     threshold: Literal["fixed", "val_eer", "val_youden"] = "val_youden"
 
 

@@ -6,12 +6,17 @@ file and the problem. The CLI prints that line (no traceback) and moves on or ex
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def one_line(text: str) -> str:
-    """``text`` on one line: a file name may hold a line break, and a reason must never lose its second half."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """``text`` on one line, with no control characters: a file name may hold a line break (a reason must never
+    lose its second half) or terminal escape codes (they must not reach the terminal)."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
 
 
 def failure_line(src: str | Path, exc: BaseException) -> str:

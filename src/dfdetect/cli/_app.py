@@ -67,10 +67,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DfdetectError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {shown(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except OSError as exc:  # an output the disk refuses (a folder in the way, no permission, full)
-            console.print(f"[bold red]error:[/] {os_error_line(exc)}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {shown(os_error_line(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:  # outputs are atomic, so what was finished is kept
             console.print("interrupted: finished outputs are kept; run the same command again to resume")
@@ -117,13 +117,52 @@ def rate_progress(description: str) -> Iterator[tuple[ProgressCallback, Callable
         yield (lambda n=1: bar.advance(task, n)), (lambda n: bar.update(task, total=n))
 
 
-def print_skipped(line: str) -> None:
-    """One skipped input, on one line (a line break in a file name is shown as ``\\n``), never read as markup."""
+def shown(text: str) -> str:
+    """What the terminal gets: one line, control characters escaped, never read as Rich markup."""
     from rich.markup import escape
 
     from dfdetect.errors import one_line
 
-    console.print(f"[yellow]skipped:[/] {escape(one_line(line))}", highlight=False, soft_wrap=True)
+    return escape(one_line(text))
+
+
+def print_skipped(line: str) -> None:
+    """One skipped input, on one line (a line break in a file name is shown as ``\\n``), never read as markup."""
+    console.print(f"[yellow]skipped:[/] {shown(line)}", highlight=False, soft_wrap=True)
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written in (``--json``, ``--save``)."""
+    import os
+
+    there = folder
+    while not there.exists() and there != there.parent:  # the folders the write would make
+        there = there.parent
+    if not there.is_dir():
+        raise DfdetectError(f"cannot write {flag} into {folder}: {there} is a file, not a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise DfdetectError(f"cannot write {flag} into {folder}: no permission to write in {there}")
+
+
+def check_result_file(path: Path, flag: str, example: str, need: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, a results file that is a folder, a pipe (it would block for ever), a video or
+    image (it could be one of the inputs, overwritten or appended to), or without the suffix ``need`` asks for
+    (``--onnx run/detector.safetensors`` would overwrite the model)."""
+    import os
+
+    from dfdetect.inference.predict import MEDIA_SUFFIXES
+
+    if path.is_dir():
+        raise DfdetectError(f"{flag} names a folder; give a file such as {example}", path=path)
+    if os.path.lexists(path) and not path.is_file():
+        raise DfdetectError(f"{flag} names something that is not a regular file (a pipe, a socket?); give a file "
+                            f"such as {example}", path=path)
+    if need and path.suffix.lower() not in need:
+        raise DfdetectError(f"{flag} must end in {' or '.join(need)}; give a file such as {example}", path=path)
+    if path.suffix.lower() in MEDIA_SUFFIXES:
+        raise DfdetectError(f"{flag} names a video or image, maybe one of the inputs; give a file such as {example}",
+                            path=path)
+    check_writable(path.parent, flag)
 
 
 def print_report(report: StageReport, max_lines: int = 20) -> None:

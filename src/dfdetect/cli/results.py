@@ -28,6 +28,7 @@ from dfdetect.cli._app import (
     RayAddressOpt,
     WorkersOpt,
     app,
+    check_result_file,
     console,
     handle_errors,
     load_protocol_option,
@@ -268,6 +269,8 @@ def report(
     """Write one self-contained HTML page: metrics, study table, curves and the worst errors."""
     from dfdetect.evaluation.report import write_report
 
+    if dest is not None:  # before any work: never over an image, the model or a pipe
+        check_result_file(dest, "--out", "report.html", need=(".html", ".htm"))
     try:
         path = write_report(run_dir, dest, n_errors=errors)
     except OSError as exc:

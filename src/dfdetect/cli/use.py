@@ -26,6 +26,8 @@ from dfdetect.cli._app import (
     EngineChoice,
     RayAddressOpt,
     app,
+    check_result_file,
+    check_writable,
     console,
     handle_errors,
     out,
@@ -33,6 +35,7 @@ from dfdetect.cli._app import (
     print_skipped,
     progress_bar,
     rate_progress,
+    shown,
 )
 from dfdetect.config import INFERENCE
 from dfdetect.errors import DfdetectError, WeightsError
@@ -89,37 +92,6 @@ def load_scorer(path: Path | None, *, onnx: bool = False) -> Any:
     return detector
 
 
-def _check_writable(folder: Path, flag: str) -> None:
-    """Refuse, before any work, an output folder that cannot be made or written in (``--json``, ``--save``)."""
-    import os
-
-    there = folder
-    while not there.exists() and there != there.parent:  # the folders the write would make
-        there = there.parent
-    if not there.is_dir():
-        raise DfdetectError(f"cannot write {flag} into {folder}: {there} is a file, not a folder")
-    if not os.access(there, os.W_OK | os.X_OK):
-        raise DfdetectError(f"cannot write {flag} into {folder}: no permission to write in {there}")
-
-
-def _check_result_file(path: Path, flag: str, example: str) -> None:
-    """Refuse, before any work, a results file that is a folder, a pipe (it would block for ever) or a video or
-    image: it could be one of the inputs, overwritten or appended to."""
-    import os
-
-    from dfdetect.inference.predict import MEDIA_SUFFIXES
-
-    if path.is_dir():
-        raise DfdetectError(f"{flag} names a folder; give a file such as {example}", path=path)
-    if os.path.lexists(path) and not path.is_file():
-        raise DfdetectError(f"{flag} names something that is not a regular file (a pipe, a socket?); give a file "
-                            f"such as {example}", path=path)
-    if path.suffix.lower() in MEDIA_SUFFIXES:
-        raise DfdetectError(f"{flag} names a video or image, maybe one of the inputs; give a file such as {example}",
-                            path=path)
-    _check_writable(path.parent, flag)
-
-
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -133,7 +105,8 @@ def verdict_table(results: list[Any], title: str | None = None) -> Table:
         table.add_column(name, justify=justify, overflow="fold")
     colour = {"fake": "bold red", "real": "bold green", "no_face": "yellow"}
     for r in results:
-        table.add_row(r.file, f"[{colour[r.verdict]}]{r.verdict}[/]", _fmt(r.p_fake_mean), _fmt(r.p_fake_max_face),
+        table.add_row(shown(r.file), f"[{colour[r.verdict]}]{r.verdict}[/]", _fmt(r.p_fake_mean),
+                      _fmt(r.p_fake_max_face),
                       f"{r.threshold:.3f}", f"{r.frames_with_face}/{len(r.frames)}", str(r.n_faces))
     return table
 
@@ -181,14 +154,17 @@ def predict(
     paths = expand_lists(paths)
     # Before any work: an output that cannot be written would otherwise fail after every file was scored.
     if json_out is not None:
-        _check_result_file(json_out, "--json", "results.json")
+        check_result_file(json_out, "--json", "results.json")
     if save is not None and save.exists() and not save.is_dir():
         raise DfdetectError("--save names a file; give a folder for the pictures", path=save)
     if save is not None:
-        _check_writable(save, "--save")
-        for p in paths:  # pictures written among the inputs would be scanned as inputs next time
+        check_writable(save, "--save")
+        for p in paths:  # pictures written among the inputs would overwrite them, or be scanned next time
             if p.is_dir():
-                check_separate(p, save, "input")
+                check_separate(p, save, "input", flag="--save")
+            elif os.path.realpath(p.parent) == os.path.realpath(save):
+                raise DfdetectError(f"--save {save} is the folder of the input {p}; its pictures could overwrite "
+                                    "inputs there: choose another folder")
     used = resolve_cli(model)
     path, twin = used.scorer_file(need_torch=save is not None)  # --save draws Grad-CAM overlays: torch
     scorer = load_scorer(path, onnx=onnx or twin)
@@ -225,7 +201,7 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
     from dfdetect.preprocess.stage import StageReport
 
     if jsonl is not None:
-        _check_result_file(jsonl, "--jsonl", "scan.jsonl")
+        check_result_file(jsonl, "--jsonl", "scan.jsonl")
     used = resolve_cli(model)
     path, twin = used.scorer_file()
     kwargs["onnx"] = kwargs["onnx"] or twin
@@ -248,7 +224,7 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
         for name in ("file", "verdict", "P(fake)", "threshold", "faces"):
             table.add_column(name, overflow="fold")
         for r in rows:
-            table.add_row(r["file"], r["verdict"], _fmt(r["p_fake"]), f"{r['threshold']:.3f}", str(r["faces"]))
+            table.add_row(shown(r["file"]), r["verdict"], _fmt(r["p_fake"]), f"{r['threshold']:.3f}", str(r["faces"]))
         out.print(table)
     counts = ", ".join(f"{verdicts[v]} {v}" for v in ("fake", "real", "no_face"))
     out.print(f"this run: {counts}, {len(report.failed)} failed; {report.reused} done by an earlier run"
@@ -272,6 +248,7 @@ def export(
     used = resolve_cli(model)
     if used.path.suffix.lower() == ".onnx":
         raise DfdetectError("--model is already ONNX; export takes the .safetensors detector", path=used.path)
+    check_result_file(onnx_out, "--onnx", "detector.onnx", need=(".onnx",))  # never over the model itself
     info = export_onnx(load_scorer(used.path), onnx_out)
     out.print(f"ONNX model -> {info.path} (input {info.preprocess.size[0]}x{info.preprocess.size[1]}; "
               f"onnxruntime vs torch max |dP| = {info.max_abs_diff:.1e} on random crops)",

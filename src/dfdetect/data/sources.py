@@ -229,7 +229,7 @@ def load_dfdc(root: str | Path) -> Dataset:
             skipped.append(problem)
             continue
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = json.loads(meta_path.read_text(encoding="utf-8-sig"))  # a BOM is fine, as in labels.csv
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             skipped.append(f"{meta_path}: cannot read metadata ({exc})")
             continue

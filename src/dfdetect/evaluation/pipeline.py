@@ -148,11 +148,16 @@ def prepare_crops(
     progress = progress or _no_progress
     dataset = discover(source)
     if not dataset.items:
-        raise NothingUsableError("no labelled videos or images found", path=source)
+        first = f" ({len(dataset.skipped)} entries skipped; first: {dataset.skipped[0]})" if dataset.skipped else ""
+        raise NothingUsableError(f"no labelled videos or images found{first}", path=source)
     reports: list[StageReport] = []
     notes: list[str] = []
     if dataset.skipped:
         notes.append(f"{len(dataset.skipped)} entries of {source} skipped; first: {dataset.skipped[0]}")
+    # every stage, the model and its records land under out_dir: never among the data (train -o DATA, eval -o DATA/x)
+    check_separate(dataset.root, out_dir, "dataset")
+    if crops is not None:
+        check_separate(crops, out_dir, "crops")
     par: dict[str, Any] = {"workers": workers, "engine": engine}
     if crops is not None:
         faces_dir: Path | None = Path(crops)
@@ -168,7 +173,6 @@ def prepare_crops(
         from dfdetect.preprocess.stage import check_folder
 
         check_detector(protocol.faces.detector)  # a recipe's typo is one line before the frames, not after
-        check_separate(dataset.root, out_dir / FRAMES_DIR, "dataset")
         limits = media_limits(None)
         # each stage refuses a folder an earlier run made with other settings: say so before any work
         check_folder(FramesStage(dataset.items, out_dir / FRAMES_DIR, protocol.frames, limits))

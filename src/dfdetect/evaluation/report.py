@@ -187,7 +187,7 @@ def _damaged(path: Path, exc: Exception) -> dict[str, Any]:
 
 
 # A run file edited by hand or from another version must not cost the whole page: its part becomes a note.
-_DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError)
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, csv.Error, RecursionError)
 
 
 def _run_section(run: Path, title: str, n_errors: int) -> dict[str, Any]:
@@ -278,7 +278,7 @@ def write_report(run_dir: str | Path, dest: str | Path | None = None, *, n_error
     sections: list[dict[str, Any]] = []
     table_md = run_dir / TABLE_MD
     if table_md.is_file():
-        sections.append({"title": "Study table", "parts": [_markdown_blocks(table_md.read_text(encoding="utf-8"))]})
+        sections.append({"title": "Study table", "parts": [_markdown_blocks(table_md.read_text(encoding="utf-8", errors="replace"))]})
     if _is_run(run_dir):
         sections.append(_run_section(run_dir, run_dir.name or str(run_dir), n_errors))
     order = _study_order(run_dir)

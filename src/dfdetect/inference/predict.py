@@ -245,10 +245,14 @@ def resolve_face_config(cfg: FaceConfig) -> tuple[FaceConfig, list[str]]:
 def media_files(path: str | Path) -> list[Path]:
     """A media file -> [it]; a folder -> its videos and images (recursive, sorted). Raises if neither."""
     p = Path(path)
-    if p.is_dir():
-        # Not only regular files: a named pipe or a symlink loop among them is then one line, not left out silently
-        return sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_SUFFIXES and not q.is_dir())
-    if not os.path.lexists(p):
+    try:
+        if p.is_dir():
+            # Not only regular files: a named pipe or a symlink loop among them is one line, not left out silently
+            return sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_SUFFIXES and not q.is_dir())
+        exists = os.path.lexists(p)
+    except OSError as exc:  # a name too long for the file system, a folder we may not read
+        raise BadInputError(f"cannot use ({exc.strerror or exc})", path=p) from None
+    if not exists:
         raise BadInputError("no such file or folder", path=p)
     if p.suffix.lower() not in MEDIA_SUFFIXES:
         raise BadInputError(f"not a video or image (expected one of {', '.join(sorted(MEDIA_SUFFIXES))})", path=p)

@@ -199,12 +199,31 @@ def _hf_download(spec: str, sha256: str | None) -> tuple[Path, Source]:
     return path, ("cached" if isinstance(cached, str) else "downloaded")
 
 
+#: The largest model file a download may be: a file:// URL to /dev/zero must not fill the disk.
+MAX_MODEL_BYTES = 2 * 2**30
+
+
+def _local_source(url: str) -> Path:
+    """The file a file:// URL names: a regular file no larger than any model (not /dev/zero, a pipe, a folder)."""
+    src = Path(url2pathname(urlparse(url).path))
+    if not src.is_file():
+        raise WeightsError(f"{url}: no such regular file (a device, a pipe or a folder is not a model)")
+    if src.stat().st_size > MAX_MODEL_BYTES:
+        raise WeightsError(f"{url}: {src.stat().st_size / 2**30:.1f} GiB, larger than any model "
+                           f"({MAX_MODEL_BYTES / 2**30:g} GiB)")
+    return src
+
+
 def _url_download(url: str, sha256: str | None) -> tuple[Path, Source]:
+    scheme = urlparse(url).scheme
+    if scheme == "file" and sha256 is None:  # nothing to check a copy against: the file itself, never a stale copy
+        return _local_source(url), "local"
     dest = _url_cache_path(url)
     if dest.is_file():
         _check_sha256(dest, sha256, url)
         return dest, "cached"
-    scheme = urlparse(url).scheme
+    if scheme == "file":
+        _local_source(url)
     if _offline() and scheme != "file":
         raise WeightsError(f"{url}: not in the cache ({dest.parent}) and HF_HUB_OFFLINE=1 forbids downloading; "
                            "unset HF_HUB_OFFLINE (with a network) to fetch it once, or pass a local file with --model")

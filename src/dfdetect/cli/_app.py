@@ -179,14 +179,13 @@ def print_report(report: StageReport, max_lines: int = 20) -> None:
 
 def load_protocol_option(name: str) -> Any:
     """What ``--protocol/--config`` names: ``seed``, ``default`` or a recipe YAML file; one line if it is neither."""
-
     from dfdetect.config import Protocol
+    from dfdetect.errors import BadInputError, DfdetectError
 
     if name in ("seed", "default"):
         return Protocol.named(name)  # type: ignore[arg-type]
     protocol = _load_recipe(name)
-    from dfdetect.errors import BadInputError, DfdetectError
-    from dfdetect.preprocess.faces import check_detector
+    from dfdetect.preprocess.faces import check_detector  # OpenCV: only for a recipe file
 
     try:
         check_detector(protocol.faces.detector)

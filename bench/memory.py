@@ -15,8 +15,9 @@ Issue 12 item 2, ``--media``: peak RSS of one CLI command on one hostile input, 
 detector, Haar faces), with the default :class:`~dfdetect.config.MediaLimits` and, as the baseline in the
 same run, with the frame scaling switched off (``DFDETECT_MAX_FRAME_SIDE`` huge: what the old code did);
 ``faces`` and ``srm`` on PNGs declaring 100000 x 100000 and 30000 x 30000 pixels, and a PNG "video"
-declaring 16000 x 16000; and ``predict`` with the shipped model, scored through its ONNX twin (the default) and
-through torch (``--save``, which draws Grad-CAM overlays). Target: under 1 GB each.
+declaring 16000 x 16000; and ``predict`` with the shipped model, scored through its ONNX twin (the default), with
+heatmaps from the twin (``--save``, which draws Grad-CAM overlays) and, as the baseline, with Grad-CAM through
+torch (``--save --model`` the shipped ``.safetensors`` file). Target: under 1 GB each.
 
     nice -n 10 python bench/memory.py --media --frames 8
 """
@@ -134,6 +135,13 @@ def peak_mb(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, flo
     return int(rc), int(kb) / 1024, tail
 
 
+def shipped_file() -> Path:
+    """The shipped model's own .safetensors: given as a file, predict scores through torch, not the twin."""
+    from dfdetect.model import hub
+
+    return hub.get_model(hub.DEFAULT_MODEL).shipped_path
+
+
 def media(frames: int) -> int:
     cli = [sys.executable, "-m", "dfdetect"]
     unlimited = {"DFDETECT_MAX_FRAME_SIDE": "100000"}
@@ -163,8 +171,11 @@ def media(frames: int) -> int:
              [*predict[:4], str(small), *predict[5:]], None),
             (f"predict 8K video, {frames} frames, the shipped model (its ONNX twin: no torch)",
              [*cli, "predict", str(video), "--frames", str(frames)], None),
-            (f"predict 8K video, {frames} frames, the shipped model through torch (--save: Grad-CAM)",
+            (f"predict 8K video, {frames} frames, the shipped model with heatmaps (--save: the twin's maps)",
              [*cli, "predict", str(video), "--frames", str(frames), "--save", str(t / "visuals")], None),
+            (f"predict 8K video, {frames} frames, the shipped .safetensors with heatmaps (--save: torch Grad-CAM)",
+             [*cli, "predict", str(video), "--frames", str(frames), "--save", str(t / "visuals_torch"),
+              "--model", str(shipped_file())], None),
             ("faces on PNGs declaring 100000^2 and 30000^2", [*cli, "faces", str(t / "bombs"), "--out",
                                                              str(t / "faces"), "--protocol", "seed"], None),
             ("srm on the same PNGs", [*cli, "srm", str(t / "bombs"), "--out", str(t / "srm")], None),

@@ -18,7 +18,8 @@ protocol: MTCNN, two members, mirror TTA) saved to a temporary file. The weights
 
     nice -n 15 python bench/serve_load.py                     # ~5 min on a loaded 2-core machine
     python bench/serve_load.py --clients 1 4 --seconds 30 --frames 8
-    python bench/serve_load.py --no-explain                   # scores only, through the ONNX twin
+    python bench/serve_load.py --no-explain                   # scores only, no heatmaps
+    python bench/serve_load.py --torch                        # the .safetensors file: torch and its Grad-CAM
 """
 
 from __future__ import annotations
@@ -64,13 +65,16 @@ def pick_files(n_videos: int, n_images: int, tmp: Path) -> list[Path]:
     return [tmp / "face.mp4", tmp / "face.png"]
 
 
-def model_path(tmp: Path) -> tuple[str, str]:
-    """What ``--model`` gets: the shipped model's name (so ``serve --no-explain`` and ``predict`` find its ONNX
-    twin, as a user's commands do), else a random-weights file."""
+def model_path(tmp: Path, torch: bool = False) -> tuple[str, str]:
+    """What ``--model`` gets: the shipped model's name (so ``serve`` and ``predict`` find its ONNX twin, as a
+    user's commands do; ``torch``: its .safetensors file itself, scored and explained through torch), else a
+    random-weights file."""
     from dfdetect.model import hub
 
     entry = hub.get_model(hub.DEFAULT_MODEL)
     if entry is not None and entry.shipped_path.is_file():
+        if torch:
+            return str(entry.shipped_path), f"shipped {entry.name}, its .safetensors through torch"
         return entry.name, f"shipped {entry.name}"
     from dfdetect.config import Protocol
     from dfdetect.model.backbones import create_backbone, ensemble_of
@@ -217,13 +221,16 @@ def main() -> int:
     ap.add_argument("--videos", type=int, default=2)
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--no-explain", action="store_true",
-                    help="serve --no-explain: no Grad-CAM, the shipped model through its ONNX twin (no torch)")
+                    help="serve --no-explain: scores only, no heatmaps")
+    ap.add_argument("--torch", action="store_true",
+                    help="serve the shipped model's .safetensors file: scores and Grad-CAM through torch, not its "
+                         "ONNX twin (the memory baseline)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="dfdetect-serve-load-"))
     try:
         files = pick_files(args.videos, args.images, tmp)
-        model, what = model_path(tmp)
+        model, what = model_path(tmp, torch=args.torch)
         bodies = [(f.name, f.read_bytes()) for f in files]
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; model: {what}; "
               f"{len(files)} files ({sum(len(b) for _, b in bodies) / 1e6:.1f} MB: "

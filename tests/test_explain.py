@@ -161,3 +161,80 @@ def test_real_detector_gradcam(tmp_path, members):
     assert out.shape == crop.shape and out.dtype == np.uint8
     params = list(det.model_.parameters())
     assert not det.model_.training and all(p.grad is None for p in params) and all(p.requires_grad for p in params)
+
+
+# --------------------------------------------------------------------------- heatmaps from the ONNX twin
+
+
+@pytest.mark.parametrize(("members", "pool"), [(1, "avg"), (2, "avg"), (1, "max")])
+def test_onnx_file_draws_the_torch_gradcam_maps(tmp_path, members, pool):
+    """The exported file's ``cam`` output gives torch Grad-CAM's maps, both signs, ensembles and max pooling
+    included: serve and predict --save draw heatmaps through it without torch (issue 12: memory)."""
+    from dfdetect.model.export import OnnxDetector, export_onnx
+    from test_export import real_detector
+
+    det = real_detector(tmp_path, size=64, members=members, pool=pool)
+    export_onnx(det, tmp_path / "d.onnx")
+    onnx = OnnxDetector.load(tmp_path / "d.onnx")
+    assert onnx.explainable
+    rng = np.random.default_rng(4)
+    crops = [rng.integers(0, 256, (int(h), 70, 3), dtype=np.uint8) for h in (50, 70, 90)]
+    peaks = []
+    for sign in (1.0, -1.0):
+        want = gradcam_maps(det, crops, sign=sign)
+        got = gradcam_maps(onnx, crops, sign=sign)
+        assert got.shape == want.shape == (3, 64, 64)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        peaks.append(want.max(axis=(1, 2)))
+    assert (np.max(peaks, axis=0) > 0.5).all()  # each crop has a map on one side: not blanks that trivially agree
+    assert gradcam_overlay(onnx, crops[0]).shape == crops[0].shape
+
+
+def test_no_cam_output_where_it_would_not_be_gradcam(tmp_path):
+    """A Grad-CAM layer before the last feature map (VGG's) has other maps: the file then gets no ``cam`` output,
+    and asking it for maps is one line, not wrong heatmaps."""
+    from dfdetect.errors import WeightsError
+    from dfdetect.inference.explain import can_explain
+    from dfdetect.model.detector import cam_is_gradcam
+    from dfdetect.model.export import OnnxDetector, export_onnx
+    from test_export import real_detector
+
+    det = real_detector(tmp_path, size=64)
+    assert cam_is_gradcam(det.model_, (64, 64))
+    det.model_.cam_layer = "blocks.5"
+    assert not cam_is_gradcam(det.model_, (64, 64))
+    export_onnx(det, tmp_path / "d.onnx")
+    onnx = OnnxDetector.load(tmp_path / "d.onnx")
+    assert not onnx.explainable and not can_explain(onnx) and can_explain(det)
+    with pytest.raises(WeightsError, match="no 'cam' output"):
+        onnx.class_activations([red_blue_image()])
+    assert not cam_is_gradcam(tiny_cnn(), (32, 32))  # no pooled linear head named fc
+
+
+def test_onnx_heatmaps_in_predict_need_no_torch(tmp_path):
+    """predict with explain=True on an explaining ONNX file, with torch, timm and grad-cam blocked."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from dfdetect.model.export import export_onnx
+    from test_export import _NO_TORCH, face_image, real_detector
+
+    path = tmp_path / "d.onnx"
+    export_onnx(real_detector(tmp_path, size=64), path)
+    cv2.imwrite(str(tmp_path / "face.png"), face_image())
+    code = _NO_TORCH + textwrap.dedent(f"""
+        from dfdetect.model.export import OnnxDetector
+        from dfdetect.inference.predict import predict_path
+        [res] = predict_path({str(tmp_path / "face.png")!r}, OnnxDetector.load({str(path)!r}), explain=True,
+                             keep_images=True)
+        heat = [f.heatmap.shape for _, f in res.all_faces() if f.heatmap is not None]
+        print(json.dumps({{"heat": heat, "crops": [f.crop.shape for _, f in res.all_faces()], "notes": res.notes,
+                          "torch_loaded": any(m.split(".")[0] == "torch" for m in sys.modules)}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not got["torch_loaded"] and got["notes"] == []
+    assert got["heat"] and got["heat"] == got["crops"][:len(got["heat"])]

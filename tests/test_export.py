@@ -66,14 +66,15 @@ def test_metadata_round_trips(exported):
     assert inp[0].dim_param == "batch" and [x.dim_value for x in inp[1:]] == [3, 48, 48]
 
 
-def real_detector(tmp_path: Path, size: int = 64, members: int = 1):
+def real_detector(tmp_path: Path, size: int = 64, members: int = 1, pool: str = "avg"):
     """dfdetect's own Detector around randomly initialised MobileNetV2s (``members`` > 1: an ensemble), saved
     and loaded back."""
     from dfdetect.model.backbones import create_backbone, ensemble_of
     from dfdetect.model.detector import Detector
 
     protocol = Protocol.default()
-    protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"input_size": size})})
+    protocol = protocol.model_copy(update={"model": protocol.model.model_copy(update={"input_size": size,
+                                                                                      "pool": pool})})
     torch.manual_seed(0)
     m = protocol.model
     nets = [create_backbone("mobilenet_v2", pretrained=False, pool=m.pool, num_classes=1) for _ in range(members)]

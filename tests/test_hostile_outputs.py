@@ -223,3 +223,38 @@ def test_nothing_usable_says_why(tmp_path, tiny_model):
     (d / "metadata.json").write_text("[" * 100_000)
     res = cli("evaluate", str(tiny_model), str(d), "--out", str(tmp_path / "ev"))
     assert res.exit_code == 1 and "metadata.json: cannot read metadata" in res.output, res.output
+
+
+def test_train_into_a_users_own_folder_is_refused_and_touches_nothing(tmp_path):
+    """Regression: ``train -o`` a folder of the user's own (their config.yaml, their notes) wrote config.yaml,
+    history.json and the detector over them; a run folder had nothing to tell it from theirs."""
+    from dfdetect.rundir import RUN_STAMP, RunDir
+
+    data = tmp_path / "data"
+    for label in ("real", "fake"):
+        for i in range(2):
+            photo(data / label / f"{i}.png", value=40 + 100 * (label == "fake") + i)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: own settings\n")
+    (mine / "notes.txt").write_text("keep me")
+    res = cli("train", str(data), "--out", str(mine), "--mode", "head", "--epochs", "1")
+    assert res.exit_code == 1 and "holds files that no dfdetect run wrote (config.yaml, notes.txt)" in \
+        " ".join(res.output.split()), res.output
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "notes.txt"]
+    assert (mine / "config.yaml").read_text() == "my: own settings\n"
+    # a new, an empty and a stamped folder are run folders; so is one from before the stamp (it has a history)
+    for name, files in (("new", None), ("empty", []), ("hidden", [".DS_Store"]), ("old", ["history.json"])):
+        run = tmp_path / name
+        if files is not None:
+            run.mkdir()
+            for f in files:
+                (run / f).write_text("{}")
+        RunDir(run).claim()
+        assert (run / RUN_STAMP).is_file()
+        (run / "config.yaml").write_text("x")
+        RunDir(run).claim()  # claimed already: its own files are no reason to refuse it
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / RUN_STAMP).mkdir()
+    with pytest.raises(BadInputError, match="not a regular file"):
+        RunDir(tmp_path / "bad").claim()

@@ -6,6 +6,7 @@ downloads are tested offline (file:// URLs, a stand-in ``hf_hub_download``, an e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -283,7 +284,9 @@ def test_the_shipped_onnx_twin_scores_as_the_shipped_file_and_plain_verdicts_use
     assert twin.is_file() and front["onnx_sha256"] == sha256_file(twin)
     used = hub.resolve(None)
     assert used.onnx == twin and used.scorer_file() == (twin, True)
-    assert used.scorer_file(need_torch=True) == (used.path, False)
+    # the twin has the maps' output, so heatmaps go through it too; a twin without it leaves them to torch
+    assert front["onnx_explains"] is True and used.scorer_file(explain=True) == (twin, True)
+    assert dataclasses.replace(used, onnx_explains=False).scorer_file(explain=True) == (used.path, False)
     crops = _crops(4)
     np.testing.assert_allclose(OnnxDetector.load(twin).predict_proba(crops),
                                Detector.load(used.path).predict_proba(crops), atol=1e-4)
@@ -314,15 +317,17 @@ def test_cli_export_and_serve_default_to_the_shipped_model(zoo, tmp_path, monkey
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(app))
     r = _cli("serve", "--port", "8123")
     assert r.exit_code == 0, r.output
-    assert f"serving shipped model {NAME} on http://127.0.0.1:8123/" in r.output and len(seen) == 2
-    # without Grad-CAM the service scores through the ONNX twin: no torch model is loaded
+    assert f"serving shipped model {NAME} through its ONNX twin on http://127.0.0.1:8123/" in r.output
+    assert len(seen) == 2
+    # heatmaps or not, the service scores through the ONNX twin, which draws them too: no torch model is loaded
     from dfdetect.model.export import OnnxDetector
 
     built = []
     monkeypatch.setattr("dfdetect.service.create_app", lambda scorer, cfg: built.append((scorer, cfg)) or "app")
-    r = _cli("serve", "--no-explain")
-    assert r.exit_code == 0 and f"serving shipped model {NAME} through its ONNX twin" in r.output, r.output
-    assert isinstance(built[0][0], OnnxDetector) and built[0][1].explain is False
+    for flag, explain in (("--no-explain", False), ("--explain", True)):
+        r = _cli("serve", flag)
+        assert r.exit_code == 0 and f"serving shipped model {NAME} through its ONNX twin" in r.output, r.output
+        assert isinstance(built[-1][0], OnnxDetector) and built[-1][0].explainable and built[-1][1].explain is explain
 
 
 def test_cli_evaluate_with_the_shipped_model_writes_in_the_working_folder(zoo, tmp_path, monkeypatch):

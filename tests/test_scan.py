@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dfdetect.config import FaceConfig, ModelConfig, Protocol, SynthConfig
+from dfdetect.errors import DfdetectError
 from dfdetect.inference.scan import read_done, scan
 from dfdetect.preprocess.stage import StageReport
 
@@ -180,6 +182,20 @@ def test_bad_file_is_one_error_line_counted_and_the_scan_goes_on(tmp_path, model
     assert again.exit_code == 0 and "4 done by an earlier run" in again.output and len(_lines(out)) == 4
 
 
+def test_cli_scan_without_jsonl_prints_the_verdict_table(tmp_path, model, videos):
+    """Regression: ``predict A B --workers 2`` (no --jsonl) died with a TypeError printing its table, a local
+    count having shadowed the name-escaping function (found by bench/serve_load.py)."""
+    from dfdetect.cli import app
+
+    good = [shutil.copy(v, tmp_path / v.name) for v in videos[:2]]
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)
+    r = CliRunner().invoke(app, ["predict", *map(str, good), str(tmp_path / "broken.mp4"), "--model", str(model), "--frames",
+                                 str(FRAMES), "--workers", "2"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "dfdetect predict" in r.output and all(Path(g).name in r.output for g in good)
+    assert "1 failed" in r.output and r.output.count("broken.mp4") == 1  # its line once, not again at the end
+
+
 def test_resume_cuts_a_torn_last_line_and_redoes_only_that_file(tmp_path, model, videos):
     folder = media_dir(tmp_path / "in", videos[:3])
     out = tmp_path / "scan.jsonl"
@@ -195,5 +211,9 @@ def test_resume_cuts_a_torn_last_line_and_redoes_only_that_file(tmp_path, model,
     assert len(by_file(lines)) == 3
     assert_same(by_file(lines)[torn_file], first[-1])
     assert read_done(out) == ({(x["file"], x["model_sha256"], FRAMES, False) for x in lines}, 0)
-    # another model or other settings are not "done"
-    assert len(list(scan([folder], model, frames=FRAMES + 1, jsonl=out))) == 3
+    # another model or other settings would mix two runs' results in one file: refused, naming the difference
+    for kwargs, what in (({"frames": FRAMES + 1}, f"frames {FRAMES} (now {FRAMES + 1})"),
+                         ({"frames": FRAMES, "crops": True}, "crops False (now True)")):
+        with pytest.raises(DfdetectError, match=re.escape(what)):
+            list(scan([folder], model, jsonl=out, **kwargs))
+    assert len(_lines(out)) == 3 and list(scan([folder], model, frames=FRAMES, jsonl=out)) == []

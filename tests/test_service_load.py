@@ -160,6 +160,12 @@ def test_a_slow_or_silent_request_head_is_cut_with_408(serve):
     s.sendall(b"GET /healthz HTTP/1.1\r\n")
     assert read_response(s)[0] == 408
     s.close()
+    # kept alive and idle after its answer: closed without a word (a stray 408 would meet the client's next request)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert read_response(s)[0] == 200
+    assert s.recv(1000) == b""  # the old code wrote a 408 here after 1 s, then closed
+    s.close()
     # answered, but its body never finishes: the connection does not stay open on it
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")

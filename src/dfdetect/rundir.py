@@ -3,11 +3,14 @@ the CLI read back. Torch-free, so the readers need not import the trainer to kno
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfdetect.errors import BadInputError
+
 __all__ = ["BEST_FILE", "CHECKPOINT_FILE", "CONFIG_FILE", "DETECTOR_FILE", "FEATURES_DIR", "HISTORY_FILE",
-           "TRAIN_JSON", "RunDir"]
+           "RUN_STAMP", "TRAIN_JSON", "RunDir"]
 
 DETECTOR_FILE = "detector.safetensors"  #: the saved detector (weights, recipe, threshold)
 HISTORY_FILE = "history.json"  #: one row per epoch (and member)
@@ -16,6 +19,8 @@ TRAIN_JSON = "train.json"  #: the run's summary: threshold, split counts, notes,
 CHECKPOINT_FILE = "last.ckpt"  #: resume state (model, optimiser, schedule, history), every epoch
 BEST_FILE = "best.safetensors"  #: weights of the best validation epoch (full mode)
 FEATURES_DIR = "features"  #: frozen features, decoded crops and landmarks, unless a cache folder is given
+RUN_STAMP = ".dfdetect-run"  #: marks a folder as a run folder, written before anything else goes in
+_RUN_FILES = (CHECKPOINT_FILE, TRAIN_JSON, HISTORY_FILE)  #: what only a run writes (folders older than the stamp)
 
 
 @dataclass(frozen=True)
@@ -57,3 +62,26 @@ class RunDir:
 
     def member(self, k: int) -> RunDir:
         return RunDir(self.path / f"member{k}")
+
+    def claim(self) -> None:
+        """Make ``path`` a run folder (created if need be), or refuse one that holds someone else's files.
+
+        Why: a run writes ``config.yaml``, ``detector.safetensors`` and more by those names, so ``-o`` pointed at
+        a user's own folder would overwrite their files. Accepted: a new or empty folder (hidden files aside),
+        one this stamp marks, and a run folder from before the stamp (it holds a checkpoint or history).
+        """
+        stamp = self.path / RUN_STAMP
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(stamp):
+                if not stamp.is_file():
+                    raise BadInputError(f"its {RUN_STAMP} is not a regular file; use a new --out folder", path=self.path)
+                return
+            names = sorted(n for n in os.listdir(self.path) if not n.startswith("."))
+            if names and not any(n in _RUN_FILES for n in names):
+                shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                raise BadInputError(f"holds files that no dfdetect run wrote ({shown}), which a run would overwrite; "
+                                    "use a new or empty --out folder", path=self.path)
+            stamp.write_bytes(b"")
+        except OSError as exc:
+            raise BadInputError(f"cannot use it as the run folder ({exc.strerror or exc})", path=self.path) from None

@@ -32,6 +32,7 @@ from dfdetect.cli._app import (
 )
 from dfdetect.config import MAX_ENSEMBLE
 from dfdetect.errors import BadInputError
+from dfdetect.rundir import RunDir
 
 
 def _protocol(name: str, model: dict[str, Any], train: dict[str, Any]) -> Any:
@@ -130,7 +131,7 @@ def train_cmd(
                        "input_size": input_size, "ensemble": ensemble},
                       {"mode": mode, "epochs": epochs, "pseudo_fakes": pseudo_fakes, "batch_size": batch_size,
                        "workers": workers or None})
-    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now (one line), not after training
+    RunDir(out_dir).claim()  # an unusable --out, or a user's own folder, fails now (one line), not after training
     table = _table(data, crops, labels, out_dir, proto, workers)
     for line in table.skipped[:20]:
         print_skipped(line)

@@ -166,7 +166,7 @@ def predict(
                 raise DfdetectError(f"--save {save} is the folder of the input {p}; its pictures could overwrite "
                                     "inputs there: choose another folder")
     used = resolve_cli(model)
-    path, twin = used.scorer_file(need_torch=save is not None)  # --save draws Grad-CAM overlays: torch
+    path, twin = used.scorer_file(explain=save is not None)  # --save draws Grad-CAM overlays
     scorer = load_scorer(path, onnx=onnx or twin)
     # Lines name what was given: "." would say nothing about which input had nothing usable
     report = StageReport("predict", save or (paths[0] if len(paths) == 1 else Path(os.path.commonpath(
@@ -209,12 +209,12 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
     report = StageReport("predict", jsonl.parent if jsonl is not None else Path("."))
     verdicts: Counter[str] = Counter()
     rows = []
-    shown = 0
+    printed = 0  # error lines printed as they came
     with rate_progress("predict") as (advance, set_total):
         for line in scan(paths, ref, jsonl=jsonl, report=report, progress=advance, on_total=set_total, **kwargs):
             if "error" in line:
                 print_skipped(line['error'])
-                shown += 1
+                printed += 1
                 continue
             verdicts[line["verdict"]] += 1
             if jsonl is None:
@@ -229,7 +229,7 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
     counts = ", ".join(f"{verdicts[v]} {v}" for v in ("fake", "real", "no_face"))
     out.print(f"this run: {counts}, {len(report.failed)} failed; {report.reused} done by an earlier run"
               + (f" -> {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
-    for line in report.failed[:len(report.failed) - shown]:  # inputs refused before any work (an empty folder)
+    for line in report.failed[:len(report.failed) - printed]:  # inputs refused before any work (an empty folder)
         print_skipped(line)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -277,8 +277,8 @@ def serve(
     max_queue: Annotated[int, typer.Option(
         "--max-queue", min=0, help="Uploads waiting for a worker; past it 503 with Retry-After.")] = 8,
     explain: Annotated[bool, typer.Option(
-        "--explain/--no-explain", help="Grad-CAM heatmaps (torch). --no-explain scores a shipped model through its "
-        "ONNX twin, without torch: about a third of the memory.")] = True,
+        "--explain/--no-explain", help="Grad-CAM heatmaps. A shipped model draws them through its ONNX twin, "
+        "without torch; a .safetensors model needs torch for them.")] = True,
 ) -> None:
     """Web page and API: POST /api/v1/detect, GET / (upload page), GET /healthz."""
     import uvicorn
@@ -291,7 +291,7 @@ def serve(
                         head_timeout=head_timeout, max_uploads=max_uploads, workers=workers, max_queue=max_queue,
                         explain=explain)
     used = resolve_cli(model)
-    path, twin = used.scorer_file(need_torch=explain)
+    path, twin = used.scorer_file(explain=explain)
     app_ = create_app(load_scorer(path), cfg)
     console.print(f"serving {used.describe()}{' through its ONNX twin' if twin else ''} on http://{host}:{port}/ with {cfg.pool_size()} workers, "
                   f"{cfg.max_queue} queued, {cfg.max_uploads} uploads at once (Ctrl+C stops)",

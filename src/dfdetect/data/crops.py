@@ -101,25 +101,31 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _once_each(paths: Sequence[Path], labels: Sequence[int], where: str) -> tuple[list[int], list[str]]:
-    """Indices that keep each file once, and one line per file listed more than once.
+def _once_each(paths: Sequence[Path], labels: Sequence[int],
+               where: str) -> tuple[list[int], list[str], list[str]]:
+    """Indices that keep each file once; one line per file left out, and one per file used once of several.
 
-    A file listed twice with one label is used once; one labelled both real and fake is left out, since
-    either label would be a guess (and both would teach the model to contradict itself).
+    A file listed twice with one label is used once (a note: it is used, so it is not counted as skipped); one
+    labelled both real and fake is left out, since either label would be a guess (and both would teach the model
+    to contradict itself).
     """
     rows: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
         rows.setdefault(os.path.abspath(p), []).append(i)
     keep: list[int] = []
-    lines: list[str] = []
+    left_out: list[str] = []
+    repeated: list[str] = []
     for idx in rows.values():
         if len(idx) > 1 and len({labels[i] for i in idx}) > 1:
-            lines.append(f"{paths[idx[0]]}: labelled both real and fake in {where}; left out")
+            left_out.append(f"{paths[idx[0]]}: labelled both real and fake in {where}; left out")
             continue
         if len(idx) > 1:
-            lines.append(f"{paths[idx[0]]}: listed {len(idx)} times in {where}; used once")
+            repeated.append(f"{paths[idx[0]]}: listed {len(idx)} times in {where}; used once")
         keep.append(idx[0])
-    return sorted(keep), lines
+    if len(repeated) > 1:  # one note, not one per file: a label file with every row twice would fill the screen
+        repeated = [(f"{len(repeated)} files are listed more than once in {where}; each is used once (first: "
+                     f"{repeated[0]})")]
+    return sorted(keep), left_out, repeated
 
 
 def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
@@ -138,9 +144,9 @@ def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
     groups: list[tuple[str, ...]] = []
     is_test: list[bool] = []
     skipped = list(dataset.skipped)
-    keep, repeated = _once_each([it.path for it in dataset.items], [int(it.label) for it in dataset.items],
-                                "the dataset")
-    skipped += repeated
+    keep, left_out, repeated = _once_each([it.path for it in dataset.items], [int(it.label) for it in dataset.items],
+                                          "the dataset")
+    skipped += left_out
     for item in (dataset.items[i] for i in keep):
         if crops is None:
             found = [] if item.is_video else [item.path]
@@ -167,7 +173,7 @@ def build_crop_table(dataset: Dataset, crops_dir: str | Path | None, *,
     if not paths:
         where = crops if crops is not None else dataset.root
         raise NothingUsableError(f"no face crops for any of the {len(dataset)} items", path=where)
-    return CropTable(paths, np.array(labels), videos, groups, np.array(is_test), skipped=skipped)
+    return CropTable(paths, np.array(labels), videos, groups, np.array(is_test), skipped=skipped, notes=repeated)
 
 
 def _groups_of_video(video: str) -> tuple[str, ...]:
@@ -203,12 +209,13 @@ def load_label_table(label_file: str | Path, root: str | Path, *, is_test: bool 
         labels.append(int(line.label))
         videos.append(video)
         groups.append(_groups_of_video(video))
-    keep, repeated = _once_each(paths, labels, Path(label_file).name)
-    skipped += repeated
+    keep, left_out, repeated = _once_each(paths, labels, Path(label_file).name)
+    skipped += left_out
     paths, labels, videos, groups = ([col[i] for i in keep] for col in (paths, labels, videos, groups))
     if not paths:
         raise NothingUsableError(f"no usable crops listed ({len(skipped)} lines skipped)", path=label_file)
-    return CropTable(paths, np.array(labels), videos, groups, np.full(len(paths), is_test), skipped=skipped)
+    return CropTable(paths, np.array(labels), videos, groups, np.full(len(paths), is_test), skipped=skipped,
+                     notes=repeated)
 
 
 # --------------------------------------------------------------------------- splits
@@ -324,5 +331,5 @@ def split_table(table: CropTable, cfg: TrainConfig) -> tuple[CropTable, CropTabl
             raise NothingUsableError(f"group split left {tr.size} train and {va.size} validation crops; "
                                      "need more distinct groups (or use split='random')")
     train, val = table.subset(pool[tr]), table.subset(pool[va])
-    train.notes, train.skipped = notes, list(table.skipped)
+    train.notes, train.skipped = [*table.notes, *notes], list(table.skipped)
     return train, val, table.subset(test_idx)

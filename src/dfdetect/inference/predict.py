@@ -296,13 +296,15 @@ def _box(face: FaceCrop) -> tuple[tuple[int, int, int, int], float]:
 
 
 def _explain(scorer: Scorer, faces: list[FaceResult], max_explain: int, notes: list[str]) -> None:
-    """Grad-CAM on the ``max_explain`` faces most likely fake; needs the torch model."""
+    """Grad-CAM on the ``max_explain`` faces most likely fake: the torch model, or an ONNX file with its maps."""
     if max_explain <= 0 or not faces:
         return
-    if not hasattr(scorer, "model_"):
-        notes.append("Grad-CAM heatmaps need the torch model (.safetensors); the ONNX model gives scores only")
+    from dfdetect.inference.explain import can_explain, gradcam_overlays
+
+    if not can_explain(scorer):
+        notes.append("Grad-CAM heatmaps need the torch model (.safetensors) or an ONNX file from `dfdetect export` "
+                     "with its 'cam' output; this one gives scores only")
         return
-    from dfdetect.inference.explain import gradcam_overlays
 
     chosen = sorted(faces, key=lambda f: -f.p_fake)[:max_explain]
     for face, overlay in zip(chosen, gradcam_overlays(scorer, [f.crop for f in chosen]), strict=True):

@@ -17,9 +17,11 @@ Where the work runs:
   on every node (a shared file system); only results travel back, and only the driver writes.
 
 With ``jsonl``, each line is appended, flushed and fsynced as it arrives, so a killed run loses no
-finished line. A rerun skips the files already in the file for the same model (its sha256) and settings
-(``frames``, ``crops``), error lines included (delete a line to retry that file), and cuts off a torn
-last line a kill left. The file is locked while a scan writes it: two scans cannot interleave lines.
+finished line. A rerun skips the files already in the file, error lines included (delete a line to retry that
+file), and cuts off a torn last line a kill left. A file holding lines of another model (its sha256) or other
+settings (``frames``, ``crops``) is refused in one line that names the difference, as a stage folder made with
+other settings is: one file, one set of settings. The file is locked while a scan writes it: two scans cannot
+interleave lines.
 
 Why one file: the three engines share the job record, the resume key and the JSON-lines writer; apart,
 each would restate them.
@@ -279,6 +281,18 @@ def read_done(jsonl: str | Path, *, repair: bool = False) -> tuple[set[tuple[Any
     return done, bad
 
 
+def _check_same_settings(job: _Job, done: set[tuple[Any, ...]], jsonl: Path) -> None:
+    """Refuse a results file whose lines were made with another model or settings: appending would mix them."""
+    names = ("model sha256", "frames", "crops")
+    for key in done:
+        ours = job.key(key[0])
+        diff = [f"{n} {theirs!r} (now {mine!r})" for n, theirs, mine in zip(names, key[1:], ours[1:], strict=True)
+                if theirs != mine]
+        if diff:
+            raise DfdetectError(f"holds results made with other settings: {', '.join(diff)}, for {key[0]}; give "
+                                "another --jsonl file, or the same model and settings to resume", path=jsonl)
+
+
 class _Appender:
     """Append one line at a time: written in one call, flushed and fsynced before the next."""
 
@@ -425,6 +439,7 @@ def scan(
             if bad:
                 report.notes.append(f"{bad} unreadable line(s) in {jsonl} left out (a torn last line is cut off); "
                                     "those files are scored again")
+            _check_same_settings(job, done, jsonl)
             todo = [f for f in files if job.key(f) not in done]
             report.reused += len(files) - len(todo)
         else:

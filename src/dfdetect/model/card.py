@@ -150,8 +150,8 @@ def render_card(card: ModelCard, weights: str | Path) -> str:
         "backbone": meta.get("backbone"),
         "input_size": (data_config.get("input_size") or [None])[-1],
         "threshold": float(meta["threshold"]) if "threshold" in meta else None,
-        **({"onnx": onnx.name, "onnx_sha256": sha256_file(onnx)} if (onnx := weights.with_suffix(".onnx")).is_file()
-           else {}),
+        **({"onnx": onnx.name, "onnx_sha256": sha256_file(onnx), "onnx_explains": _explains(onnx)}
+           if (onnx := weights.with_suffix(".onnx")).is_file() else {}),
         "hub": card.hub,
         "url": card.url,
         "license": card.license,
@@ -203,12 +203,19 @@ def write_model_card(card: ModelCard, weights: str | Path) -> Path:
     return write_text(weights.parent / f"{card.name}.md", render_card(card, weights))
 
 
+def _explains(onnx: Path) -> bool:
+    """Whether the twin draws heatmaps itself (its ``cam`` output), so predict and serve need no torch for them."""
+    from dfdetect.model.export import OnnxDetector
+
+    return OnnxDetector.load(onnx).explainable
+
+
 def ship_model(detector: Detector, card: ModelCard, models_dir: str | Path = MODELS_DIR, *,
                half: bool = True) -> Path:
     """Save ``detector`` as ``models_dir/<name>.safetensors`` (float16), its ONNX twin and its card; returns the card.
 
     The twin is exported from the saved file (what predict loads) and checked to score as it does; predict
-    uses it when no Grad-CAM is asked for. Refuses a file over :data:`MAX_SHIPPED_BYTES` (and removes it),
+    uses it, heatmaps included when it has their output. Refuses a file over :data:`MAX_SHIPPED_BYTES` (and removes it),
     so the package stays small.
     """
     from dfdetect.model.detector import Detector

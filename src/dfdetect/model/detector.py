@@ -61,6 +61,55 @@ class ScoredLogit(nn.Module):
         return score_logits(self.model, x, self.tta_flip).reshape(-1, 1)
 
 
+def _members(model: nn.Module) -> list[nn.Module]:
+    return list(getattr(model, "members", [model]))
+
+
+class ScoredLogitAndCam(ScoredLogit):
+    """:class:`ScoredLogit`'s logits and, as a second output, each member's class activation map
+    ``(n, members, h, w)`` at its last feature map: ``sum_k dlogit/dA_k * A_k``.
+
+    Why: for a pooled linear head the gradient of the logit, averaged over the map, is ``w_k / (h w)`` (divided by
+    the members' count in an ensemble) for average and max pooling alike, so this map is exactly what Grad-CAM
+    weighs at that layer. The ONNX twin then draws the same heatmaps with no gradients, and no torch.
+    """
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        members = _members(self.model)
+        feats = [m.forward_features(x) for m in members]
+        logits = torch.stack([m.forward_head(f) for m, f in zip(members, feats, strict=True)]).mean(0).reshape(-1)
+        if self.tta_flip:
+            logits = (logits + self.model(torch.flip(x, dims=(3,))).reshape(-1)) / 2
+        h, w = feats[0].shape[-2:]
+        cams = torch.stack([torch.einsum("nkhw,k->nhw", f, m.fc.weight[0])
+                            for m, f in zip(members, feats, strict=True)], dim=1)
+        return logits.reshape(-1, 1), cams / (len(members) * h * w)
+
+
+def cam_is_gradcam(model: nn.Module, size: tuple[int, int]) -> bool:
+    """Whether :class:`ScoredLogitAndCam`'s maps are this network's Grad-CAM: one logit from a pooled linear head
+    (``fc``), and Grad-CAM's target layer is the last feature map (VGG's is one pooling step earlier)."""
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    x = torch.rand((1, 3, *size), generator=torch.Generator().manual_seed(0)).to(device)
+    for m in _members(model):
+        fc = getattr(m, "fc", None)
+        if not (isinstance(fc, nn.Linear) and fc.out_features == 1 and hasattr(m, "forward_features")
+                and hasattr(m, "cam_target_layers")):
+            return False
+        seen: list[torch.Tensor] = []
+        hooks = [layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
+                 for layer in m.cam_target_layers()]
+        try:
+            with torch.no_grad():
+                feats = m.forward_features(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        if len(seen) != 1 or seen[0].shape != feats.shape or not torch.equal(seen[0], feats):
+            return False
+    return True
+
+
 def _sort_metadata(path: Path) -> None:
     """Rewrite a .safetensors header with its metadata keys sorted, in place.
 

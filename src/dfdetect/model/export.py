@@ -71,7 +71,8 @@ class ExportInfo:
 def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops: int = 8) -> ExportInfo:
     """Write ``detector`` to ``path`` as ONNX (input ``input`` (batch, 3, H, W), output ``logit`` (batch, 1)).
 
-    The preprocessing, threshold and protocol go into ``metadata_props`` (keys ``dfdetect.*``); the
+    Where the maps are the network's Grad-CAM (:func:`~dfdetect.model.detector.cam_is_gradcam`), a second output
+    ``cam`` (batch, members, h, w) carries them, so the file draws heatmaps without torch. The preprocessing, threshold and protocol go into ``metadata_props`` (keys ``dfdetect.*``); the
     protocol's ``model.tta_flip`` (mean logit of the crop and its mirror image) is part of the graph. The file
     is checked before it is kept: onnxruntime and torch must agree on ``check_crops`` random crops to 1e-4.
     """
@@ -84,13 +85,16 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
     dummy = torch.zeros((1, 3, *spec.size), dtype=torch.float32, device=device)
-    from dfdetect.model.detector import ScoredLogit
+    from dfdetect.model.detector import ScoredLogit, ScoredLogitAndCam, cam_is_gradcam
 
-    graph = ScoredLogit(model, bool(getattr(detector.protocol_.model, "tta_flip", False))).eval()
+    tta = bool(getattr(detector.protocol_.model, "tta_flip", False))
+    explains = cam_is_gradcam(model, spec.size)
+    graph = (ScoredLogitAndCam if explains else ScoredLogit)(model, tta).eval()
     path = Path(path)
     try:
         with _io.atomic_path(path, suffix=".onnx") as tmp:
-            torch_to_onnx(graph, dummy, str(tmp), output_name="logit", opset=opset)
+            torch_to_onnx(graph, dummy, str(tmp), output_names=("logit", "cam") if explains else ("logit",),
+                          opset=opset)
             proto = onnx.load(str(tmp))
             meta = {
                 "format": _FORMAT,
@@ -111,8 +115,10 @@ def export_onnx(detector: Any, path: str | Path, *, opset: int = 17, check_crops
     return ExportInfo(path=path, preprocess=spec, max_abs_diff=diff)
 
 
-def torch_to_onnx(module: Any, dummy: Any, dest: Any, *, output_name: str = "output", opset: int = 17) -> None:
-    """``torch.onnx.export`` of ``module`` to a path or file object; input ``input`` with a dynamic batch axis."""
+def torch_to_onnx(module: Any, dummy: Any, dest: Any, *, output_names: Sequence[str] = ("output",),
+                  opset: int = 17) -> None:
+    """``torch.onnx.export`` of ``module`` to a path or file object; input ``input`` and every output with a dynamic
+    batch axis."""
     import warnings
 
     import torch
@@ -120,8 +126,9 @@ def torch_to_onnx(module: Any, dummy: Any, dest: Any, *, output_name: str = "out
     with warnings.catch_warnings():
         # the TorchScript exporter warns it is legacy; the dynamo one needs onnxscript, not a dependency
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (dummy,), dest, dynamo=False, input_names=["input"], output_names=[output_name],
-                          opset_version=opset, dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}})
+        torch.onnx.export(module, (dummy,), dest, dynamo=False, input_names=["input"], output_names=list(output_names),
+                          opset_version=opset,
+                          dynamic_axes={"input": {0: "batch"}, **{name: {0: "batch"} for name in output_names}})
 
 
 def onnx_session(module: Any, dummy: Any, *, threads: int = 0, spin: bool = True) -> Any:
@@ -168,7 +175,8 @@ class OnnxDetector:
     """An exported detector on onnxruntime: ``predict_proba(crops_bgr) -> P(fake)``, no torch.
 
     Has the same ``threshold_`` and ``protocol_`` as the torch ``Detector``, so predict and serve take
-    either. Grad-CAM is not available (no gradients).
+    either. Heatmaps come from the file's ``cam`` output when it has one (:attr:`explainable`); there are no
+    gradients.
     """
 
     def __init__(self, session: Any = None, preprocess: PreprocessSpec | None = None, threshold: float = 0.5,
@@ -213,3 +221,22 @@ class OnnxDetector:
     def predict_proba(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
         """P(fake) per crop, shape ``(n,)``."""
         return _sigmoid(self.predict_logit(crops_bgr))
+
+    @property
+    def explainable(self) -> bool:
+        """Whether the file has the ``cam`` output :func:`export_onnx` writes, from which heatmaps are drawn."""
+        return self.session_ is not None and "cam" in {o.name for o in self.session_.get_outputs()}
+
+    def class_activations(self, crops_bgr: Sequence[np.ndarray]) -> np.ndarray:
+        """Each member's raw class activation map per crop, ``(n, members, h, w)`` float32, from the ``cam`` output
+        (:class:`dfdetect.inference.explain` turns them into Grad-CAM heatmaps)."""
+        if not self.explainable:
+            raise WeightsError("this ONNX file has no 'cam' output to draw heatmaps from; re-export it with "
+                               "`dfdetect export`", path=self.path_)
+        parts = [self.session_.run(["cam"], {"input": self.preprocess(crops_bgr[i:i + 16])})[0]
+                 for i in range(0, len(crops_bgr), 16)]
+        maps = np.concatenate(parts) if parts else np.zeros((0, 1, 1, 1), np.float32)
+        if maps.ndim != 4 or maps.shape[0] != len(crops_bgr):
+            raise WeightsError(f"the ONNX 'cam' output has shape {maps.shape}, not (crops, members, h, w)",
+                               path=self.path_)
+        return np.nan_to_num(maps.astype(np.float32, copy=False))

@@ -60,6 +60,7 @@ class ModelEntry:
     figures: dict[str, float] = field(default_factory=dict)
     onnx: str | None = None  #: the same detector exported to ONNX, shipped beside it (scoring without torch)
     onnx_sha256: str | None = None
+    onnx_explains: bool = False  #: the twin has the ``cam`` output, so it draws heatmaps too
 
     @property
     def shipped_path(self) -> Path:
@@ -78,11 +79,13 @@ class Resolved:
     source: Source
     name: str | None = None
     onnx: Path | None = None  #: a shipped model's ONNX twin (same scores to 1e-4), when it has one
+    onnx_explains: bool = False  #: the twin draws heatmaps too (its ``cam`` output)
 
-    def scorer_file(self, *, need_torch: bool = False) -> tuple[Path, bool]:
-        """``(file, is_onnx)`` to score with: the ONNX twin unless torch is needed (Grad-CAM), so a plain
-        verdict loads neither torch nor timm (a third of the memory, and faster on a CPU)."""
-        return (self.onnx, True) if self.onnx is not None and not need_torch else (self.path, False)
+    def scorer_file(self, *, explain: bool = False) -> tuple[Path, bool]:
+        """``(file, is_onnx)`` to score with: the ONNX twin unless heatmaps are asked for and it cannot draw them,
+        so a verdict loads neither torch nor timm (a third of the memory, and faster on a CPU)."""
+        usable = self.onnx is not None and (self.onnx_explains or not explain)
+        return (self.onnx, True) if usable else (self.path, False)
 
     def describe(self) -> str:
         """``shipped model mobilenet_v2.dfdc_sbi``: the line commands print, so a user knows what scored."""
@@ -107,7 +110,8 @@ def _entry(card: Path) -> ModelEntry:
                           url=front.get("url"), license=str(front.get("license") or ""),
                           summary=str(front.get("summary") or ""),
                           figures={str(k): float(v) for k, v in figures.items()},
-                          onnx=front.get("onnx"), onnx_sha256=front.get("onnx_sha256"))
+                          onnx=front.get("onnx"), onnx_sha256=front.get("onnx_sha256"),
+                          onnx_explains=front.get("onnx_explains") is True)
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"model card front matter is damaged ({exc})", path=card) from None
 
@@ -280,8 +284,9 @@ def resolve(name_or_path: str | Path | None = None) -> Resolved:
             twin = entry.shipped_onnx
             if twin is not None and twin.is_file():
                 _check_sha256(twin, entry.onnx_sha256, f"shipped model {entry.name} (ONNX)")
-            return Resolved(entry.shipped_path, "shipped", entry.name,
-                            twin if twin is not None and twin.is_file() else None)
+            has_twin = twin is not None and twin.is_file()
+            return Resolved(entry.shipped_path, "shipped", entry.name, twin if has_twin else None,
+                            onnx_explains=has_twin and entry.onnx_explains)
         path, source = _download(entry)
         return Resolved(path, source, entry.name)
     by_url = {e.hub: e for e in list_models() if e.hub} | {e.url: e for e in list_models() if e.url}

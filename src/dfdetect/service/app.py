@@ -245,9 +245,11 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
     from dfdetect.preprocess.faces import check_detector
 
     check_detector(face_cfg.detector)  # at start, in one line: not a 500 on every upload
+    from dfdetect.inference.explain import can_explain
+
     torch_model = hasattr(detector, "model_")
-    explain = cfg.explain and torch_model
-    if explain:
+    explain = cfg.explain and can_explain(detector)
+    if explain and torch_model:
         import pytorch_grad_cam  # noqa: F401  (its imports take seconds; pay them at start, not on the first upload)
     scorer = _Guarded(detector) if torch_model else detector  # onnxruntime sessions are thread-safe
     local = threading.local()  # one face detector per worker thread: OpenCV's cascades are not thread-safe

@@ -3,7 +3,9 @@
 - **A deadline for the request head.** uvicorn waits for a request line and headers as long as the client
   likes, so a client that sends one header byte every few seconds holds a connection forever (slowloris),
   and so do connections that never send anything. Here a head that is not complete ``head_timeout`` seconds
-  after the connection opens (or after the previous response) gets a JSON 408 and the connection closes.
+  after the connection opens (or after the previous response) gets a JSON 408 and the connection closes. A
+  kept-alive connection that has sent nothing since its last response is closed without a word, as uvicorn's
+  own keep-alive timeout does: a client's pool would read a 408 there as the answer to its next request.
   The body has its own deadline in the app (``ServiceConfig.upload_timeout``).
 - **JSON for requests h11 cannot parse** (a malformed head, a broken chunked body): uvicorn answers those in
   plain text, where every other error of the service is ``{"detail", "status"}``.
@@ -35,6 +37,7 @@ class _TimedHeadH11(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
+        self._answered = 0  # responses completed on this connection
         super().connection_made(transport)
         self._sync_head_timer()
 
@@ -58,7 +61,8 @@ class _TimedHeadH11(H11Protocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self.conn.their_state is h11.IDLE:
+        idle_keep_alive = self._answered > 0 and not self.conn.trailing_data[0]
+        if self.conn.their_state is h11.IDLE and not idle_keep_alive:
             self.transport.write(_raw_json(408, "Request Timeout",
                                            f"the request line and headers did not arrive within "
                                            f"{self.head_timeout:g} s; send them at once"))
@@ -69,6 +73,7 @@ class _TimedHeadH11(H11Protocol):
         self._sync_head_timer()
 
     def on_response_complete(self) -> None:
+        self._answered += 1
         super().on_response_complete()
         self._sync_head_timer()  # the next request on a kept-alive connection gets its own deadline
 

@@ -498,6 +498,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
         raise DfdetectError(f"invalid protocol: {validation_line(exc)}") from None
     out_dir = Path(out_dir)
     run = RunDir(out_dir)
+    run.claim()
     cfg = protocol.train
     t0 = time.perf_counter()
     _seed_everything(cfg.seed)

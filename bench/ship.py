@@ -35,13 +35,13 @@ NAME = "mobilenet_v2.dfdc_sbi"
 
 
 def recipe(sbi_mask: str = "landmarks", input_size: int = 160, epochs: int = 8,
-           sbi_mix: bool = True):  # -> dfdetect.config.Protocol
+           sbi_mix: bool = True, backbone: str = "mobilenet_v2"):  # -> dfdetect.config.Protocol
     """The shipped model's protocol: what each lever was, in one place (docs/QUALITY.md has the figures)."""
     from dfdetect.config import Protocol
 
     p = Protocol.default()
     return p.model_copy(update={
-        "model": p.model.model_copy(update={"ensemble": 1, "input_size": input_size}),
+        "model": p.model.model_copy(update={"ensemble": 1, "input_size": input_size, "backbone": backbone}),
         "train": p.train.model_copy(update={"pseudo_fakes": "sbi", "sbi_mix": sbi_mix, "launder": True,
                                             "calibration": "temperature", "epochs": epochs, "patience": 4,
                                             "sbi_mask": sbi_mask}),
@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the SBI blend region: a centred ellipse, or the face outline from YuNet's five points")
     ap.add_argument("--input-size", type=int, default=160, help="the network's input side, in pixels")
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--backbone", default="mobilenet_v2", help="a backbone with offline ImageNet weights "
+                    "(`dfdetect backbones`): mobilenet_v2 or efficientnet_lite0")
     ap.add_argument("--sbi-only", action="store_true",
                     help="the SBI paper's way: every fake a self-blend of a real crop, no DFDC fake trained on")
     ap.add_argument("--ship", action="store_true", help="write the trained model and its card into src/dfdetect/models/")
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     table = held_out_table(args.data)
     run_dir = args.out / NAME
     t0 = time.perf_counter()
-    result = train(table, recipe(args.sbi_mask, args.input_size, args.epochs, sbi_mix=not args.sbi_only), run_dir)
+    result = train(table, recipe(args.sbi_mask, args.input_size, args.epochs, sbi_mix=not args.sbi_only,
+                                 backbone=args.backbone), run_dir)
     train_s = time.perf_counter() - t0
     summary = json.loads((run_dir / "train.json").read_text())
     y, crops = test_crops(table)

@@ -11,9 +11,10 @@ equality) and identical Haar crops, and prints the time of each and the ratio; a
 ratio, since Haar costs the same on both sides.
 
 The stages part runs ``frames`` + ``faces`` writing files, as users run them, once with the seed
-protocol's Haar and once with the default protocol's detector (YuNet on a <=640 px copy), against the
-in-memory seed-style loop on the same videos (``RATIO stages ...``; the issue-14 target is >= 3x for
-the default detector).
+protocol's Haar and once with the default protocol's detector (YuNet on a <=640 px copy), and ``faces`` straight from the videos (the
+same crops as PNG frames then faces, no frame files: ``dfdetect faces VIDEOS``), against the in-memory
+seed-style loop on the same videos (``RATIO stages ...``; the issue-14 target is >= 3x for the default
+detector).
 
 The detector part measures detection rate and ms per frame of Haar (seed settings), MTCNN and YuNet on
 ``../shared/data/lfw-faces`` and the videos, and YuNet's recall of MTCNN's faces: of the video frames
@@ -159,6 +160,7 @@ def bench_stages(videos: list[Path], n: int, workers: int, tmp: Path) -> None:
     from dfdetect.data.sources import MediaItem
     from dfdetect.preprocess.faces import extract_faces
     from dfdetect.preprocess.frames import extract_frames
+    from dfdetect.preprocess.video_faces import extract_video_faces
 
     cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt.xml"))
     t = time.perf_counter()
@@ -187,6 +189,15 @@ def bench_stages(videos: list[Path], n: int, workers: int, tmp: Path) -> None:
         print(f"{name:48} frames {t_frames:5.2f}s + faces {total - t_frames:5.2f}s = {total:5.2f}s | "
               f"RATIO stages {facecfg.detector} N={n} workers={workers}: {base / total:.2f}x"
               f"{' (target >= 3x)' if k == 1 else ''} | {rep.notes[-1].split(';')[0]}")
+    # `dfdetect faces VIDEOS`: the same crops as the png row, no frame files (dfdetect.preprocess.video_faces)
+    fcfg, facecfg = sides["default detector (png frames, YuNet <=640 px)"]
+    out = tmp / f"stages-w{workers}-fused"
+    t = time.perf_counter()
+    rep = extract_video_faces(items, out / "faces", fcfg, facecfg, workers=workers)
+    total = time.perf_counter() - t
+    print(f"{'default, faces straight from the videos':48} {'':23}{total:5.2f}s | "
+          f"RATIO stages {facecfg.detector} fused N={n} workers={workers}: {base / total:.2f}x (target >= 3x) | "
+          f"{rep.notes[-1].split(';')[0]}")
 
 
 # --------------------------------------------------------------------------- detectors

@@ -194,14 +194,14 @@ def test_any_decoder_error_is_one_line_and_the_stage_goes_on(tmp_path, monkeypat
     for name in ("a", "b", "c"):
         make_video(tmp_path / "data" / "real" / f"{name}.mp4", n=6)
     items = discover(tmp_path / "data").items
-    real_read = F._read
+    real_read = F.read_selected
 
     def flaky(path, select, limits=None):
         if path.name == "b.mp4":
             raise cv2.error("OpenCV(4.x) error: (-215:Assertion failed) in function 'imdecode_'")
         return real_read(path, select, limits)
 
-    monkeypatch.setattr(F, "_read", flaky)
+    monkeypatch.setattr(F, "read_selected", flaky)
     report = F.extract_frames(items, tmp_path / "frames", FrameConfig(num_frames=2))
     assert report.written == 4 and len(report.failed) == 1
     assert "b.mp4" in report.failed[0] and "error" in report.failed[0] and "\n" not in report.failed[0]

@@ -14,7 +14,7 @@ Unset options take the value of ``--protocol`` (``default`` unless given; ``seed
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -81,8 +81,12 @@ def frames_cmd(
 @app.command("faces")
 @handle_errors
 def faces_cmd(
-    frames_dir: Annotated[Path, typer.Argument(help="Folder of frames (the output of 'frames').")],
+    frames_dir: Annotated[Path, typer.Argument(help="Folder of frames (the output of 'frames'), or a dataset of "
+                                                    "videos: their sampled frames, with no frame files written.")],
     out_dir: OutOpt,
+    frames: Annotated[int | None, typer.Option("--frames", "-n", help="A dataset of videos: frames per video.")] = None,
+    test_frames: Annotated[int | None, typer.Option(
+        "--test-frames", help="A dataset of videos: frames per video in the official test list.")] = None,
     detector: Annotated[str | None, typer.Option("--detector", help="yunet (default), haar (seed) or mtcnn.")] = None,
     min_size: Annotated[int | None, typer.Option("--min-size", help="Smallest face side, px.")] = None,
     scale_factor: Annotated[float | None, typer.Option("--scale-factor", help="Haar scaleFactor.")] = None,
@@ -99,20 +103,61 @@ def faces_cmd(
     ray_address: RayAddressOpt = None,
     protocol: ProtocolOpt = "default",
 ) -> None:
-    """Crop the face in every frame: OUT/<video>/<frame>.png and OUT/manifest.csv (frames without one too)."""
+    """Crop the face in every frame: OUT/<video>/<frame>.png and OUT/manifest.csv (frames without one too).
+
+    Given a dataset of videos, it decodes their sampled frames itself (as 'frames' would) and writes only the
+    crops: the same files as 'frames' then 'faces' with PNG frames, without the frame files in between."""
     from dfdetect.preprocess.faces import check_detector, extract_faces, images_in
 
-    cfg: FaceConfig = override(load_protocol_option(protocol).faces, _FLAGS, detector=detector, min_size=min_size,
+    proto = load_protocol_option(protocol)
+    cfg: FaceConfig = override(proto.faces, _FLAGS, detector=detector, min_size=min_size,
                                 scale_factor=scale_factor, min_neighbors=min_neighbors, margin=margin,
                                 output_size=size, keep=keep, image_format=image_format,
                                 detect_max_side=detect_max_side, min_score=min_score)
     check_detector(cfg.detector)  # before the bar: a bad --detector or folder is one line, nothing else
+    dataset = _video_dataset(frames_dir)
+    if dataset is not None:
+        from dfdetect.preprocess.video_faces import extract_video_faces
+
+        fcfg: FrameConfig = override(proto.frames, _FLAGS, num_frames=frames, test_frames=test_frames)
+        check_separate(dataset.root, out_dir, "dataset")
+        with progress_bar(f"faces ({cfg.detector}) from videos x{fcfg.num_frames}", len(dataset.items)) as advance:
+            report = extract_video_faces(dataset.items, out_dir, fcfg, cfg, workers=workers, engine=engine.value,
+                                         ray_address=ray_address, progress=advance)
+        report.failed[:0] = dataset.skipped  # what discovery could not use is skipped input too
+        print_report(report)
+        return
+    if frames is not None or test_frames is not None:
+        raise BadInputError("--frames and --test-frames are for a dataset of videos; this is a folder of frames",
+                            path=frames_dir)
     total = len(images_in(frames_dir, "frames"))
     check_separate(frames_dir, out_dir, "frames")
     with progress_bar(f"faces ({cfg.detector})", total) as advance:
         report = extract_faces(frames_dir, out_dir, cfg, workers=workers, engine=engine.value,
                                ray_address=ray_address, progress=advance)
     print_report(report)
+
+
+def _video_dataset(source: Path) -> Any:
+    """The dataset under ``source`` when it holds videos (``faces`` then reads them itself), else None: a folder
+    of frames (a 'frames' output is stamped so) or of images is cropped as it is."""
+    import json
+
+    from dfdetect.data.sources import discover
+    from dfdetect.preprocess.stage import STAMP
+
+    if not source.is_dir():
+        return None
+    try:  # a 'frames' output says so in its stamp (a 'synth' output is a dataset of videos)
+        if json.loads((source / STAMP).read_text(encoding="utf-8")).get("stage") == "frames":
+            return None
+    except (OSError, ValueError, RecursionError, AttributeError):
+        pass
+    try:
+        dataset = discover(source)
+    except BadInputError:  # no dataset layout: a plain folder of frames or images
+        return None
+    return dataset if any(it.is_video for it in dataset.items) else None
 
 
 @app.command("srm")

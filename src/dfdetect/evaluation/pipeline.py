@@ -172,19 +172,32 @@ def prepare_crops(
         from dfdetect.preprocess.srm import SrmStage
         from dfdetect.preprocess.stage import check_folder
 
+        from dfdetect.preprocess.video_faces import VideoFacesStage, extract_video_faces
+
         check_detector(protocol.faces.detector)  # a recipe's typo is one line before the frames, not after
         limits = media_limits(None)
+        # Lossless frames: faces straight from the videos, the same crops without a frame file each (faster, and
+        # 32 PNG frames of a 720p video are ~50 MB on disk). JPEG frames (the seed's) change the crops: two stages.
+        one_pass = protocol.frames.image_format == "png"
         # each stage refuses a folder an earlier run made with other settings: say so before any work
-        check_folder(FramesStage(dataset.items, out_dir / FRAMES_DIR, protocol.frames, limits))
-        check_folder(FacesStage(out_dir / FRAMES_DIR, out_dir / FACES_DIR, protocol.faces, limits))
+        if one_pass:
+            check_folder(VideoFacesStage(dataset.items, out_dir / FACES_DIR, protocol.frames, protocol.faces, limits))
+        else:
+            check_folder(FramesStage(dataset.items, out_dir / FRAMES_DIR, protocol.frames, limits))
+            check_folder(FacesStage(out_dir / FRAMES_DIR, out_dir / FACES_DIR, protocol.faces, limits))
         if srm:
             check_folder(SrmStage(out_dir / FACES_DIR, out_dir / SRM_DIR, protocol.srm, limits))
-        with progress("frames", len(dataset.items)) as adv:
-            _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames,
-                                  ray_address=ray_address, progress=adv, **par), reports, on_stage)
-        with progress("faces", None) as adv:
-            _stage(extract_faces(out_dir / FRAMES_DIR, out_dir / FACES_DIR, protocol.faces,
-                                 ray_address=ray_address, progress=adv, **par), reports, on_stage)
+        if one_pass:
+            with progress("faces", len(dataset.items)) as adv:
+                _stage(extract_video_faces(dataset.items, out_dir / FACES_DIR, protocol.frames, protocol.faces,
+                                           ray_address=ray_address, progress=adv, **par), reports, on_stage)
+        else:
+            with progress("frames", len(dataset.items)) as adv:
+                _stage(extract_frames(dataset.items, out_dir / FRAMES_DIR, protocol.frames,
+                                      ray_address=ray_address, progress=adv, **par), reports, on_stage)
+            with progress("faces", None) as adv:
+                _stage(extract_faces(out_dir / FRAMES_DIR, out_dir / FACES_DIR, protocol.faces,
+                                     ray_address=ray_address, progress=adv, **par), reports, on_stage)
         faces_dir = out_dir / FACES_DIR
     tables = {"faces": build_crop_table(dataset, faces_dir)}
     no_crops = tables["faces"].skipped[len(dataset.skipped):]

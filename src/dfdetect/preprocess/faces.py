@@ -156,7 +156,7 @@ def create_detector(cfg: FaceConfig) -> FaceFinder:
 _WORKER_DETECTORS: dict[str, FaceFinder] = {}
 
 
-def _worker_detector(cfg: FaceConfig) -> FaceFinder:
+def worker_detector(cfg: FaceConfig) -> FaceFinder:
     """One detector per process, kept across jobs (serial, pool and Ray workers alike)."""
     key = cfg.model_dump_json()
     if key not in _WORKER_DETECTORS:
@@ -456,21 +456,23 @@ def _load(path: Path, limits: MediaLimits | None) -> tuple[np.ndarray | None, st
         return None, exc.message
 
 
-_DETECT_CHUNK = 16  #: frames read and detected together per job step (bounds memory at 720p: ~45 MB)
+DETECT_CHUNK = 16  #: frames read and detected together per job step (bounds memory at 720p: ~45 MB)
 
 
-def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCrop]] | None, detector: FaceFinder,
-              cfg: FaceConfig, *, src_root: Path, out_root: Path, video_id: str, result: JobResult,
-              why: str = "", stem: str | None = None) -> None:
+def crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCrop]] | None, detector: FaceFinder,
+             cfg: FaceConfig, *, where: str, out_root: Path, video_id: str, result: JobResult,
+             why: str = "", stem: str | None = None) -> None:
     """Write one frame's crops and manifest rows; ``batched`` yields its detections (None: detect it alone).
 
-    ``stem`` names the crop when the frame's own stem is another frame's too (``face.bmp``, ``face.webp``).
+    ``where`` names the frame in lines (its file, or the video and frame index); the manifest's path of a frame
+    without a crop is ``video_id/name``. ``stem`` names the crop when the frame's own stem is another frame's too
+    (``face.bmp``, ``face.webp``).
     """
-    src, video_out, stem = src_root / video_id / name, out_root / video_id, stem or Path(name).stem
+    rel, video_out, stem = f"{video_id}/{name}" if video_id else name, out_root / video_id, stem or Path(name).stem
     if image is None:
         reason = why or "cannot read as an image (missing, empty or corrupt)"
-        result.failed.append(f"{src}: {reason}")
-        result.rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "unreadable", reason))
+        result.failed.append(f"{where}: {reason}")
+        result.rows.append(_row(rel, video_id, stem, None, "unreadable", reason))
         return
     try:
         found = next(batched) if batched is not None else faces_in_image(image, detector, cfg)
@@ -479,8 +481,8 @@ def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCr
     else:
         reason = f"no face found ({cfg.detector}, min size {cfg.min_size} px)"
     if not found:
-        result.failed.append(f"{src}: {reason}")
-        result.rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, None, "no_face", reason))
+        result.failed.append(f"{where}: {reason}")
+        result.rows.append(_row(rel, video_id, stem, None, "no_face", reason))
         return
     keep = found[:1] if cfg.keep == "largest" else found
     for k, face in enumerate(keep, start=1):
@@ -493,8 +495,7 @@ def _crop_one(name: str, image: np.ndarray | None, batched: Iterator[list[FaceCr
                 write_image(dest, face.crop)
             except OSError as exc:  # e.g. disk full: name the file, skip it, go on
                 result.failed.append(f"{dest}: cannot write ({exc})")
-                result.rows.append(_row(src.relative_to(src_root).as_posix(), video_id, stem, face.box,
-                                        "unreadable", f"cannot write crop ({exc})"))
+                result.rows.append(_row(rel, video_id, stem, face.box, "unreadable", f"cannot write crop ({exc})"))
                 continue
             result.written += 1
         result.rows.append(_row(dest.relative_to(out_root).as_posix(), video_id, stem, face.box, "ok"))
@@ -557,29 +558,42 @@ class FacesStage(Stage[FacesJob]):
             return JobResult(reused=sum(r["status"] == "ok" for r in rows), rows=rows,
                              failed=[f"{src_root / r['path']}: {r['reason']}" for r in rows if r["status"] != "ok"])
         result = JobResult()
-        detector = _worker_detector(cfg)
-        for start in range(0, len(frames), _DETECT_CHUNK):
-            names = frames[start:start + _DETECT_CHUNK]
+        detector = worker_detector(cfg)
+        for start in range(0, len(frames), DETECT_CHUNK):
+            names = frames[start:start + DETECT_CHUNK]
             loaded = [_load(src_root / job.video_id / name, self.limits) for name in names]
-            readable = [im for im, _ in loaded if im is not None]
-            try:
-                batched: Iterator[list[FaceCrop]] | None = iter(faces_in_frames(readable, detector, cfg))
-            except Exception:  # noqa: BLE001 - a crash in the batch: find the frame that causes it, one by one
-                batched = None
-            for name, (image, why) in zip(names, loaded, strict=True):
-                _crop_one(name, image, batched, detector, cfg, src_root=src_root, out_root=out_root,
-                          video_id=job.video_id, result=result, why=why, stem=job.stems.get(name))
+            crop_chunk([(name, image, why, str(src_root / job.video_id / name)) for name, (image, why)
+                        in zip(names, loaded, strict=True)], detector, cfg, out_root=out_root, video_id=job.video_id,
+                       result=result, stems=job.stems)
         write_json(marker, {"config": cfg_key, "frames": frames, "rows": result.rows})
         return result
 
     def finish(self, report: StageReport, jobs: list[FacesJob], results: list[JobResult]) -> None:
-        rows = [row for r in results for row in r.rows]
-        write_manifest(self.out_dir / MANIFEST_NAME, rows)
-        no_face = sum(r["status"] == "no_face" for r in rows)
-        unreadable = sum(r["status"] == "unreadable" for r in rows)
-        total = sum(len(j.frames) for j in jobs)
-        report.notes.append(f"{total} frames: {total - no_face - unreadable} with a face, {no_face} without, "
-                            f"{unreadable} unreadable; see {self.out_dir / MANIFEST_NAME}")
+        finish_manifest(self.out_dir, report, results, sum(len(j.frames) for j in jobs))
+
+
+def crop_chunk(frames: Sequence[tuple[str, np.ndarray | None, str, str]], detector: FaceFinder, cfg: FaceConfig, *,
+               out_root: Path, video_id: str, result: JobResult, stems: dict[str, str] | None = None) -> None:
+    """Detect faces on ``(name, image or None, why unreadable, where)`` frames of one video in one batch, and
+    :func:`crop_one` each; a batch that crashes is detected again frame by frame, to name the frame."""
+    readable = [im for _, im, _, _ in frames if im is not None]
+    try:
+        batched: Iterator[list[FaceCrop]] | None = iter(faces_in_frames(readable, detector, cfg))
+    except Exception:  # noqa: BLE001 - a crash in the batch: find the frame that causes it, one by one
+        batched = None
+    for name, image, why, where in frames:
+        crop_one(name, image, batched, detector, cfg, where=where, out_root=out_root, video_id=video_id,
+                 result=result, why=why, stem=(stems or {}).get(name))
+
+
+def finish_manifest(out_dir: Path, report: StageReport, results: list[JobResult], total: int) -> None:
+    """The stage's manifest of every frame's rows, and the note that sums them."""
+    rows = [row for r in results for row in r.rows]
+    write_manifest(out_dir / MANIFEST_NAME, rows)
+    no_face = sum(r["status"] == "no_face" for r in rows)
+    unreadable = sum(r["status"] == "unreadable" for r in rows)
+    report.notes.append(f"{total} frames: {total - no_face - unreadable} with a face, {no_face} without, "
+                        f"{unreadable} unreadable; see {out_dir / MANIFEST_NAME}")
 
 
 def extract_faces(

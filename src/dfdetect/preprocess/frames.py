@@ -312,7 +312,7 @@ def count_frames(path: str | Path, limits: MediaLimits | None = None) -> int:
         container.close()
 
 
-def _read(path: Path, select: Callable[[int], list[int]], limits: MediaLimits | None = None
+def read_selected(path: Path, select: Callable[[int], list[int]], limits: MediaLimits | None = None
           ) -> list[tuple[int, np.ndarray]]:
     """Open once, count frames, ask ``select(total)`` which indices to decode, decode them.
 
@@ -352,19 +352,19 @@ def read_frames(path: str | Path, n: int, limits: MediaLimits | None = None) -> 
     (a truncated file) are left out, so fewer than ``n`` may come back. Frames come back scaled down to
     ``limits.max_frame_side`` (see :class:`~dfdetect.config.MediaLimits`); images are never scaled.
     """
-    return _read(Path(path), lambda total: sample_indices(total, n), limits)
+    return read_selected(Path(path), lambda total: sample_indices(total, n), limits)
 
 
 def read_frames_at(path: str | Path, indices: list[int], limits: MediaLimits | None = None
                    ) -> list[tuple[int, np.ndarray]]:
     """Frames at explicit indices (out-of-range ones are ignored), decoded by seeking."""
-    return _read(Path(path), lambda total: list(indices), limits)
+    return read_selected(Path(path), lambda total: list(indices), limits)
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def _source_stamp(src: Path) -> list[int]:
+def source_stamp(src: Path) -> list[int]:
     """Size and mtime of the source: a marker is trusted only for the very file it was made from."""
     try:
         st = src.stat()
@@ -389,7 +389,7 @@ def _marker_ok(video_dir: Path, src: Path, cfg: FrameConfig) -> JobResult | None
     """
     data = _read_marker(video_dir)
     if (not data.get("complete", "frames" in data) or data.get("num_frames") != cfg.num_frames
-            or data.get("format") != cfg.image_format or data.get("source_stamp", []) != _source_stamp(src)):
+            or data.get("format") != cfg.image_format or data.get("source_stamp", []) != source_stamp(src)):
         return None
     files = [video_dir / frame_name(i, cfg.image_format) for i in data.get("frames", [])]
     # Files are written atomically, so an existing non-empty file is complete; no need to decode it.
@@ -398,10 +398,10 @@ def _marker_ok(video_dir: Path, src: Path, cfg: FrameConfig) -> JobResult | None
     lost = data.get("lost", [])
     if not files and not lost:
         return None
-    return JobResult(reused=len(files), failed=[_lost_line(src, lost, len(files) + len(lost))] if lost else [])
+    return JobResult(reused=len(files), failed=[lost_line(src, lost, len(files) + len(lost))] if lost else [])
 
 
-def _lost_line(src: Path, lost: list[int], wanted: int) -> str:
+def lost_line(src: Path, lost: list[int], wanted: int) -> str:
     return (f"{src}: {len(lost)} of {wanted} wanted frames could not be decoded "
             f"(frames {lost[:5]}{'...' if len(lost) > 5 else ''})")
 
@@ -478,10 +478,10 @@ class FramesStage(Stage[FramesJob]):
             plan["missing"] = [i for i in plan["all"] if not is_valid_image(video_dir / frame_name(i, ext))]
             return plan["missing"]
 
-        meta = {"source": src.name, "source_stamp": _source_stamp(src), "num_frames": cfg.num_frames, "format": ext}
+        meta = {"source": src.name, "source_stamp": source_stamp(src), "num_frames": cfg.num_frames, "format": ext}
         try:
             ours = _ours(_read_marker(video_dir))
-            got = dict(_read(src, select, self.limits))
+            got = dict(read_selected(src, select, self.limits))
             indices, missing = plan["all"], plan["missing"]
             names = {i: frame_name(i, ext) for i in indices}
             # The record comes first: a run killed mid-way still knows which files are its own.
@@ -494,7 +494,7 @@ class FramesStage(Stage[FramesJob]):
                     result.written += 1
             lost = [i for i in missing if i not in got]
             if lost:
-                result.failed.append(_lost_line(src, lost, len(indices)))
+                result.failed.append(lost_line(src, lost, len(indices)))
             keep = {names[i] for i in indices if i not in lost}
             _remove_unplanned(video_dir, keep, ours)
             write_json(video_dir / DONE_MARKER, {

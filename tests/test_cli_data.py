@@ -161,7 +161,7 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path):
     (tmp_path / "taken").mkdir()
     res = invoke("labels", root, "--out", tmp_path / "taken", "--subfolder", "real", "--value", "1")
     assert res.exit_code == 1
-    assert "taken: cannot write (Is a directory)" in res.output and "\n" not in res.output.strip()
+    assert "taken: --out names a folder" in res.output and "\n" not in res.output.strip()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
 
 

@@ -239,7 +239,7 @@ def test_train_into_a_users_own_folder_is_refused_and_touches_nothing(tmp_path):
     (mine / "config.yaml").write_text("my: own settings\n")
     (mine / "notes.txt").write_text("keep me")
     res = cli("train", str(data), "--out", str(mine), "--mode", "head", "--epochs", "1")
-    assert res.exit_code == 1 and "holds files that no dfdetect run wrote (config.yaml, notes.txt)" in \
+    assert res.exit_code == 1 and "holds files (config.yaml, notes.txt) but no .dfdetect-run" in \
         " ".join(res.output.split()), res.output
     assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "notes.txt"]
     assert (mine / "config.yaml").read_text() == "my: own settings\n"

@@ -144,10 +144,15 @@ def check_writable(folder: Path, flag: str) -> None:
         raise DfdetectError(f"cannot write {flag} into {folder}: no permission to write in {there}")
 
 
-def check_result_file(path: Path, flag: str, example: str, need: tuple[str, ...] = ()) -> None:
+def check_result_file(path: Path, flag: str, example: str, need: tuple[str, ...] = (), *,
+                      append: bool = False) -> None:
     """Refuse, before any work, a results file that is a folder, a pipe (it would block for ever), a video or
     image (it could be one of the inputs, overwritten or appended to), or without the suffix ``need`` asks for
-    (``--onnx run/detector.safetensors`` would overwrite the model)."""
+    (``--onnx run/detector.safetensors`` would overwrite the model).
+
+    ``append``: the file is added to in place, not replaced, so a symlink or a second hard link (which may be an
+    input under another name) and a file holding anything but JSON lines are refused too.
+    """
     import os
 
     from dfdetect.inference.predict import MEDIA_SUFFIXES
@@ -162,7 +167,31 @@ def check_result_file(path: Path, flag: str, example: str, need: tuple[str, ...]
     if path.suffix.lower() in MEDIA_SUFFIXES:
         raise DfdetectError(f"{flag} names a video or image, maybe one of the inputs; give a file such as {example}",
                             path=path)
+    if append and os.path.lexists(path):
+        st = os.lstat(path)
+        if path.is_symlink() or st.st_nlink > 1:
+            raise DfdetectError(f"{flag} is a link to another file (maybe one of the inputs), and results are "
+                                f"appended to it; give a file of its own such as {example}", path=path)
+        if path.is_file() and st.st_size:
+            with open(path, "rb") as fh:
+                head = fh.read(4096).lstrip()
+            if head and not head.startswith(b"{"):
+                raise DfdetectError(f"{flag} holds something other than JSON lines, and results would be appended "
+                                    f"to it; give a new file such as {example}", path=path)
+
     check_writable(path.parent, flag)
+
+
+def claim_out(out_dir: Path, *sources: Path | None, legacy: tuple[str, ...] | None = None) -> None:
+    """The output folder of train or evaluate, checked before anything is written: not inside the data (refused
+    before the folder is made there), and not a folder of the user's own (:meth:`dfdetect.rundir.RunDir.claim`)."""
+    from dfdetect._io import check_separate
+    from dfdetect.rundir import RunDir
+
+    for src in filter(None, sources):
+        check_separate(src if src.is_dir() else src.parent, out_dir, "dataset")
+    run = RunDir(out_dir)
+    run.claim() if legacy is None else run.claim(legacy)
 
 
 def print_report(report: StageReport, max_lines: int = 20) -> None:

@@ -26,6 +26,7 @@ from dfdetect.cli._app import (
     RayAddressOpt,
     WorkersOpt,
     app,
+    check_result_file,
     console,
     handle_errors,
     load_protocol_option,
@@ -204,6 +205,7 @@ def labels_cmd(
         raise DfdetectError("--subfolder and --value go together (or give neither to label Celeb-DF folders)")
     if not root.is_dir():
         raise BadInputError("folder not found", path=root)
+    check_result_file(out_file, "--out", "labels.txt")  # never over a crop, a video, a pipe or a device
     if subfolder is not None:
         if value not in (0, 1):
             raise DfdetectError(f"--value must be 1 (real) or 0 (fake), got {value}")

@@ -22,6 +22,7 @@ from rich.table import Table
 from dfdetect.cli._app import (
     WorkersOpt,
     app,
+    claim_out,
     console,
     handle_errors,
     load_protocol_option,
@@ -32,7 +33,6 @@ from dfdetect.cli._app import (
 )
 from dfdetect.config import MAX_ENSEMBLE
 from dfdetect.errors import BadInputError
-from dfdetect.rundir import RunDir
 
 
 def _protocol(name: str, model: dict[str, Any], train: dict[str, Any]) -> Any:
@@ -131,7 +131,7 @@ def train_cmd(
                        "input_size": input_size, "ensemble": ensemble},
                       {"mode": mode, "epochs": epochs, "pseudo_fakes": pseudo_fakes, "batch_size": batch_size,
                        "workers": workers or None})
-    RunDir(out_dir).claim()  # an unusable --out, or a user's own folder, fails now (one line), not after training
+    claim_out(out_dir, data, crops)  # an --out inside the data, unusable or of the user's own: one line, now
     table = _table(data, crops, labels, out_dir, proto, workers)
     for line in table.skipped[:20]:
         print_skipped(line)

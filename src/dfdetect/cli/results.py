@@ -29,6 +29,7 @@ from dfdetect.cli._app import (
     WorkersOpt,
     app,
     check_result_file,
+    claim_out,
     console,
     handle_errors,
     load_protocol_option,
@@ -156,6 +157,7 @@ def evaluate(
     # Never write into the package or the download cache: a named model's results go in the working folder.
     run_dir = detector.parent if used.source == "local" else None
     dest = out_dir or (run_dir or Path(".")) / f"eval-{folder.resolve().name}"
+    claim_out(dest, folder, crops, legacy=())  # never in the data, among a user's own metrics.json or in a stage's folder
     prepared = prepare_crops(folder, dest, det.protocol_, crops=crops, srm=srm, workers=workers,
                              progress=progress_bar, on_stage=print_report)
     for note in prepared.notes:

@@ -201,7 +201,7 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
     from dfdetect.preprocess.stage import StageReport
 
     if jsonl is not None:
-        check_result_file(jsonl, "--jsonl", "scan.jsonl")
+        check_result_file(jsonl, "--jsonl", "scan.jsonl", append=True)
     used = resolve_cli(model)
     path, twin = used.scorer_file()
     kwargs["onnx"] = kwargs["onnx"] or twin

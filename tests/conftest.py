@@ -19,3 +19,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA} is absent (it sits beside the checkout in dev and CI)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    """A real detector file (a scan loads its model itself, in its workers)."""
+    from dfdetect.config import ModelConfig, Protocol
+    from dfdetect.model.backbones import create_backbone
+    from dfdetect.model.detector import Detector
+
+    proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32, tta_flip=False,
+                                                                    ensemble=1, pool="max")})
+    net = create_backbone("mobilenet_v2", pretrained=False, num_classes=1)
+    return Detector.from_model(net, proto, 0.5).save(tmp_path / "tiny" / "detector.safetensors")

@@ -70,19 +70,6 @@ def test_a_folder_of_the_users_own_files_is_never_a_stage_folder(tmp_path):
 
 
 @pytest.fixture
-def tiny_model(tmp_path) -> Path:
-    """A real detector file (a scan loads its model itself, in its workers)."""
-    from dfdetect.config import ModelConfig
-    from dfdetect.model.backbones import create_backbone
-    from dfdetect.model.detector import Detector
-
-    proto = Protocol.seed().model_copy(update={"model": ModelConfig(pretrained=False, input_size=32, tta_flip=False,
-                                                                    ensemble=1, pool="max")})
-    net = create_backbone("mobilenet_v2", pretrained=False, num_classes=1)
-    return Detector.from_model(net, proto, 0.5).save(tmp_path / "tiny" / "detector.safetensors")
-
-
-@pytest.fixture
 def red_cli(monkeypatch, tmp_path):
     from dfdetect.cli import use
     from test_predict import RedScorer

@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 
 from test_hostile_media import cli, make_video, photo
-from test_hostile_outputs import tiny_model  # noqa: F401 - a fixture
 
 
 def _md5(p: Path) -> str:
-    return hashlib.md5(p.read_bytes()).hexdigest()  # noqa: S324 - a fingerprint, not security
+    return hashlib.md5(p.read_bytes()).hexdigest()
 
 
 def test_labels_out_never_replaces_a_crop_a_video_a_pipe_or_a_device(tmp_path):
@@ -96,3 +95,88 @@ def test_evaluate_out_is_never_a_users_folder_or_a_stage_folder(tmp_path, tiny_m
     ok = cli("evaluate", str(model), str(data), "--out", str(tmp_path / "ev"))
     assert ok.exit_code == 0 and (tmp_path / "ev" / "metrics.json").is_file(), ok.output
     assert cli("evaluate", str(model), str(data), "--out", str(tmp_path / "ev")).exit_code == 0  # its own: again
+
+
+def test_onnxruntime_writes_nothing_outside_the_output_folder(tmp_path):
+    """Regression: importing onnxruntime through dfdetect wrote ~/.cache/Microsoft/DeveloperTools/.onnxruntime/
+    (a device id and an event database queued for upload) on every ONNX run."""
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    code = "import dfdetect.model.export as e; import onnxruntime; print(onnxruntime.__version__)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("name", ["deep.yaml", "hex.yaml", "num.yaml", "bomb.yaml"])
+def test_hostile_recipes_are_one_line_quickly(tmp_path, name):
+    """Regression: a recipe nested 20,000 deep or with a 4,000-digit hex integer gave a traceback; a huge
+    num_frames was accepted and crashed later; a 336-byte alias bomb (9^9 leaves) hung in the error line."""
+    bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    prev = "a"
+    for n in "bcdefghi":
+        bomb += f"{n}: &{n} [" + ",".join(["*" + prev] * 9) + "]\n"
+        prev = n
+    texts = {"deep.yaml": "frames: " + "[" * 20000 + "]" * 20000 + "\n",
+             "hex.yaml": "frames:\n  jpeg_quality: 0x" + "f" * 4000 + "\n",
+             "num.yaml": "frames:\n  num_frames: " + "9" * 50 + "\n",
+             "bomb.yaml": bomb + "frames: *i\n"}
+    (tmp_path / name).write_text(texts[name])
+    photo(tmp_path / "ds" / "real" / "a.png")
+    code = textwrap.dedent(f"""
+        from typer.testing import CliRunner
+        from dfdetect.cli import app
+        r = CliRunner().invoke(app, ["frames", {str(tmp_path / "ds")!r}, "--out", {str(tmp_path / "o")!r},
+                                     "--config", {str(tmp_path / name)!r}], env={{"COLUMNS": "300"}})
+        print(r.exit_code, repr(r.output))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # timeout=60: the bomb used to hang past 30 s at 2 GB
+    rc, output = proc.stdout.strip().split(" ", 1)
+    output = eval(output)  # noqa: S307 - our own repr() of a str, just printed
+    assert rc == "1" and "not a dfdetect recipe" in output and "Traceback" not in output, output
+    assert len(output) < 600 and not (tmp_path / "o").exists()
+
+
+def _with_metadata(src: Path, dest: Path, key: str, value: str) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has keys(), not iteration
+    meta[key] = value
+    save_file(tensors, str(dest), metadata=meta)
+    return dest
+
+
+def test_model_metadata_nested_too_deep_or_too_large_is_one_line(tmp_path, tiny_model):
+    """Regression: a protocol of 100,000 '[' in a .safetensors or .onnx file gave a RecursionError traceback (serve
+    crashed at start); an input_size of 100000 loaded, then failed every file; 3000 took 3.2 GB per image."""
+    import onnx
+
+    from dfdetect.errors import WeightsError
+    from dfdetect.model.detector import Detector
+    from dfdetect.model.export import OnnxDetector, export_onnx
+
+    deep = _with_metadata(tiny_model, tmp_path / "deep.safetensors", "protocol", "[" * 100_000)
+    with pytest.raises(WeightsError, match="nested too deep"):
+        Detector.load(deep)
+    proto = json.loads(Detector.load(tiny_model).protocol_.model_dump_json())
+    for key, value in (("input_size", 100_000), ("input_size", 3000)):
+        bad = json.loads(json.dumps(proto))
+        bad["model"][key] = value
+        path = _with_metadata(tiny_model, tmp_path / f"{key}{value}.safetensors", "protocol", json.dumps(bad))
+        with pytest.raises(WeightsError, match="model.input_size"):
+            Detector.load(path)
+    export_onnx(Detector.load(tiny_model), tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    for entry in model.metadata_props:
+        if entry.key == "dfdetect.protocol":
+            entry.value = "[" * 100_000
+    onnx.save(model, str(tmp_path / "deep.onnx"))
+    with pytest.raises(WeightsError, match="nested too deep"):
+        OnnxDetector.load(tmp_path / "deep.onnx")
+    res = cli("serve", "--model", str(tmp_path / "deep.onnx"), "--port", "1")
+    assert res.exit_code == 1 and "nested too deep" in res.output

@@ -71,7 +71,7 @@ def test_resumes_per_video_and_redoes_a_changed_or_unfinished_one(tmp_path, cele
     videos = sorted(p.parent for p in out.rglob(RECORD))
     killed, changed = videos[0], videos[1]
     (killed / RECORD).unlink()  # killed after writing its crops, before its record
-    crop = sorted(killed.glob("*.png"))[0]
+    crop = min(killed.glob("*.png"))
     crop.unlink()
     src = next(it.path for it in items if it.video_id == changed.relative_to(out).as_posix())
     st = os.stat(src)

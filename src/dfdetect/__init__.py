@@ -9,9 +9,14 @@ Imports are lazy so that ``import dfdetect`` (and the ONNX-only path) does not p
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# onnxruntime (1.32) writes a device id and an event queue for upload under ~/.cache/Microsoft on import unless
+# this is set: nothing may be written outside the output folder. A user's own setting wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 _API = {
     "Protocol": "dfdetect.config",

@@ -10,6 +10,7 @@ set where they would be ignored. Configs round-trip through YAML/JSON so a run f
 from __future__ import annotations
 
 import os
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,6 +33,26 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: Bounds that keep one model file or recipe from costing gigabytes: frames sampled per video, and the side of a
+#: network input or a face crop (EfficientNet-B4 takes 380; 30000 px crops took 3.5 GB per image).
+MAX_FRAMES = 10_000
+MAX_SIDE = 1024
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 4, 4
+
+
+def _shown(value: Any) -> str:
+    """A value as an error line may quote it: bounded (an alias bomb expands to 9^9 leaves, and ``repr`` of an
+    integer of 5,000 digits raises)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {value.bit_length() * 30103 // 100000 + 1} digits"
+    try:
+        return _SHORT.repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+
+
 def validation_line(exc: ValidationError, names: dict[str, str] | None = None, *, prefix: str = "") -> str:
     """The first problem of ``exc`` in one line: ``train.lr: Input should be greater than 0 (got -1)``.
 
@@ -42,7 +63,7 @@ def validation_line(exc: ValidationError, names: dict[str, str] | None = None, *
     path = ".".join(str(p) for p in err["loc"] if p not in ("head", "full"))  # a union's tag is not a field
     where = (names or {}).get(path) or (names or {}).get(path.rpartition(".")[2]) or prefix + (path or "config")
     got = err.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or got is None else f" (got {_shown(got)})"
     return f"{where}: {str(err['msg']).removeprefix('Value error, ')}{shown}"
 
 
@@ -83,8 +104,9 @@ class MediaLimits(_Config):
 class FrameConfig(_Config):
     """Which frames to take from each video."""
 
-    num_frames: int = Field(8, ge=1, description="1 = the first frame (the seed); N = N evenly spaced frames")
-    test_frames: int | None = Field(32, ge=1, description="frames for videos in the official test list "
+    num_frames: int = Field(8, ge=1, le=MAX_FRAMES, description="1 = the first frame (the seed); N = N evenly "
+                            "spaced frames")
+    test_frames: int | None = Field(32, ge=1, le=MAX_FRAMES, description="frames for videos in the official test list "
                                     "(evaluation samples more than training); None = num_frames")
     image_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -103,10 +125,12 @@ class FaceConfig(_Config):
     detector: str = Field("yunet", min_length=1, description="a registered face finder: yunet, haar, mtcnn, or a "
                           "plugin's (dfdetect.preprocess.faces.register_detector); checked before any work")
     min_size: int = Field(40, ge=1, description="smallest face side in pixels (Haar minSize)")
-    scale_factor: float = Field(1.1, gt=1.0)
+    scale_factor: float = Field(1.1, ge=1.01, le=2.0, description="Haar's pyramid step: nearer 1 is slower "
+                                "(1.0000001 made 2 GB of pyramid)")
     min_neighbors: int = Field(5, ge=0)
-    margin: float = Field(1.3, ge=1.0, description="crop side / box side; 1.0 = the detector box (seed)")
-    output_size: int | None = Field(256, ge=8, description="resize crops to this square side; None keeps size")
+    margin: float = Field(1.3, ge=1.0, le=4.0, description="crop side / box side; 1.0 = the detector box (seed)")
+    output_size: int | None = Field(256, ge=8, le=MAX_SIDE, description="resize crops to this square side; None "
+                                    "keeps size")
     keep: Literal["largest", "all"] = "largest"
     image_format: Literal["png", "jpg"] = "png"
     min_score: float = Field(0.0, ge=0, le=1, description="MTCNN, YuNet: drop faces below this confidence "
@@ -132,7 +156,7 @@ class ModelConfig(_Config):
     backbone: str = "mobilenet_v2"
     pretrained: bool = True
     weights: Path | None = None
-    input_size: int = Field(128, ge=32)
+    input_size: int = Field(128, ge=32, le=MAX_SIDE)
     pool: Literal["max", "avg"] = "avg"
     srm_in_model: bool = False
     drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the head")

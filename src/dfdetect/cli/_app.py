@@ -238,6 +238,8 @@ def _load_recipe(name: str) -> Any:
         return load_protocol(name)
     except ValidationError as exc:
         raise BadInputError(f"not a dfdetect recipe: {validation_line(exc)}", path=name) from None
+    except RecursionError:
+        raise BadInputError("not a dfdetect recipe (nested too deep)", path=name) from None
     except (ValueError, OSError, yaml.YAMLError) as exc:
         raise BadInputError(f"not a dfdetect recipe ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]})", path=name) from None

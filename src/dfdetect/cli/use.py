@@ -37,7 +37,7 @@ from dfdetect.cli._app import (
     rate_progress,
     shown,
 )
-from dfdetect.config import INFERENCE
+from dfdetect.config import INFERENCE, MAX_FRAMES
 from dfdetect.errors import DfdetectError, WeightsError
 
 # A string, not a Path: a Path would fold the "//" of hf:// and https:// references.
@@ -117,7 +117,8 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(
         help="Videos, images, folders of them, or list files (.txt, .lst, .list: one path a line).")],
     model: ModelOpt = None,
-    frames: Annotated[int, typer.Option("--frames", "-n", min=1, help="Frames sampled per video.")] = INFERENCE.frames,
+    frames: Annotated[int, typer.Option("--frames", "-n", min=1, max=MAX_FRAMES,
+                                        help="Frames sampled per video.")] = INFERENCE.frames,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write per-frame boxes, scores and verdicts.")]
     = None,
     save: Annotated[Path | None, typer.Option(
@@ -263,7 +264,8 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")]
     = 200,
-    frames: Annotated[int, typer.Option("--frames", "-n", min=1, help="Frames sampled per video.")] = INFERENCE.frames,
+    frames: Annotated[int, typer.Option("--frames", "-n", min=1, max=MAX_FRAMES,
+                                        help="Frames sampled per video.")] = INFERENCE.frames,
     upload_timeout: Annotated[float, typer.Option(
         "--upload-timeout", min=0.001, help="Seconds a whole upload may take; slower or stalled ones get 408.")]
     = 120.0,

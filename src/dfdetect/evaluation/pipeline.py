@@ -171,7 +171,6 @@ def prepare_crops(
         from dfdetect.preprocess.frames import FramesStage, extract_frames
         from dfdetect.preprocess.srm import SrmStage
         from dfdetect.preprocess.stage import check_folder
-
         from dfdetect.preprocess.video_faces import VideoFacesStage, extract_video_faces
 
         check_detector(protocol.faces.detector)  # a recipe's typo is one line before the frames, not after

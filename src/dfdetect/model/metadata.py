@@ -55,6 +55,8 @@ def _json_model(model: type[BaseModel]) -> Callable[[str], Any]:
     def parse(value: str) -> Any:
         try:
             json.loads(value)
+        except RecursionError:
+            raise ValueError("is JSON nested too deep") from None
         except ValueError as exc:
             raise ValueError(f"is not JSON ({exc})") from None
         try:

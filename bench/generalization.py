@@ -133,6 +133,13 @@ def ffpp_table(videos: list[dict], scores: dict[str, np.ndarray]) -> dict[str, f
     return out
 
 
+def _run_name(path: Path) -> str:
+    """``runs/ship_e12/mobilenet_v2.dfdc_sbi/detector.safetensors`` -> ``ship_e12``: the folder bench/ship.py's
+    ``--out`` named."""
+    parts = path.parts
+    return parts[-3] if len(parts) >= 3 and path.name == "detector.safetensors" else path.stem
+
+
 def ensure_trained(name: str, out: Path) -> Path:
     path = out / name / "detector.safetensors"
     if not path.is_file():
@@ -151,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faces", default=None, help="whose face finder and framing cut the ffpp crops (a model name "
                     "or file; default: the shipped model's), so detectors compared in two runs see the same crops")
     ap.add_argument("--only", nargs="*", default=None, help="detectors to run: seed default shipped")
-    ap.add_argument("--candidate", type=Path, default=None, help="one more detector file, scored beside the others "
-                    "as 'candidate' (a recipe being weighed against the shipped model, on the same crops)")
+    ap.add_argument("--candidate", type=Path, nargs="*", default=[], help="more detector files, scored beside the "
+                    "others (recipes being weighed against the shipped model, on the same crops): one is "
+                    "'candidate', several are named by their run folder (runs/ship_e12/... -> ship_e12)")
     ap.add_argument("--limit", type=int, default=None, help="smoke test: this many ffpp videos")
     args = ap.parse_args(argv)
     need = [*SETS, "ffpp-samples"]
@@ -170,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = {n: ensure_trained(n, args.quality_runs) for n in names if n != "shipped"}
     if "shipped" in names:
         paths["shipped"] = resolve_model(args.shipped or DEFAULT_MODEL)
-    if args.candidate is not None:
-        paths["candidate"] = args.candidate
+    for c in args.candidate:
+        paths["candidate" if len(args.candidate) == 1 else _run_name(c)] = c
     detectors = {n: Detector.load(p) for n, p in paths.items()}
     for n, p in paths.items():
         print(f"{n}: {p}", flush=True)

@@ -337,8 +337,9 @@ class _Downscaled:
         for i, bgr in enumerate(frames):
             by_factor.setdefault(min(1.0, self.max_side / max(bgr.shape[:2])), []).append(i)
         for f, idx in by_factor.items():
-            small = [frames[i] if f >= 1 else cv2.resize(frames[i], (round(frames[i].shape[1] * f),
-                     round(frames[i].shape[0] * f)), interpolation=cv2.INTER_AREA) for i in idx]
+            # max(1, ...): a 2000 x 1 image would scale its short side to 0, which OpenCV refuses with an assertion
+            small = [frames[i] if f >= 1 else cv2.resize(frames[i], (max(1, round(frames[i].shape[1] * f)),
+                     max(1, round(frames[i].shape[0] * f))), interpolation=cv2.INTER_AREA) for i in idx]
             found = self.inner.detect_batch(small, max(1, round(self.inner.min_size * f)))
             for i, boxes in zip(idx, found, strict=True):
                 out[i] = [b for b in (b.scaled(1 / f) for b in boxes) if min(b.width, b.height) >= self.inner.min_size]

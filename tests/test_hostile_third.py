@@ -180,3 +180,37 @@ def test_model_metadata_nested_too_deep_or_too_large_is_one_line(tmp_path, tiny_
         OnnxDetector.load(tmp_path / "deep.onnx")
     res = cli("serve", "--model", str(tmp_path / "deep.onnx"), "--port", "1")
     assert res.exit_code == 1 and "nested too deep" in res.output
+
+
+def test_a_one_pixel_high_or_wide_image_is_scored_not_an_opencv_assertion(tmp_path):
+    """Regression: a valid 2000 x 1 PNG scaled its short side to 0 for the face finder (the default's YuNet runs
+    on a <= 640 px copy): a raw OpenCV assertion line in the CLI, and a 500 from serve."""
+    from fastapi.testclient import TestClient
+
+    from dfdetect.model import hub
+    from dfdetect.model.export import OnnxDetector
+    from dfdetect.service import create_app
+
+    for shape in ((1, 2000), (2000, 1)):
+        cv2.imwrite(str(tmp_path / f"{shape[0]}x{shape[1]}.png"), np.full((*shape, 3), 128, np.uint8))
+    res = cli("predict", str(tmp_path / "1x2000.png"), str(tmp_path / "2000x1.png"))  # the shipped model
+    assert res.exit_code == 0 and "OpenCV" not in res.output and res.output.count("no_face") == 2, res.output
+    client = TestClient(create_app(OnnxDetector.load(hub.resolve(None).onnx), frames=2))
+    r = client.post("/api/v1/detect", files={"file": ("thin.png", (tmp_path / "1x2000.png").read_bytes(), "image/png")})
+    assert r.status_code == 200 and r.json()["verdict"] == "no_face", r.text
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    """Regression: a UTF-8 BOM (Notepad's) made the first line of a seed label file or List_of_testing_videos.txt,
+    and of a predict list file, unreadable ('\\ufeff1 ...', '\\ufeff../media/alpha.png: no such file')."""
+    from dfdetect.data.labels import read_label_file
+    from dfdetect.inference.scan import expand_lists
+
+    labels = tmp_path / "List_of_testing_videos.txt"
+    labels.write_bytes("\ufeff1 YouTube-real/00170.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n".encode())
+    lines, bad = read_label_file(labels)
+    assert bad == [] and [(int(x.label), x.path) for x in lines][0][1] == "YouTube-real/00170.mp4"
+    photo(tmp_path / "media" / "alpha.png")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("\ufeffmedia/alpha.png\n".encode())
+    assert expand_lists([listing]) == [tmp_path / "media" / "alpha.png"]

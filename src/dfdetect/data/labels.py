@@ -71,7 +71,7 @@ def read_label_file(path: str | Path) -> tuple[list[LabelLine], list[str]]:
     bad: list[str] = []
     # Lines end at "\n" only: str.splitlines() would also cut a name at "\x0c", "\x1c" or "\u2028"
     # surrogateescape: bytes that are not UTF-8 (a file name written as its own bytes) come back as that name
-    text_all = path.read_text(encoding="utf-8", errors="surrogateescape")
+    text_all = path.read_text(encoding="utf-8-sig", errors="surrogateescape")  # -sig: a BOM (Notepad) is not a name
     for n, raw in enumerate(text_all.split("\n"), start=1):
         text = raw.strip()
         if not text:

@@ -180,7 +180,7 @@ def _read_list(list_file: Path) -> list[Path]:
     """Paths in a list file; relative ones are taken from the list file's folder."""
     try:
         # surrogateescape: a line that is not UTF-8 is a file name's own bytes, which os calls take back as they are
-        text = list_file.read_text(encoding="utf-8", errors="surrogateescape")
+        text = list_file.read_text(encoding="utf-8-sig", errors="surrogateescape")  # -sig: a BOM is no path
     except OSError as exc:
         raise BadInputError(f"cannot read the list of files ({exc})", path=list_file) from None
     out = []

@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -362,9 +363,9 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
             handed_over = True
             try:
                 doc = await asyncio.wrap_future(job)
-            except (DfdetectError, OSError, ValueError, RuntimeError) as exc:
-                # DfdetectError is what frames/faces raise for undecodable media; the others are decoder
-                # errors they did not wrap. Either way the file is bad: 422, one line.
+            except (DfdetectError, OSError, ValueError, RuntimeError, cv2.error) as exc:
+                # DfdetectError is what frames/faces raise for undecodable media; the others are decoder (and
+                # OpenCV) errors they did not wrap. Either way the file is bad: 422, one line.
                 text = exc.message if isinstance(exc, DfdetectError) else str(exc)
                 msg = text.splitlines()[0] if text else type(exc).__name__
                 return _error(422, f"{name}: {msg}".replace(str(tmp), "upload"))

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dfdetect.config import FrameConfig
+from dfdetect.config import FrameConfig, MediaLimits
 from dfdetect.data.labels import Label
 from dfdetect.data.sources import MediaItem
 from dfdetect.errors import BadInputError
@@ -70,7 +70,7 @@ def test_seek_skips_decoding(tmp_path):
     video = make_video(tmp_path / "v.mp4")
     with av.open(str(video)) as c:
         stream = c.streams.video[0]
-        idx = F._index(c, stream)
+        idx = F._index(c, stream, MediaLimits(), video)
         stats: dict[str, int] = {}
         got = F._decode_seeking(c, stream, idx, F.sample_indices(48, 4), stats)
     assert sorted(got) == F.sample_indices(48, 4)

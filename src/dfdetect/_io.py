@@ -286,13 +286,41 @@ def is_valid_image(path: str | Path) -> bool:
     return p.is_file() and p.stat().st_size > 0 and read_image(p) is not None
 
 
-def files_under(folder: Path, suffixes: frozenset[str]) -> list[Path]:
-    """Every file under ``folder`` (recursive) with one of ``suffixes``, sorted.
+def walk_files(folder: Path, suffixes: frozenset[str], *, regular_only: bool = True,
+               skipped: list[str] | None = None) -> list[Path]:
+    """Every entry under ``folder`` (recursive, symlinked folders not followed, as ``Path.rglob``) that is not a
+    folder and has one of ``suffixes``, sorted; ``regular_only`` keeps only files (after symlinks).
+
+    Why not ``rglob``: one entry it cannot stat (a path longer than PATH_MAX) ends its walk with an OSError, so a
+    single odd name lost the whole folder. Here such an entry, or a folder that cannot be listed, is left out,
+    with a line in ``skipped``.
+    """
+    out: list[Path] = []
+
+    def unlistable(exc: OSError) -> None:
+        if skipped is not None and not isinstance(exc, FileNotFoundError):  # absent (as rglob): nothing to list
+            skipped.append(f"{exc.filename}: cannot list this folder ({exc.strerror or exc}); skipped")
+
+    for dirpath, _, filenames in os.walk(folder, onerror=unlistable):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.suffix.lower() not in suffixes:
+                continue
+            try:
+                if not regular_only or p.is_file():
+                    out.append(p)
+            except OSError as exc:  # e.g. a name too long for the file system
+                if skipped is not None:
+                    skipped.append(f"{p}: cannot use ({exc.strerror or exc}); skipped")
+    return sorted(out)
+
+
+def files_under(folder: Path, suffixes: frozenset[str], skipped: list[str] | None = None) -> list[Path]:
+    """Every file under ``folder`` (recursive) with one of ``suffixes``, sorted (:func:`walk_files`).
 
     Hidden files are never data: done-markers, a killed run's atomic-write temp files, macOS "._x.png".
     """
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file())
+    return [p for p in walk_files(folder, suffixes, skipped=skipped) if not p.name.startswith(".")]
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from dfdetect._io import output_stems, regular_file
+from dfdetect._io import output_stems, regular_file, walk_files
 from dfdetect.data.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Label, parse_label_name, read_label_file
 from dfdetect.errors import BadInputError
 
@@ -202,9 +202,7 @@ def load_ffpp(root: str | Path) -> Dataset:
     items: list[MediaItem] = []
     skipped: list[str] = []
     for top, label in (("original_sequences", Label.REAL), ("manipulated_sequences", Label.FAKE)):
-        for path in sorted((root / top).rglob("*")):
-            if path.suffix.lower() not in VIDEO_SUFFIXES:
-                continue
+        for path in walk_files(root / top, VIDEO_SUFFIXES, regular_only=False, skipped=skipped):
             if problem := media_problem(path):
                 skipped.append(problem)
                 continue
@@ -274,13 +272,12 @@ def load_folder(root: str | Path) -> Dataset:
     items: list[MediaItem] = []
     skipped: list[str] = []
     for sub, label in (("real", Label.REAL), ("fake", Label.FAKE)):
-        for path in sorted((root / sub).rglob("*")):
-            if path.suffix.lower() in MEDIA_SUFFIXES and not path.is_dir():
-                rel = path.relative_to(root).as_posix()
-                if problem := media_problem(_data_path(root, rel)):
-                    skipped.append(problem)
-                    continue
-                items.append(MediaItem(_data_path(root, rel), rel, label, (Path(rel).with_suffix("").as_posix(),)))
+        for path in walk_files(root / sub, MEDIA_SUFFIXES, regular_only=False, skipped=skipped):
+            rel = path.relative_to(root).as_posix()
+            if problem := media_problem(_data_path(root, rel)):
+                skipped.append(problem)
+                continue
+            items.append(MediaItem(_data_path(root, rel), rel, label, (Path(rel).with_suffix("").as_posix(),)))
     return Dataset(root, "folder", items, skipped)
 
 

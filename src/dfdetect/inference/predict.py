@@ -242,13 +242,16 @@ def resolve_face_config(cfg: FaceConfig) -> tuple[FaceConfig, list[str]]:
 # --------------------------------------------------------------------------- inputs
 
 
-def media_files(path: str | Path) -> list[Path]:
-    """A media file -> [it]; a folder -> its videos and images (recursive, sorted). Raises if neither."""
+def media_files(path: str | Path, skipped: list[str] | None = None) -> list[Path]:
+    """A media file -> [it]; a folder -> its videos and images (recursive, sorted). Raises if neither.
+
+    An entry of the folder that cannot be looked at (a name too long for the file system) is a line in
+    ``skipped``; the rest of the folder is still used."""
     p = Path(path)
     try:
         if p.is_dir():
             # Not only regular files: a named pipe or a symlink loop among them is one line, not left out silently
-            return sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_SUFFIXES and not q.is_dir())
+            return _io.walk_files(p, MEDIA_SUFFIXES, regular_only=False, skipped=skipped)
         exists = os.path.lexists(p)
     except OSError as exc:  # a name too long for the file system, a folder we may not read
         raise BadInputError(f"cannot use ({exc.strerror or exc})", path=p) from None
@@ -397,7 +400,7 @@ def iter_predict(
     detector = face_detector
     for root in paths:
         try:
-            files = media_files(root)
+            files = media_files(root, report.failed)
         except BadInputError as exc:
             report.failed.append(str(exc))
             continue

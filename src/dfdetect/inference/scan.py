@@ -222,13 +222,13 @@ def expand_inputs(paths: Iterable[str | Path], report: StageReport | None = None
             listed = _read_list(root)
             for p in listed:  # a folder in a list is expanded; a list in a list is not
                 if p.is_dir():
-                    for f in P.media_files(p):
+                    for f in P.media_files(p, report.failed if report is not None else None):
                         add(str(f))
                 else:
                     add(str(p))
             continue
         if root.is_dir():
-            files = P.media_files(root)
+            files = P.media_files(root, report.failed if report is not None else None)
             if not files and report is not None:
                 report.failed.append(f"{root}: no videos or images in the folder")
             for f in files:

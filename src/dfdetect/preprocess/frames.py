@@ -27,6 +27,7 @@ import bisect
 import itertools
 import json
 import os
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -89,11 +90,12 @@ def frame_name(index: int, ext: str) -> str:
 
 @dataclass
 class _PacketIndex:
-    """Video packets in decode order: what seeking needs, read without decoding anything."""
+    """Video packets in decode order: what seeking needs, read without decoding anything. Typed arrays, not lists:
+    about 17 bytes a packet instead of about 90 (a video may hold a million)."""
 
-    pts: list[int] = field(default_factory=list)  #: per packet, decode order
-    seek_ts: list[int] = field(default_factory=list)  #: min(pts, dts): a timestamp seek lands at or before
-    key: list[bool] = field(default_factory=list)
+    pts: array = field(default_factory=lambda: array("q"))  #: per packet, decode order
+    seek_ts: array = field(default_factory=lambda: array("q"))  #: min(pts, dts): a timestamp seek lands at or before
+    key: bytearray = field(default_factory=bytearray)
     sequential_only: bool = False  #: some packet had no pts: only a sequential decode is trustworthy
 
     @property
@@ -130,18 +132,24 @@ def _reason(exc: BaseException) -> str:
     return str(text).strip() or type(exc).__name__
 
 
-def _index(container: av.container.InputContainer, stream: av.VideoStream) -> _PacketIndex:
+def _index(container: av.container.InputContainer, stream: av.VideoStream, limits: MediaLimits,
+           path: Path) -> _PacketIndex:
     idx = _PacketIndex()
+    packets = 0
     for packet in container.demux(stream):
         if packet.size == 0 or packet.is_discard:  # flush packet / frames an edit list hides
             continue
+        packets += 1
+        if packets > limits.max_video_frames:
+            raise BadInputError(f"holds more than {limits.max_video_frames:,} frames, the limit "
+                                f"({MediaLimits.ENV['max_video_frames']}); not decoded", path=path)
         if packet.pts is None:
             idx.sequential_only = True
             continue
         idx.pts.append(packet.pts)
         idx.seek_ts.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
         idx.key.append(bool(packet.is_keyframe))
-    if len(set(idx.pts)) != len(idx.pts) or (idx.pts and not idx.key[0]):
+    if np.unique(np.frombuffer(idx.pts, np.int64)).size != len(idx.pts) or (idx.pts and not idx.key[0]):
         idx.sequential_only = True  # duplicate timestamps, or no keyframe to start from
     return idx
 
@@ -305,7 +313,7 @@ def count_frames(path: str | Path, limits: MediaLimits | None = None) -> int:
     container = _open(path, limits)
     try:
         stream = container.streams.video[0]
-        return _count(container, stream, _index(container, stream))
+        return _count(container, stream, _index(container, stream, limits, path))
     except av.FFmpegError as exc:
         raise BadInputError(f"cannot decode ({_reason(exc)})", path=path) from None
     finally:
@@ -325,7 +333,7 @@ def read_selected(path: Path, select: Callable[[int], list[int]], limits: MediaL
     container = _open(path, limits)
     try:
         stream = container.streams.video[0]
-        idx = _index(container, stream)
+        idx = _index(container, stream, limits, path)
         total = _count(container, stream, idx)
         if total == 0:
             raise BadInputError("no decodable video frames", path=path)

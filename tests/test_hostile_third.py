@@ -194,10 +194,10 @@ def test_a_one_pixel_high_or_wide_image_is_scored_not_an_opencv_assertion(tmp_pa
     for shape in ((1, 2000), (2000, 1)):
         cv2.imwrite(str(tmp_path / f"{shape[0]}x{shape[1]}.png"), np.full((*shape, 3), 128, np.uint8))
     res = cli("predict", str(tmp_path / "1x2000.png"), str(tmp_path / "2000x1.png"))  # the shipped model
-    assert res.exit_code == 0 and "OpenCV" not in res.output and "2 written" in res.output, res.output
+    assert res.exit_code == 0 and "OpenCV" not in res.output and res.output.count("no_face") == 2, res.output
     client = TestClient(create_app(OnnxDetector.load(hub.resolve(None).onnx), frames=2))
     r = client.post("/api/v1/detect", files={"file": ("thin.png", (tmp_path / "1x2000.png").read_bytes(), "image/png")})
-    assert r.status_code == 200 and r.json()["verdict"] in ("no_face", "real", "fake"), r.text
+    assert r.status_code == 200 and r.json()["verdict"] == "no_face", r.text
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
@@ -209,7 +209,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
     labels = tmp_path / "List_of_testing_videos.txt"
     labels.write_bytes("\ufeff1 YouTube-real/00170.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n".encode())
     lines, bad = read_label_file(labels)
-    assert bad == [] and [(int(x.label), x.path) for x in lines][0][1] == "YouTube-real/00170.mp4"
+    assert bad == [] and lines[0].path == "YouTube-real/00170.mp4"
     photo(tmp_path / "media" / "alpha.png")
     listing = tmp_path / "list.txt"
     listing.write_bytes("\ufeffmedia/alpha.png\n".encode())

@@ -128,6 +128,8 @@ class YuNet:
         h, w = img.shape[:2]
         _, rows = self._for_size((w, h)).detect(np.ascontiguousarray(img, dtype=np.uint8))
         rows = np.zeros((0, 15), np.float32) if rows is None else np.asarray(rows, np.float32).reshape(-1, 15)
+        # a degenerate image (2000 x 1, scaled to 640 x 1) gives rows of inf/NaN: no face, not a garbage crop
+        rows = rows[np.isfinite(rows).all(axis=1) & (rows[:, 2] > 0) & (rows[:, 3] > 0)]
         boxes = np.concatenate([rows[:, :2], rows[:, :2] + rows[:, 2:4]], axis=1)
         landmarks = rows[:, 4:14].reshape(-1, 5, 2)[:, list(TO_MTCNN_ORDER)]
         return boxes, rows[:, 14].copy(), np.ascontiguousarray(landmarks)

@@ -256,3 +256,33 @@ def test_a_video_of_more_frames_than_the_limit_is_refused_before_its_index_grows
     monkeypatch.setenv("DFDETECT_MAX_VIDEO_FRAMES", "10")
     res = cli("frames", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--frames", "2")
     assert "holds more than 10 frames" in res.output and "Traceback" not in res.output
+
+
+def test_frames_far_from_any_keyframe_cost_a_bounded_decode(tmp_path):
+    """Regression: a 13 MB mp4 of a million frames after one keyframe took 40-50 s per prediction (a service
+    worker held that long). At most ``max_decoded_frames`` are decoded: the sampled frames past it are lost, and
+    the stage says so in one line."""
+    import av
+
+    from dfdetect.config import FrameConfig, MediaLimits
+    from dfdetect.data.sources import discover
+    from dfdetect.preprocess.frames import extract_frames, read_frames
+
+    video = tmp_path / "data" / "real" / "onekey.mp4"
+    video.parent.mkdir(parents=True)
+    with av.open(str(video), "w") as out:
+        s = out.add_stream("libx264", rate=25, options={"g": "100000", "bf": "0", "preset": "ultrafast"})
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for i in range(200):
+            img = np.full((32, 32, 3), i, np.uint8)
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+    assert len(read_frames(video, 4)) == 4
+    tight = MediaLimits(max_decoded_frames=60)
+    got = read_frames(video, 4, tight)
+    assert 1 <= len(got) < 4 and all(i < 60 for i, _ in got)
+    report = extract_frames(discover(tmp_path / "data").items, tmp_path / "out", FrameConfig(num_frames=4),
+                            limits=tight)
+    assert report.written == len(got) and len(report.failed) == 1 and "could not be decoded" in report.failed[0]

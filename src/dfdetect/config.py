@@ -86,11 +86,15 @@ class MediaLimits(_Config):
     max_video_frames: int = Field(1_000_000, ge=1, description="most frames (packets) a video may hold, over 9 "
                                   "hours at 30 fps: seeking indexes every packet, and 4 million 16 x 16 frames "
                                   "in 62 MB took 1.2 GB")
+    max_decoded_frames: int = Field(50_000, ge=1, description="most frames decoded to reach one video's sampled "
+                                    "frames (32 frames 10 s apart need a few thousand); the wanted frames past it "
+                                    "are lost, named in one line: a million frames after one keyframe took 50 s")
 
     #: Environment variables :meth:`from_env` reads, per field.
     ENV: ClassVar[dict[str, str]] = {"max_pixels": "DFDETECT_MAX_PIXELS", "max_frame_side": "DFDETECT_MAX_FRAME_SIDE",
                                      "max_image_bytes": "DFDETECT_MAX_IMAGE_BYTES",
-                                     "max_video_frames": "DFDETECT_MAX_VIDEO_FRAMES"}
+                                     "max_video_frames": "DFDETECT_MAX_VIDEO_FRAMES",
+                                     "max_decoded_frames": "DFDETECT_MAX_DECODED_FRAMES"}
 
     @classmethod
     def from_env(cls) -> MediaLimits:

@@ -165,12 +165,16 @@ def _bgr(frame: av.VideoFrame, max_side: int | None = None) -> np.ndarray:
     return frame.to_ndarray(format="bgr24")
 
 
-def _decode_sequential(container, stream, wanted: set[int], max_side: int | None = None) -> dict[int, np.ndarray]:
-    """Frame i = i-th decoded frame. Slow but needs no timestamps; the fallback and the test oracle."""
+def _decode_sequential(container, stream, wanted: set[int], max_side: int | None = None,
+                       budget: int | None = None) -> dict[int, np.ndarray]:
+    """Frame i = i-th decoded frame. Slow but needs no timestamps; the fallback and the test oracle. At most
+    ``budget`` frames are decoded: the wanted ones past it are lost."""
     container.seek(0)
     out: dict[int, np.ndarray] = {}
     try:
         for i, frame in enumerate(container.decode(stream)):
+            if budget is not None and i >= budget:
+                break
             if i in wanted:
                 out[i] = _bgr(frame, max_side)
                 if len(out) == len(wanted):
@@ -181,8 +185,10 @@ def _decode_sequential(container, stream, wanted: set[int], max_side: int | None
 
 
 def _decode_seeking(container, stream, idx: _PacketIndex, wanted: list[int],
-                    stats: dict[str, int] | None = None, max_side: int | None = None) -> dict[int, np.ndarray]:
-    """Seek to the keyframe before each wanted frame and decode forward to it (see module docstring).
+                    stats: dict[str, int] | None = None, max_side: int | None = None,
+                    budget: int | None = None) -> dict[int, np.ndarray]:
+    """Seek to the keyframe before each wanted frame and decode forward to it (see module docstring); stop after
+    ``budget`` packets sent to the decoder, with the frames found so far.
 
     ``stats``, if given, counts ``packets`` sent to the decoder and ``seeks`` (tests and benchmarks).
     """
@@ -225,6 +231,9 @@ def _decode_seeking(container, stream, idx: _PacketIndex, wanted: list[int],
             # Non-reference frames nobody asked for are skipped: nothing else refers to them.
             cc.skip_frame = "DEFAULT" if packet.pts in need else "NONREF"
             stats["packets"] += 1
+            if budget is not None and stats["packets"] > budget:
+                cc.skip_frame = "DEFAULT"
+                return out
             try:
                 frames = cc.decode(packet)
             except av.FFmpegError:  # a corrupt packet: its frame is lost, the rest may decode
@@ -270,8 +279,11 @@ def _collect(frames, need: set[int], target_pts: dict[int, int], out: dict[int, 
             need.discard(frame.pts)
 
 
-def _decode_at(container, stream, idx: _PacketIndex, wanted: list[int], max_side: int | None = None
-               ) -> dict[int, np.ndarray]:
+def _decode_at(container, stream, idx: _PacketIndex, wanted: list[int], max_side: int | None = None,
+               budget: int | None = None) -> dict[int, np.ndarray]:
+    """The wanted frames, by seeking (the sequential decode where timestamps cannot be trusted), decoding at most
+    ``budget`` packets: a million frames after one keyframe held a worker for 50 s, so the frames past the budget
+    are lost (named in the stage's line), not decoded at any cost."""
     # Each frame thread holds frames of its own: on a 16-core machine an 8K stream would hold ~2 GB that way
     frame_bytes = 1.5 * (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
     threads = int(_DECODER_BUDGET // max(8 * frame_bytes, 1))
@@ -285,11 +297,13 @@ def _decode_at(container, stream, idx: _PacketIndex, wanted: list[int], max_side
         # NONREF skipping below stays exact; tests compare against a sequential decode.
         stream.thread_type = "AUTO"
     if idx.sequential_only:
-        return _decode_sequential(container, stream, set(wanted), max_side)
-    out = _decode_seeking(container, stream, idx, wanted, max_side=max_side)
+        return _decode_sequential(container, stream, set(wanted), max_side, budget)
+    stats: dict[str, int] = {}
+    out = _decode_seeking(container, stream, idx, wanted, stats, max_side=max_side, budget=budget)
     missing = set(wanted) - set(out)
-    if missing:  # timestamps lied (rare, broken files): the sequential decode is the authority
-        out.update(_decode_sequential(container, stream, missing, max_side))
+    left = None if budget is None else budget - stats["packets"]
+    if missing and (left is None or left > 0):  # timestamps lied (rare, broken files): the sequential decode rules
+        out.update(_decode_sequential(container, stream, missing, max_side, left))
     return out
 
 
@@ -338,7 +352,8 @@ def read_selected(path: Path, select: Callable[[int], list[int]], limits: MediaL
         if total == 0:
             raise BadInputError("no decodable video frames", path=path)
         wanted = sorted(i for i in select(total) if 0 <= i < total)
-        frames = _decode_at(container, stream, idx, wanted, limits.max_frame_side) if wanted else {}
+        frames = (_decode_at(container, stream, idx, wanted, limits.max_frame_side, limits.max_decoded_frames)
+                  if wanted else {})
     except BadInputError:
         raise
     except av.FFmpegError as exc:

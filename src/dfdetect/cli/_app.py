@@ -190,8 +190,10 @@ def claim_out(out_dir: Path, *sources: Path | None, legacy: tuple[str, ...] | No
 
     for src in filter(None, sources):
         check_separate(src if src.is_dir() else src.parent, out_dir, "dataset")
-    run = RunDir(out_dir)
-    run.claim() if legacy is None else run.claim(legacy)
+    if legacy is None:
+        RunDir(out_dir).claim()
+    else:
+        RunDir(out_dir).claim(legacy)
 
 
 def print_report(report: StageReport, max_lines: int = 20) -> None:

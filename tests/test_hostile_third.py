@@ -239,7 +239,7 @@ def test_a_path_longer_than_path_max_is_one_skipped_line_not_the_whole_folder(tm
     res = cli("frames", str(data), "--out", str(tmp_path / "out"), "--frames", "1")
     assert res.exit_code == 0 and "2 written" in res.output and "File name too long" in res.output, res.output
     res = cli("predict", str(data), "--model", str(tiny_model), "--frames", "2")
-    assert res.exit_code == 0 and "2 written" in res.output and "File name too long" in res.output, res.output
+    assert res.exit_code == 0 and "2 scored" in res.output and "File name too long" in res.output, res.output
 
 
 def test_a_video_of_more_frames_than_the_limit_is_refused_before_its_index_grows(tmp_path, monkeypatch):
@@ -286,3 +286,51 @@ def test_frames_far_from_any_keyframe_cost_a_bounded_decode(tmp_path):
     report = extract_frames(discover(tmp_path / "data").items, tmp_path / "out", FrameConfig(num_frames=4),
                             limits=tight)
     assert report.written == len(got) and len(report.failed) == 1 and "could not be decoded" in report.failed[0]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def test_decoder_messages_are_the_files_own_line_not_loose_on_stderr(tmp_path, capfd):
+    """Regression (third hostile run): OpenCV, through libpng, wrote ``libpng warning: iCCP: too short`` or
+    ``[ WARN:0@0.1] ... PNG input buffer is incomplete`` straight to stderr, naming no file, beside dfdetect's own
+    line for it. A warning alone leaves usable pixels (scored, no word); an error is the file's one line."""
+    from dfdetect._io import load_image
+
+    png = cv2.imencode(".png", np.full((64, 64, 3), 100, np.uint8))[1].tobytes()
+    (tmp_path / "iccp.png").write_bytes(png[:33] + _png_chunk(b"iCCP", b"x\0\0" + b"junk" * 9) + png[33:])
+    (tmp_path / "trunc.png").write_bytes(png[:len(png) // 2])
+    idat = png.find(b"IDAT")
+    n = int.from_bytes(png[idat - 4:idat], "big")
+    body = bytearray(png[idat + 4:idat + 4 + n])
+    body[6] ^= 0x55
+    (tmp_path / "idat.png").write_bytes(png[:idat - 4] + _png_chunk(b"IDAT", bytes(body)) + png[idat + 8 + n:])
+    capfd.readouterr()
+    assert load_image(tmp_path / "iccp.png").shape == (64, 64, 3)
+    errors = {}
+    for name in ("trunc.png", "idat.png"):
+        with pytest.raises(Exception) as err:
+            load_image(tmp_path / name)
+        errors[name] = str(err.value)
+    print("still ours", file=sys.stderr, flush=True)
+    err_text = capfd.readouterr().err
+    assert "libpng" not in err_text and "WARN" not in err_text and "still ours" in err_text, err_text
+    assert errors["trunc.png"].endswith("cannot decode the PNG image (PNG input buffer is incomplete)"), errors
+    assert "idat.png: cannot decode the PNG image (libpng error: IDAT:" in errors["idat.png"], errors
+
+
+def test_predicts_summary_names_no_folder_it_did_not_write_to(tmp_path, tiny_model):
+    """Regression (third hostile run): ``predict a/x.mp4 b/y.mp4`` ended with ``predict: 2 written, 0 reused, 0
+    skipped -> /home/you``: nothing was written, and the folder named was the inputs' common one (often the working
+    directory). Now the summary counts what was scored, and names a folder only for ``--save``."""
+    a = make_video(tmp_path / "a" / "x.mp4", n=4)
+    b = make_video(tmp_path / "b" / "y.mp4", n=4)
+    res = cli("predict", str(a), str(b), "--model", str(tiny_model), "--frames", "2")
+    assert res.exit_code == 0 and "predict: 2 scored, 0 skipped\n" in res.output, res.output
+    assert "->" not in res.output.split("predict: 2 scored")[1], res.output
+    res = cli("predict", str(a), "--model", str(tiny_model), "--frames", "2", "--save", str(tmp_path / "vis"))
+    assert res.exit_code == 0 and f"predict: 1 scored, 0 skipped -> {tmp_path / 'vis'}" in res.output, res.output

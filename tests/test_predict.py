@@ -241,7 +241,7 @@ def test_cli_predict_table_json_save(tmp_path, monkeypatch):
     assert "clip.mp4" in r.output and "fake" in r.output and "bad.mp4" in r.output
     doc = json.loads((tmp_path / "out.json").read_text())
     assert [d["file"] for d in doc["results"]] == [str(video)] and len(doc["failed"]) == 1
-    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["clip_faces.png", "clip_scores.png"]
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir() if not p.name.startswith(".")) == ["clip_faces.png", "clip_scores.png"]
 
 
 # --------------------------------------------------------------------------- real data (skips when absent)
@@ -283,8 +283,28 @@ def test_cli_save_same_named_inputs_do_not_overwrite(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["predict", *map(str, clips), "--model", str(tmp_path / "m.safetensors"),
                                  "--frames", "4", "--save", str(tmp_path / "vis")])
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir() if not p.name.startswith(".")) == [
         "clip-2_faces.png", "clip-2_scores.png", "clip_faces.png", "clip_scores.png"]
+
+
+def test_cli_save_refuses_a_folder_of_the_users_own_pictures(tmp_path, monkeypatch):
+    """Regression (third hostile run): --save into a folder of one's own pictures overwrote a `clip_faces.png`
+    that dfdetect never wrote. A folder dfdetect made is reused (a rerun replaces its own pictures)."""
+    from dfdetect.cli import app, use
+
+    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
+    (tmp_path / "in").mkdir()
+    clip = two_face_video(tmp_path / "in" / "clip.mp4")
+    mine = tmp_path / "pictures"
+    mine.mkdir()
+    (mine / "clip_faces.png").write_bytes(b"the user's own picture")
+    args = ["predict", str(clip), "--model", str(tmp_path / "m.safetensors"), "--frames", "4"]
+    r = CliRunner().invoke(app, [*args, "--save", str(mine)])
+    assert r.exit_code != 0 and "no .dfdetect-run" in r.output and "--save" in r.output, r.output
+    assert (mine / "clip_faces.png").read_bytes() == b"the user's own picture"
+    for _ in range(2):  # a new folder, then the same folder again: dfdetect's own
+        r = CliRunner().invoke(app, [*args, "--save", str(tmp_path / "vis")])
+        assert r.exit_code == 0 and (tmp_path / "vis" / "clip_faces.png").is_file(), r.output
 
 
 def test_cli_unwritable_json_or_save_fails_before_scoring(tmp_path, monkeypatch):

@@ -173,6 +173,28 @@ def test_a_slow_or_silent_request_head_is_cut_with_408(serve):
     s.close()
 
 
+def test_a_half_closed_connection_still_gets_its_answer(serve):
+    """Regression (third hostile run): a client that sent a whole request, then shut its side for writing
+    (``nc -N``), got the connection closed with no answer."""
+    srv = serve()
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    status, _, doc = read_response(s)  # the old code: "connection closed without an answer"
+    assert status == 200 and "head_timeout" in doc and closed_by_server(s)
+    s.close()
+    face = png_bytes(face_frame())
+    s = open_upload(srv.port, multipart(face), len(multipart(face)))
+    s.shutdown(socket.SHUT_WR)
+    status, _, doc = read_response(s)
+    assert status == 200 and "verdict" in doc and closed_by_server(s)
+    s.close()
+    s = open_upload(srv.port, multipart(face)[:100], len(multipart(face)))  # half a body, then the end
+    s.shutdown(socket.SHUT_WR)
+    assert closed_by_server(s)
+    s.close()
+
+
 def test_a_request_h11_cannot_parse_is_a_json_400(serve):
     """Regression: a broken chunked body or a malformed head got uvicorn's plain-text 400."""
     srv = serve()

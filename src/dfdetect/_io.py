@@ -13,7 +13,9 @@ import json
 import os
 import re
 import stat
+import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -236,6 +238,44 @@ def image_size(src: bytes | np.ndarray | str | Path) -> tuple[int, int, str]:
         raise BadInputError(f"cannot read as an image (no image header: {type(exc).__name__})") from None
 
 
+_FD2 = threading.Lock()  # one decode at a time may hold file descriptor 2
+_OPENCV_LOG = re.compile(r"^\[\s*(?:WARN|ERROR|INFO)[^\]]*\]\s*(?:global\s+)?\S+:\d+\s+\S+\s+(.*)")
+
+
+@contextmanager
+def _decoder_messages(into: list[str]) -> Iterator[None]:
+    """Collect the lines OpenCV, libpng and libtiff write straight to file descriptor 2 while OpenCV decodes.
+
+    Why: OpenCV installs no message handler of theirs, so a PNG with a bad ancillary chunk printed
+    ``libpng warning: tEXt: CRC error`` beside dfdetect's own one line per file, naming no file. Whatever else
+    reached descriptor 2 meanwhile (another thread's log) is written back to it afterwards.
+    """
+    with _FD2, tempfile.TemporaryFile() as caught:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):  # no usable sys.stderr: nothing of ours is buffered
+            pass
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            other = []
+            for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True):
+                own = _OPENCV_LOG.match(line)  # "[ WARN:0@0.2] global grfmt_png.cpp:793 readFrom... PNG input..."
+                if own:
+                    into.append(own[1].strip())
+                elif line.startswith(("libpng ", "TIFF")) or ": Warning," in line:
+                    into.append(line.strip())
+                else:
+                    other.append(line)
+            if other:
+                os.write(2, "".join(other).encode())
+
+
 def load_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarray:
     """Read a BGR uint8 image, or raise :class:`BadInputError` saying why not, in one line naming ``path``.
 
@@ -262,14 +302,17 @@ def load_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarra
         raise TooManyPixelsError(f"{fmt} declares {w} x {h} pixels ({w * h / 1e6:.0f} MP), above the "
                             f"{lim.max_pixels / 1e6:g} MP limit ({MediaLimits.ENV['max_pixels']}); not decoded",
                             path=path)
+    said: list[str] = []  # the decoder's own words: in the file's one line, never loose on stderr
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        with _decoder_messages(said):
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except cv2.error as exc:
         raise BadInputError(f"cannot decode the {fmt} image ({str(exc).strip().splitlines()[-1][:120]})",
                             path=path) from None
     if image is None:
-        raise BadInputError(f"cannot decode the {fmt} image (corrupt or truncated)", path=path)
-    return image
+        why = "; ".join(said)[:160] or "corrupt or truncated"
+        raise BadInputError(f"cannot decode the {fmt} image ({why})", path=path)
+    return image  # a warning alone (a bad ancillary chunk) leaves pixels that are fine: nothing to say
 
 
 def read_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarray | None:

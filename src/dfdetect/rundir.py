@@ -63,26 +63,28 @@ class RunDir:
     def member(self, k: int) -> RunDir:
         return RunDir(self.path / f"member{k}")
 
-    def claim(self, legacy: tuple[str, ...] = _RUN_FILES) -> None:
+    def claim(self, legacy: tuple[str, ...] = _RUN_FILES, flag: str = "--out") -> None:
         """Make ``path`` an output folder of dfdetect's (created if need be), or refuse one holding someone else's files.
 
         Why: a run writes ``config.yaml``, ``detector.safetensors``, ``metrics.json`` and more by those names, so
         ``-o`` pointed at a user's own folder would overwrite their files. Accepted: a new or empty folder (hidden
         files aside), one this stamp marks, and one from before the stamp that holds a file named in ``legacy``
-        (a training run's checkpoint or history; ``evaluate`` passes none: its file names are too common).
+        (a training run's checkpoint or history; ``evaluate`` and ``predict --save`` pass none: their file names are
+        too common).
         """
         stamp = self.path / RUN_STAMP
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if os.path.lexists(stamp):
                 if not stamp.is_file():
-                    raise BadInputError(f"its {RUN_STAMP} is not a regular file; use a new --out folder", path=self.path)
+                    raise BadInputError(f"its {RUN_STAMP} is not a regular file; use a new {flag} folder",
+                                        path=self.path)
                 return
             names = sorted(n for n in os.listdir(self.path) if not n.startswith("."))
             if names and not any(n in legacy for n in names):
                 shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
                 raise BadInputError(f"holds files ({shown}) but no {RUN_STAMP}, so dfdetect did not make it; they "
-                                    "could be overwritten: use a new or empty --out folder", path=self.path)
+                                    f"could be overwritten: use a new or empty {flag} folder", path=self.path)
             stamp.write_bytes(b"")
         except OSError as exc:
             raise BadInputError(f"cannot use it as the run folder ({exc.strerror or exc})", path=self.path) from None

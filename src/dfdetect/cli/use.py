@@ -151,6 +151,7 @@ def predict(
               engine=engine.value, ray_address=ray_address)
         return
     from dfdetect.inference.scan import expand_lists
+    from dfdetect.rundir import RunDir
 
     paths = expand_lists(paths)
     # Before any work: an output that cannot be written would otherwise fail after every file was scored.
@@ -166,12 +167,14 @@ def predict(
             elif os.path.realpath(p.parent) == os.path.realpath(save):
                 raise DfdetectError(f"--save {save} is the folder of the input {p}; its pictures could overwrite "
                                     "inputs there: choose another folder")
+        # `a_faces.png` of an earlier run is dfdetect's to replace, a user's own picture of that name is not
+        RunDir(save).claim(legacy=(), flag="--save")
     used = resolve_cli(model)
     path, twin = used.scorer_file(explain=save is not None)  # --save draws Grad-CAM overlays
     scorer = load_scorer(path, onnx=onnx or twin)
-    # Lines name what was given: "." would say nothing about which input had nothing usable
-    report = StageReport("predict", save or (paths[0] if len(paths) == 1 else Path(os.path.commonpath(
-        [os.path.abspath(p) for p in paths]))))
+    # The summary names a folder only when pictures went there: the inputs' common folder (the working
+    # directory, often) is not where anything was written; each skipped input has its own line
+    report = StageReport("predict", save, done_as="scored")
     results = []
     saved: set[str] = set()  # visual names used so far: same-named inputs must not overwrite each other
     with progress_bar("predict", P.count_media(paths)) as advance:
@@ -207,7 +210,7 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
     path, twin = used.scorer_file()
     kwargs["onnx"] = kwargs["onnx"] or twin
     ref = ModelRef.of(path, onnx=kwargs["onnx"], name=used.name)
-    report = StageReport("predict", jsonl.parent if jsonl is not None else Path("."))
+    report = StageReport("predict", jsonl, done_as="scored")
     verdicts: Counter[str] = Counter()
     rows = []
     printed = 0  # error lines printed as they came

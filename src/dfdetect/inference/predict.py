@@ -393,7 +393,7 @@ def iter_predict(
 
     The face finder is built once, at the first file that needs one, unless ``face_detector`` is given.
     """
-    report = report if report is not None else StageReport("predict", Path("."))
+    report = report if report is not None else StageReport("predict", None, done_as="scored")
     face_cfg = face_cfg or scorer.protocol_.faces
     cfg, notes = resolve_face_config(face_cfg)
     report.notes.extend(notes)
@@ -451,7 +451,7 @@ def predict_path(
 
     Returns one :class:`PredictResult` per usable file; raises :class:`NothingUsableError` when none is.
     """
-    report = report if report is not None else StageReport("predict", Path(path))
+    report = report if report is not None else StageReport("predict", None, done_as="scored")
     results = list(iter_predict([path], detector, report=report, progress=progress, frames=frames,
                                 face_cfg=face_cfg, explain=explain, **kwargs))
     if not results:

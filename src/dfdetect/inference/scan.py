@@ -423,7 +423,7 @@ def scan(
         raise DfdetectError(f"workers must be >= 0, got {workers}")
     if engine not in ("process", "ray"):
         raise DfdetectError(f"unknown engine {engine!r}; use 'process' or 'ray'")
-    report = report if report is not None else StageReport("scan", Path(jsonl).parent if jsonl else Path("."))
+    report = report if report is not None else StageReport("scan", None if jsonl is None else Path(jsonl), done_as="scored")
     ref = model if isinstance(model, ModelRef) else ModelRef.of(model, onnx=onnx)
     job = _Job(ref, frames=frames, crops=crops)
     files = expand_inputs(paths, report)

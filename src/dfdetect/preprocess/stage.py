@@ -53,11 +53,12 @@ class StageReport:
     """Counts of what a stage did; ``failed`` holds one line per skipped input, naming file and problem."""
 
     stage: str
-    out_dir: Path
+    out_dir: Path | None  #: where the outputs went; None for a run that writes no file (predict, no --save)
     written: int = 0
     reused: int = 0  #: valid outputs found from an earlier (possibly killed) run
     failed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    done_as: str = "written"  #: what ``written`` counts, in the summary: "scored" for predict
 
     def add(self, result: JobResult) -> None:
         """Count one job's outcome (the parent sums what its workers did)."""
@@ -76,8 +77,9 @@ class StageReport:
                                      path=self.out_dir)
 
     def summary(self) -> str:
-        return (f"{self.stage}: {self.written} written, {self.reused} reused, {len(self.failed)} skipped "
-                f"-> {self.out_dir}")
+        reused = f"{self.reused} reused, " if self.reused or self.done_as == "written" else ""
+        where = f" -> {self.out_dir}" if self.out_dir is not None else ""
+        return f"{self.stage}: {self.written} {self.done_as}, {reused}{len(self.failed)} skipped{where}"
 
 
 J = TypeVar("J")

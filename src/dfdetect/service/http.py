@@ -9,8 +9,12 @@
   The body has its own deadline in the app (``ServiceConfig.upload_timeout``).
 - **JSON for requests h11 cannot parse** (a malformed head, a broken chunked body): uvicorn answers those in
   plain text, where every other error of the service is ``{"detail", "status"}``.
+- **A half-closed connection still gets its answer.** A client that sends a whole request and then shuts its
+  side for writing (``shutdown(SHUT_WR)``, ``nc -N``) got nothing: uvicorn lets asyncio close the transport
+  at the end of the client's stream. Here the answer is written, then the connection closes; a request still
+  incomplete at that end cannot finish and is closed at once, as before.
 
-Why a subclass: uvicorn has no option for either, and takes a protocol class for ``http``; the rest is
+Why a subclass: uvicorn has no option for any of these, and takes a protocol class for ``http``; the rest is
 uvicorn's own.
 """
 
@@ -38,6 +42,7 @@ class _TimedHeadH11(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
         self._answered = 0  # responses completed on this connection
+        self._client_done = False  # the client shut its side for writing (end of its stream)
         super().connection_made(transport)
         self._sync_head_timer()
 
@@ -75,7 +80,16 @@ class _TimedHeadH11(H11Protocol):
     def on_response_complete(self) -> None:
         self._answered += 1
         super().on_response_complete()
+        if self._client_done:  # the client has closed its side: no next request can come
+            self.transport.close()
         self._sync_head_timer()  # the next request on a kept-alive connection gets its own deadline
+
+    def eof_received(self) -> bool | None:
+        self._client_done = True
+        cycle = getattr(self, "cycle", None)
+        awaiting_answer = (cycle is not None and not cycle.response_complete
+                           and self.conn.their_state in (h11.DONE, h11.MUST_CLOSE))
+        return True if awaiting_answer else None  # True: asyncio leaves the transport open for the answer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()

@@ -198,6 +198,40 @@ def bench_stages(videos: list[Path], n: int, workers: int, tmp: Path) -> None:
     print(f"{'default, faces straight from the videos':48} {'':23}{total:5.2f}s | "
           f"RATIO stages {facecfg.detector} fused N={n} workers={workers}: {base / total:.2f}x (target >= 3x) | "
           f"{rep.notes[-1].split(';')[0]}")
+    fused_breakdown(videos, n, fcfg, facecfg, base, tmp / f"stages-w{workers}-fused-serial")
+
+
+def fused_breakdown(videos: list[Path], n: int, fcfg: FrameConfig, facecfg: FaceConfig, base: float,
+                    out: Path) -> None:
+    """Where the one-pass stage's time goes: each part alone, in this process (threads as the stage uses them),
+    against the stage itself run in process on the same videos."""
+    from dfdetect.data.labels import Label
+    from dfdetect.data.sources import MediaItem
+    from dfdetect.preprocess.faces import faces_in_frames
+    from dfdetect.preprocess.video_faces import extract_video_faces
+
+    t = time.perf_counter()
+    extract_video_faces([MediaItem(v, f"v/{v.name}", Label.REAL, (v.stem,)) for v in videos], out / "faces",
+                        fcfg, facecfg, workers=0)
+    serial = time.perf_counter() - t
+    detector = create_detector(facecfg)
+    parts = {"decode (seeking) + YUV to BGR": 0.0, "YuNet + crop": 0.0, "PNG encoding": 0.0}
+    for video in videos:
+        t0 = time.perf_counter()
+        frames = [f for _, f in read_frames(video, n)]
+        t1 = time.perf_counter()
+        found = faces_in_frames(frames, detector, facecfg)
+        t2 = time.perf_counter()
+        for crops in found:
+            for c in crops:
+                cv2.imencode(".png", c.crop)
+        parts["decode (seeking) + YUV to BGR"] += t1 - t0
+        parts["YuNet + crop"] += t2 - t1
+        parts["PNG encoding"] += time.perf_counter() - t2
+    rest = serial - sum(parts.values())
+    print(f"WHERE the one-pass stage's time goes, in process ({serial:.2f}s = {base / serial:.2f}x): "
+          + ", ".join(f"{k} {v:.2f}s ({v / serial:.0%})" for k, v in parts.items())
+          + f", the rest (records, manifest, writes) {rest:.2f}s")
 
 
 # --------------------------------------------------------------------------- detectors

@@ -172,9 +172,9 @@ def predict(
     used = resolve_cli(model)
     path, twin = used.scorer_file(explain=save is not None)  # --save draws Grad-CAM overlays
     scorer = load_scorer(path, onnx=onnx or twin)
-    # The summary names a folder only when pictures went there: the inputs' common folder (the working
-    # directory, often) is not where anything was written; each skipped input has its own line
-    report = StageReport("predict", save, done_as="scored")
+    # The summary names a folder only when pictures went there, else the input when there is one: the inputs'
+    # common folder (the working directory, often) is neither; each skipped input has its own line
+    report = StageReport("predict", save, done_as="scored", source=paths[0] if len(paths) == 1 else None)
     results = []
     saved: set[str] = set()  # visual names used so far: same-named inputs must not overwrite each other
     with progress_bar("predict", P.count_media(paths)) as advance:

@@ -59,6 +59,7 @@ class StageReport:
     failed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     done_as: str = "written"  #: what ``written`` counts, in the summary: "scored" for predict
+    source: Path | None = None  #: the one input a run that writes nothing read, named in its summary and error
 
     def add(self, result: JobResult) -> None:
         """Count one job's outcome (the parent sums what its workers did)."""
@@ -74,11 +75,12 @@ class StageReport:
         """Non-zero exit only when nothing usable is left."""
         if self.usable == 0:
             raise NothingUsableError(f"{self.stage}: nothing usable was produced ({len(self.failed)} inputs failed)",
-                                     path=self.out_dir)
+                                     path=self.out_dir or self.source)
 
     def summary(self) -> str:
         reused = f"{self.reused} reused, " if self.reused or self.done_as == "written" else ""
-        where = f" -> {self.out_dir}" if self.out_dir is not None else ""
+        where = (f" -> {self.out_dir}" if self.out_dir is not None
+                 else f" from {self.source}" if self.source is not None else "")
         return f"{self.stage}: {self.written} {self.done_as}, {reused}{len(self.failed)} skipped{where}"
 
 

@@ -176,10 +176,15 @@ def test_bad_file_is_one_error_line_counted_and_the_scan_goes_on(tmp_path, model
     assert all("\n" not in e and Path(f).name in e for f, e in errors.items())
     assert "skipped:" in r.output and "broken.mp4" in r.output and "missing.mp4" in r.output
     assert "2 failed" in r.output and "Traceback" not in r.output
-    # a rerun redoes nothing, bad files included: their lines say what was wrong
+    # a rerun redoes no result, and tries the failed files again (hostile run 4: a file missing then, or a limit
+    # since changed, stayed failed for ever): the one that has come is scored, its new line the answer
+    shutil.copy(videos[0], tmp_path / "missing.mp4")
     again = CliRunner().invoke(app, ["predict", str(listing), "--model", str(model), "--frames", str(FRAMES),
                                      "--jsonl", str(out)], env={"COLUMNS": "300"})
-    assert again.exit_code == 0 and "4 done by an earlier run" in again.output and len(_lines(out)) == 4
+    assert again.exit_code == 0 and "2 done by an earlier run" in again.output, again.output
+    assert "2 file(s) with an error line" in again.output and len(_lines(out)) == 6
+    last = {line["file"]: line for line in _lines(out)}  # the last line for a file is its answer
+    assert "error" not in last[str(tmp_path / "missing.mp4")] and "error" in last[str(tmp_path / "broken.mp4")]
 
 
 def test_cli_scan_without_jsonl_prints_the_verdict_table(tmp_path, model, videos):

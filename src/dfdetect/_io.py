@@ -69,7 +69,7 @@ def remove_stale_temps(root: str | Path) -> int:
     """Delete the hidden temp files a killed run left under ``root``; returns how many.
 
     A SIGKILL skips :func:`atomic_path`'s clean-up, so its temp file stays beside the output. Stages
-    call this once before they start, so run one stage per output folder at a time.
+    call this once before they start, holding the folder's lock (a second run at once is refused).
     """
     removed = 0
     for dirpath, _, files in os.walk(root):
@@ -227,7 +227,9 @@ def image_size(src: bytes | np.ndarray | str | Path) -> tuple[int, int, str]:
     BadInputError when the header is not an image's."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # callers check their own limit
+            # callers check their own pixel limit; Pillow's other warnings (a corrupt EXIF block) are about
+            # metadata this header read does not use, and named no file on stderr
+            warnings.simplefilter("ignore")
             with Image.open(src if isinstance(src, str | Path) else io.BytesIO(memoryview(src))) as im:
                 return int(im.width), int(im.height), str(im.format)
     except Image.DecompressionBombError as exc:  # above Pillow's own cut (~179 MP): far past any limit
@@ -288,7 +290,7 @@ def load_image(path: str | Path, limits: MediaLimits | None = None) -> np.ndarra
     if size == 0:
         raise BadInputError("empty file (0 bytes), cannot read as an image", path=path)
     if size > lim.max_image_bytes:
-        raise BadInputError(f"{size / 2**20:.0f} MB, above the {lim.max_image_bytes / 2**20:.0f} MB limit for an "
+        raise BadInputError(f"{size:,} bytes, above the {lim.max_image_bytes:,}-byte limit for an "
                             f"image ({MediaLimits.ENV['max_image_bytes']}); skipped", path=path)
     try:
         data = np.fromfile(str(path), dtype=np.uint8)

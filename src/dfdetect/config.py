@@ -332,8 +332,23 @@ class Protocol(_Config):
         return self.model_dump_json(exclude=RUN_SETTINGS)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last silently, so a
+    recipe with ``frames:`` twice ran with one of them, unsaid."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:  # the keys as written (a "<<" merge may repeat them: that is YAML's override)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key_node.value!r} is given "
+                                                            "twice", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_protocol(path: str | Path) -> Protocol:
-    return Protocol.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    return Protocol.model_validate(yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader))
 
 
 class SynthConfig(_Config):

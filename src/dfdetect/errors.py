@@ -9,14 +9,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0, C1, and the two Unicode line breaks
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def one_line(text: str) -> str:
     """``text`` on one line, with no control characters: a file name may hold a line break (a reason must never
     lose its second half) or terminal escape codes (they must not reach the terminal)."""
-    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                                                  else f"\\u{ord(m.group()):04x}"), text)
 
 
 def failure_line(src: str | Path, exc: BaseException) -> str:

@@ -126,6 +126,14 @@ def shown(text: str) -> str:
     return escape(one_line(text))
 
 
+def say(text: str, *, to: Console | None = None) -> None:
+    """One line of plain text on stderr (or ``to``): paths in it are never read as Rich markup (a folder named
+    ``[/]`` made Rich raise), nor their control characters sent to the terminal."""
+    from dfdetect.errors import one_line
+
+    (to or console).print(one_line(text), markup=False, highlight=False, soft_wrap=True)
+
+
 def print_skipped(line: str) -> None:
     """One skipped input, on one line (a line break in a file name is shown as ``\\n``), never read as markup."""
     console.print(f"[yellow]skipped:[/] {shown(line)}", highlight=False, soft_wrap=True)
@@ -196,15 +204,16 @@ def claim_out(out_dir: Path, *sources: Path | None, legacy: tuple[str, ...] | No
         RunDir(out_dir).claim(legacy)
 
 
-def print_report(report: StageReport, max_lines: int = 20) -> None:
-    """Print a stage summary and the first few skipped inputs; exit 1 only if nothing is usable."""
-    for line in report.failed[:max_lines]:
+def print_report(report: StageReport) -> None:
+    """Print every skipped input, the notes and the summary; exit 1 only if nothing is usable.
+
+    Every line, however many: no stage keeps a list of them elsewhere (a "see the manifest" pointed at no file).
+    """
+    for line in report.failed:
         print_skipped(line)
-    if len(report.failed) > max_lines:
-        console.print(f"[yellow]... and {len(report.failed) - max_lines} more skipped (see the manifest)[/]")
     for note in report.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    console.print(report.summary(), highlight=False, soft_wrap=True)
+        say(f"note: {note}")
+    say(report.summary())
     report.raise_if_empty()
 
 

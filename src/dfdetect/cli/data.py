@@ -27,7 +27,6 @@ from dfdetect.cli._app import (
     WorkersOpt,
     app,
     check_result_file,
-    console,
     handle_errors,
     load_protocol_option,
     out,
@@ -35,6 +34,7 @@ from dfdetect.cli._app import (
     print_report,
     print_skipped,
     progress_bar,
+    say,
 )
 from dfdetect.config import FaceConfig, FrameConfig, SRMConfig
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
@@ -221,9 +221,8 @@ def labels_cmd(
         lines = generate_labels(root, name, from_seed_value(v), dest=out_file, skipped=skipped)
         for line in skipped:
             print_skipped(line)
-        console.print(f"labels: {len(lines)} files in {name}/ -> {v} ({'real' if v == 1 else 'fake'})",
-                      highlight=False)
+        say(f"labels: {len(lines)} files in {name}/ -> {v} ({'real' if v == 1 else 'fake'})")
         total += len(lines)
     if total == 0:
         raise NothingUsableError("no images or videos to label", path=root)
-    out.print(str(out_file), highlight=False)
+    say(str(out_file), to=out)

@@ -23,13 +23,13 @@ from dfdetect.cli._app import (
     WorkersOpt,
     app,
     claim_out,
-    console,
     handle_errors,
     load_protocol_option,
     out,
     print_report,
     print_skipped,
     progress_bar,
+    say,
 )
 from dfdetect.config import MAX_ENSEMBLE
 from dfdetect.errors import BadInputError
@@ -57,7 +57,7 @@ def _protocol(name: str, model: dict[str, Any], train: dict[str, Any]) -> Any:
             if k not in model and base_model[k] != off:
                 base_model[k] = off
                 dropped.append(k)
-        console.print(f"note: head mode: {', '.join(dropped)} apply to full mode only; left out", highlight=False)
+        say(f"note: head mode: {', '.join(dropped)} apply to full mode only; left out")
     elif train.get("mode") == "full" and p.train.mode == "head":  # full-only fields start at their defaults
         base_train = {**FullTrainConfig().model_dump(), **base_train}
     flags = {f: "--" + f.replace("_", "-") for f in [*base_train, *base_model]}
@@ -78,7 +78,7 @@ def _table(data: Path, crops: Path | None, labels: Path | None, run_dir: Path, p
     for report in prepared.reports:
         print_report(report)
     for note in prepared.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        say(f"note: {note}")
     return build_crop_table(prepared.dataset, prepared.faces_dir, frames_per_video=protocol.train.frames_per_video)
 
 
@@ -159,9 +159,9 @@ def _print_result(result: Any) -> None:
         t.add_row(*(_cell(rec.get(c), c) for c in cols))
     out.print(t)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        say(f"note: {note}")
     c = result.counts
-    console.print(f"crops: train {c['train']['crops']}, val {c['val']['crops']}, test {c['test']['crops']} "
-                  f"(held out); threshold {result.detector.threshold_:.4f} "
-                  f"({result.detector.protocol_.train.threshold}, chosen on validation)", highlight=False)
-    console.print(f"detector -> {result.out_dir / 'detector.safetensors'}", highlight=False, soft_wrap=True)
+    say(f"crops: train {c['train']['crops']}, val {c['val']['crops']}, test {c['test']['crops']} "
+        f"(held out); threshold {result.detector.threshold_:.4f} "
+        f"({result.detector.protocol_.train.threshold}, chosen on validation)")
+    say(f"detector -> {result.out_dir / 'detector.safetensors'}")

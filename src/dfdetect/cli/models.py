@@ -14,7 +14,7 @@ import typer
 from rich.markdown import Markdown
 from rich.table import Table
 
-from dfdetect.cli._app import app, console, handle_errors, out
+from dfdetect.cli._app import app, handle_errors, out, say
 from dfdetect.errors import BadInputError
 
 _COLUMNS = (("in_domain_auc", "in-domain AUC"), ("ffpp_video_auc", "FF++ video AUC"), ("ece", "ECE"),
@@ -43,12 +43,12 @@ def models(
             raise BadInputError(f"unknown model {info!r}; known: {names}")
         _, body = read_card(entry.card)
         where = entry.shipped_path if entry.shipped_path.is_file() else entry.hub or entry.url or "no file"
-        out.print(f"{entry.name}: {hub.model_status(entry)} ({where})", highlight=False, soft_wrap=True)
+        say(f"{entry.name}: {hub.model_status(entry)} ({where})", to=out)
         out.print(Markdown(body))
         return
     if not entries:
-        console.print(f"no models in this install ({hub.MODELS_DIR} has no model cards); the default "
-                      f"{hub.DEFAULT_MODEL} is not shipped yet", highlight=False, soft_wrap=True)
+        say(f"no models in this install ({hub.MODELS_DIR} has no model cards); the default "
+            f"{hub.DEFAULT_MODEL} is not shipped yet")
         return
     table = Table(title="dfdetect models (figures from each model card; `--info NAME` prints one)")
     table.add_column("name", overflow="fold")

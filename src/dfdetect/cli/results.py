@@ -37,6 +37,7 @@ from dfdetect.cli._app import (
     print_report,
     print_skipped,
     progress_bar,
+    say,
 )
 from dfdetect.errors import BadInputError, DfdetectError, NothingUsableError
 
@@ -95,7 +96,7 @@ def _print_metrics(metrics: dict[str, Any], where: Path) -> None:
         console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
     for line in metrics.get("skipped") or []:
         print_skipped(line)
-    console.print(f"metrics.json, scores.csv and plots -> {where}", highlight=False, soft_wrap=True)
+    say(f"metrics.json, scores.csv and plots -> {where}")
 
 
 def print_study(result: Any) -> None:
@@ -109,14 +110,13 @@ def print_study(result: Any) -> None:
     out.print(table)
     for line in result.skipped:
         print_skipped(line)
-    out.print(f"table: {result.table_md} and {result.table_csv}", highlight=False, soft_wrap=True)
-    out.print(f"plots: {result.out_dir}/<backbone>-<faces|srm>/(history|confusion|roc).png", highlight=False,
-              soft_wrap=True)
+    say(f"table: {result.table_md} and {result.table_csv}", to=out)
+    say(f"plots: {result.out_dir}/<backbone>-<faces|srm>/(history|confusion|roc).png", to=out)
 
 
 def _print_pipeline(result: Any) -> None:
     for note in result.notes:
-        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+        say(f"note: {note}")
     print_study(result.study)
 
 
@@ -161,12 +161,12 @@ def evaluate(
     prepared = prepare_crops(folder, dest, det.protocol_, crops=crops, srm=srm, workers=workers,
                              progress=progress_bar, on_stage=print_report)
     for note in prepared.notes:
-        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+        say(f"note: {note}")
     table = prepared.tables["srm" if srm else "faces"]
     if not all_crops:
         table, note = official_test_subset(table)
         if note:
-            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+            say(f"note: {note}")
     history_path = run_dir / HISTORY_JSON if run_dir else None
     history = json.loads(history_path.read_text()) if history_path and history_path.is_file() else None
     with warnings.catch_warnings():
@@ -227,13 +227,12 @@ def _print_shipped(result: Any) -> None:
 
     shipped = result.shipped
     if shipped is None:
-        console.print(f"note: {escape(result.shipped_note or 'no shipped detector')}", highlight=False,
-                      soft_wrap=True)
+        say(f"note: {result.shipped_note or 'no shipped detector'}")
         return
     out.print(verdict_table(shipped.results, title=f"{shipped.model}: verdicts on the demo's test videos "
                                                    "(trained elsewhere; never saw these)"))
-    out.print(f"{shipped.model}: {shipped.correct} of {len(shipped.results)} verdicts match the true label "
-              "(the file names say real or fake)", highlight=False, soft_wrap=True)
+    say(f"{shipped.model}: {shipped.correct} of {len(shipped.results)} verdicts match the true label "
+        "(the file names say real or fake)", to=out)
 
 
 @app.command()
@@ -254,9 +253,9 @@ def demo(
                       progress=progress_bar, on_stage=print_report)
     _print_pipeline(result)
     page = write_report(result.study.out_dir)
-    out.print(f"report: {page} (one self-contained page)", highlight=False, soft_wrap=True)
+    say(f"report: {page} (one self-contained page)", to=out)
     _print_shipped(result)
-    out.print(f"demo finished in {time.perf_counter() - start:.0f} s", highlight=False)
+    say(f"demo finished in {time.perf_counter() - start:.0f} s", to=out)
 
 
 @app.command()
@@ -278,4 +277,4 @@ def report(
     except OSError as exc:
         where = dest or run_dir
         raise DfdetectError(f"cannot write the report ({exc.strerror or exc})", path=where) from None
-    out.print(f"report: {path}", highlight=False, soft_wrap=True)
+    say(f"report: {path}", to=out)

@@ -14,7 +14,17 @@ from typing import Annotated
 
 import typer
 
-from dfdetect.cli._app import app, console, handle_errors, out, override, print_skipped, progress_bar
+from dfdetect.cli._app import (
+    app,
+    console,
+    handle_errors,
+    out,
+    override,
+    print_skipped,
+    progress_bar,
+    say,
+    shown,
+)
 from dfdetect.config import SynthConfig
 
 _D = SynthConfig()  # defaults, shown in --help
@@ -63,6 +73,7 @@ def synth_cmd(
     for line in skipped[:5] + ds.skipped:
         print_skipped(line)
     if len(skipped) > 5:
-        console.print(f"[yellow]... {len(skipped)} photos skipped in all, listed in {root / MANIFEST}[/]")
-    out.print(f"synth: {len(ds)} videos ({counts['real']} real, {counts['fake']} fake; {counts['test']} in "
-              f"{root / 'List_of_testing_videos.txt'}) -> {root}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]... {len(skipped)} photos skipped in all, listed in[/] {shown(str(root / MANIFEST))}",
+                      highlight=False, soft_wrap=True)
+    say(f"synth: {len(ds)} videos ({counts['real']} real, {counts['fake']} fake; {counts['test']} in "
+        f"{root / 'List_of_testing_videos.txt'}) -> {root}", to=out)

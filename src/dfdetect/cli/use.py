@@ -28,13 +28,13 @@ from dfdetect.cli._app import (
     app,
     check_result_file,
     check_writable,
-    console,
     handle_errors,
     out,
     print_report,
     print_skipped,
     progress_bar,
     rate_progress,
+    say,
     shown,
 )
 from dfdetect.config import INFERENCE, MAX_FRAMES
@@ -65,7 +65,7 @@ def resolve_cli(model: str | None) -> Any:
         if model is None:
             raise WeightsError(f"{exc}. {_GET_ONE}") from None
         raise
-    console.print(f"model: {used.describe()}", highlight=False, soft_wrap=True)
+    say(f"model: {used.describe()}")
     return used
 
 
@@ -139,10 +139,11 @@ def predict(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """A fake/real verdict for each video or image, with P(fake) and the threshold used."""
-    from dfdetect._io import check_separate, write_json
+    from dfdetect._io import check_separate, media_limits, write_json
     from dfdetect.inference import predict as P
     from dfdetect.preprocess.stage import StageReport
 
+    media_limits()  # a bad DFDETECT_* value is one line now, not an error line for every file
     if jsonl is not None or workers > 0 or engine == EngineChoice.ray:
         if json_out is not None or save is not None:
             raise DfdetectError("--json and --save are for a few files in one process; a scan (--jsonl, "
@@ -153,7 +154,8 @@ def predict(
     from dfdetect.inference.scan import expand_lists
     from dfdetect.rundir import RunDir
 
-    paths = expand_lists(paths)
+    repeats: list[str] = []
+    paths = expand_lists(paths, repeats)
     # Before any work: an output that cannot be written would otherwise fail after every file was scored.
     if json_out is not None:
         check_result_file(json_out, "--json", "results.json")
@@ -174,9 +176,10 @@ def predict(
     scorer = load_scorer(path, onnx=onnx or twin)
     # The summary names a folder only when pictures went there, else the input when there is one: the inputs'
     # common folder (the working directory, often) is neither; each skipped input has its own line
-    report = StageReport("predict", save, done_as="scored", source=paths[0] if len(paths) == 1 else None)
+    report = StageReport("predict", save, done_as="scored", source=paths[0] if len(paths) == 1 else None,
+                         notes=repeats)
     results = []
-    saved: set[str] = set()  # visual names used so far: same-named inputs must not overwrite each other
+    saved = P.picture_index(save) if save is not None else {}  # names given, this run and earlier ones
     with progress_bar("predict", P.count_media(paths)) as advance:
         for res in P.iter_predict(paths, scorer, report=report, progress=advance, frames=frames, crops=crops,
                                   keep_images=save is not None, explain=save is not None):
@@ -189,11 +192,11 @@ def predict(
     if json_out is not None:
         write_json(json_out, P.results_json(results, report, model=used.name or str(used.path),
                                               model_used=used.describe()))
-        console.print(f"results -> {json_out}", highlight=False, soft_wrap=True)
+        say(f"results -> {json_out}")
     if save is not None and results:
-        console.print(f"contact sheets, score plots and Grad-CAM overlays -> {save}", highlight=False, soft_wrap=True)
+        say(f"contact sheets, score plots and Grad-CAM overlays -> {save}")
     for note in sorted({n for r in results for n in r.notes}):
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        say(f"note: {note}")
     print_report(report)
 
 
@@ -231,12 +234,12 @@ def _scan(paths: list[Path], model: str | None, *, jsonl: Path | None, **kwargs:
             table.add_row(shown(r["file"]), r["verdict"], _fmt(r["p_fake"]), f"{r['threshold']:.3f}", str(r["faces"]))
         out.print(table)
     counts = ", ".join(f"{verdicts[v]} {v}" for v in ("fake", "real", "no_face"))
-    out.print(f"this run: {counts}, {len(report.failed)} failed; {report.reused} done by an earlier run"
-              + (f" -> {jsonl}" if jsonl is not None else ""), highlight=False, soft_wrap=True)
+    say(f"this run: {counts}, {len(report.failed)} failed; {report.reused} done by an earlier run"
+        + (f" -> {jsonl}" if jsonl is not None else ""), to=out)
     for line in report.failed[:len(report.failed) - printed]:  # inputs refused before any work (an empty folder)
         print_skipped(line)
     for note in report.notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        say(f"note: {note}")
     report.raise_if_empty()
 
 
@@ -254,9 +257,8 @@ def export(
         raise DfdetectError("--model is already ONNX; export takes the .safetensors detector", path=used.path)
     check_result_file(onnx_out, "--onnx", "detector.onnx", need=(".onnx",))  # never over the model itself
     info = export_onnx(load_scorer(used.path), onnx_out)
-    out.print(f"ONNX model -> {info.path} (input {info.preprocess.size[0]}x{info.preprocess.size[1]}; "
-              f"onnxruntime vs torch max |dP| = {info.max_abs_diff:.1e} on random crops)",
-              highlight=False, soft_wrap=True)
+    say(f"ONNX model -> {info.path} (input {info.preprocess.size[0]}x{info.preprocess.size[1]}; "
+        f"onnxruntime vs torch max |dP| = {info.max_abs_diff:.1e} on random crops)", to=out)
 
 
 @app.command()
@@ -296,9 +298,11 @@ def serve(
                         head_timeout=head_timeout, max_uploads=max_uploads, workers=workers, max_queue=max_queue,
                         explain=explain)
     used = resolve_cli(model)
+    from dfdetect._io import media_limits
+
+    media_limits()  # a bad DFDETECT_* value refuses the start, not every upload
     path, twin = used.scorer_file(explain=explain)
     app_ = create_app(load_scorer(path), cfg)
-    console.print(f"serving {used.describe()}{' through its ONNX twin' if twin else ''} on http://{host}:{port}/ with {cfg.pool_size()} workers, "
-                  f"{cfg.max_queue} queued, {cfg.max_uploads} uploads at once (Ctrl+C stops)",
-                  highlight=False, soft_wrap=True)
+    say(f"serving {used.describe()}{' through its ONNX twin' if twin else ''} on http://{host}:{port}/ with "
+        f"{cfg.pool_size()} workers, {cfg.max_queue} queued, {cfg.max_uploads} uploads at once (Ctrl+C stops)")
     uvicorn.run(app_, host=host, port=port, log_level="info", http=protocol_for(cfg.head_timeout))

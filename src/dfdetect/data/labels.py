@@ -18,8 +18,11 @@ from pathlib import Path
 from dfdetect._io import files_under, regular_file, write_text
 from dfdetect.errors import BadInputError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+# What folder scans pick up: every still format OpenCV decodes here, and the containers FFmpeg reads that
+# cameras, phones and broadcast captures write (a folder's .tif photos and .3gp clips were left out unsaid).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+                            ".flv", ".wmv", ".3gp", ".ogv"})
 
 
 class Label(IntEnum):

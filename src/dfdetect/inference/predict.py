@@ -545,20 +545,39 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(name).with_suffix("")).strip("/")).strip("_") or "file"
 
 
-def save_visuals(result: PredictResult, out_dir: str | Path, *, taken: set[str] | None = None) -> list[Path]:
+#: In a ``--save`` folder: which input each picture name shows, kept across runs.
+PICTURE_INDEX = ".dfdetect-pictures.json"
+
+
+def picture_index(out_dir: str | Path) -> dict[str, str]:
+    """The names a ``--save`` folder's earlier runs gave, each to the input (absolute path) it shows."""
+    import json
+
+    try:
+        data = json.loads((Path(out_dir) / PICTURE_INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def save_visuals(result: PredictResult, out_dir: str | Path, *, taken: dict[str, str] | None = None) -> list[Path]:
     """Write ``<name>_faces.png`` (contact sheet), ``<name>_scores.png`` and ``<name>_gradcam.png``.
 
-    ``taken``: names used earlier in the same run; ``a/clip.mp4`` and ``b/clip.mp4`` (or ``clip.jpg``)
-    then get ``clip`` and ``clip-2`` instead of the second overwriting the first's pictures.
+    ``taken``: the names given so far (:func:`picture_index`, kept up to date in the folder): ``a/clip.mp4`` and
+    ``b/clip.mp4``, in one run or in two, get ``clip`` and ``clip-2`` instead of the second overwriting the
+    first's pictures; the same input again replaces its own.
     """
     out_dir = Path(out_dir)
     stem = base = _slug(result.rel or Path(result.file).name)
     if taken is not None:
+        source = os.path.abspath(result.file)
         n = 1
-        while stem in taken:
+        while taken.get(stem, source) != source:
             n += 1
             stem = f"{base}-{n}"
-        taken.add(stem)
+        if stem not in taken:
+            taken[stem] = source
+            _io.write_json(out_dir / PICTURE_INDEX, taken)
     written = [plot_scores(result, out_dir / f"{stem}_scores.png")]
     for suffix, img in (("faces", contact_sheet(result)), ("gradcam", gradcam_sheet(result))):
         if img is not None:

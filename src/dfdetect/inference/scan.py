@@ -17,8 +17,9 @@ Where the work runs:
   on every node (a shared file system); only results travel back, and only the driver writes.
 
 With ``jsonl``, each line is appended, flushed and fsynced as it arrives, so a killed run loses no
-finished line. A rerun skips the files already in the file, error lines included (delete a line to retry that
-file), and cuts off a torn last line a kill left. A file holding lines of another model (its sha256) or other
+finished line. A rerun skips the files already scored in the file and tries again those with an error line (a
+file missing then, a network share that failed, a limit changed since): its new line follows the old one, and the
+last line for a file is its answer. It also cuts off a torn last line a kill left. A file holding lines of another model (its sha256) or other
 settings (``frames``, ``crops``) is refused in one line that names the difference, as a stage folder made with
 other settings is: one file, one set of settings. The file is locked while a scan writes it: two scans cannot
 interleave lines.
@@ -196,12 +197,16 @@ def _is_list(p: Path) -> bool:
     return p.suffix.lower() in LIST_SUFFIXES and p.is_file()
 
 
-def expand_lists(paths: Iterable[str | Path]) -> list[Path]:
-    """``paths`` with each list file replaced by the paths it lists (what one-process ``predict`` takes)."""
+def expand_lists(paths: Iterable[str | Path], notes: list[str] | None = None) -> list[Path]:
+    """``paths`` with each list file replaced by the paths it lists (what one-process ``predict`` takes), each
+    path once: a list naming one image 3,000 times scored it 3,000 times. ``notes`` gets how many repeats went."""
     out: list[Path] = []
     for p in map(Path, paths):
         out.extend(_read_list(p) if _is_list(p) else [p])
-    return out
+    unique = list(dict.fromkeys(out))
+    if len(unique) < len(out) and notes is not None:
+        notes.append(f"{len(out) - len(unique)} repeated inputs left out: each file is scored once")
+    return unique
 
 
 def expand_inputs(paths: Iterable[str | Path], report: StageReport | None = None) -> list[str]:
@@ -211,9 +216,13 @@ def expand_inputs(paths: Iterable[str | Path], report: StageReport | None = None
 
     seen: set[str] = set()
     out: list[str] = []
+    repeats = 0
 
     def add(name: str) -> None:
-        if name not in seen:
+        nonlocal repeats
+        if name in seen:
+            repeats += 1
+        else:
             seen.add(name)
             out.append(name)
 
@@ -235,6 +244,8 @@ def expand_inputs(paths: Iterable[str | Path], report: StageReport | None = None
                 add(str(f))
         else:
             add(str(root))  # a missing or non-media file: predict_file names the problem in its error line
+    if repeats and report is not None:
+        report.notes.append(f"{repeats} repeated inputs left out: each file is scored once")
     return out
 
 
@@ -245,15 +256,18 @@ def _line_key(obj: dict[str, Any]) -> tuple[Any, ...]:
     return (obj.get("file"), obj.get("model_sha256"), obj.get("frames_requested"), bool(obj.get("crops")))
 
 
-def read_done(jsonl: str | Path, *, repair: bool = False) -> tuple[set[tuple[Any, ...]], int]:
-    """The keys (file, model sha256, frames, crops) of the lines an earlier scan wrote, and how many lines
-    were unreadable. Only the keys are kept: 100,000 lines of per-frame results are hundreds of MB.
+def read_done(jsonl: str | Path, *, repair: bool = False, failed: set[tuple[Any, ...]] | None = None
+              ) -> tuple[set[tuple[Any, ...]], int]:
+    """The keys (file, model sha256, frames, crops) of the results an earlier scan wrote, and how many lines
+    were unreadable. Only the keys are kept: 100,000 lines of per-frame results are hundreds of MB. A file
+    whose lines are all errors is not done: its key goes into ``failed``, to be tried again.
 
     A kill can leave a torn last line (no newline): it is left out, and with ``repair=True`` cut off
     the file, so the next append starts on a fresh line.
     """
     path = Path(jsonl)
     done: set[tuple[Any, ...]] = set()
+    errors: set[tuple[Any, ...]] = set()
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -272,10 +286,14 @@ def read_done(jsonl: str | Path, *, repair: bool = False) -> tuple[set[tuple[Any
             except ValueError:
                 bad += 1
                 continue
-            if isinstance(obj, dict) and isinstance(obj.get("file"), str):
-                done.add(_line_key(obj))
-            else:
+            if not isinstance(obj, dict) or not isinstance(obj.get("file"), str):
                 bad += 1
+            elif "error" in obj:
+                errors.add(_line_key(obj))
+            else:
+                done.add(_line_key(obj))
+    if failed is not None:
+        failed.update(errors - done)
     if repair and good_end < path.stat().st_size:
         os.truncate(path, good_end)
     return done, bad
@@ -435,11 +453,16 @@ def scan(
         writer = _Appender(jsonl)  # locked before the file is read: no other scan appends meanwhile
     try:
         if writer is not None:
-            done, bad = read_done(jsonl, repair=True)
+            retry: set[tuple[Any, ...]] = set()
+            done, bad = read_done(jsonl, repair=True, failed=retry)
             if bad:
                 report.notes.append(f"{bad} unreadable line(s) in {jsonl} left out (a torn last line is cut off); "
                                     "those files are scored again")
-            _check_same_settings(job, done, jsonl)
+            retried = len({k[0] for k in retry} & set(files))
+            if retried:
+                report.notes.append(f"{retried} file(s) with an error line in {jsonl} are tried again; the last "
+                                    "line for a file is its answer")
+            _check_same_settings(job, done | retry, jsonl)
             todo = [f for f in files if job.key(f) not in done]
             report.reused += len(files) - len(todo)
         else:

@@ -144,11 +144,43 @@ def onnx_session(module: Any, dummy: Any, *, threads: int = 0, spin: bool = True
     return _cpu_session(buf.getvalue(), threads, spin)
 
 
+#: Operators whose work the file, not the input, decides: a ``Loop`` of 2**62 turns held predict, and a serve
+#: worker, for ever. :func:`export_onnx` writes none of them.
+_UNBOUNDED_OPS = frozenset({"Loop", "Scan", "If", "SequenceMap"})
+#: An ONNX file larger than this is not a dfdetect twin (VGG16's fp32 twin is about 0.5 GB): not parsed.
+_MAX_ONNX_BYTES = 1 << 30
+
+
+def _check_graph(path: Path) -> None:
+    """Refuse, from the graph and before onnxruntime runs it, an ONNX file that could run without end: control
+    flow, operators outside the standard domain (onnxruntime's contrib kernels), or more bytes than any twin."""
+    import onnx
+
+    from dfdetect._io import regular_file
+
+    size = regular_file(path)
+    if size > _MAX_ONNX_BYTES:
+        raise WeightsError(f"{size / 2**20:.0f} MB, larger than any dfdetect ONNX twin ({_MAX_ONNX_BYTES >> 20} MB); "
+                           "not loaded", path=path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's errors for a file that is not an ONNX model
+        raise WeightsError(f"not a loadable ONNX model ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})",
+                           path=path) from None
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    odd = sorted({n.op_type for n in nodes if n.op_type in _UNBOUNDED_OPS}
+                 | {f"{n.domain}.{n.op_type}" for n in nodes if n.domain not in ("", "ai.onnx")})
+    if odd:
+        raise WeightsError(f"its graph holds {', '.join(odd[:5])}, which `dfdetect export` never writes (control flow "
+                           "or non-standard operators could run for ever); not loaded", path=path)
+
+
 def _cpu_session(model: str | bytes, threads: int, spin: bool = True) -> Any:
     """An onnxruntime CPU session for a file path or serialised model (``threads=0``: its default)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # fatal only: its errors are raised, and become dfdetect's one line
     # Without its arena, onnxruntime frees each batch's activations: with it, RSS grew by 1.3 GB over five
     # batches of 64 crops at 160 px and stayed there (docs/SPEED.md); speed was the same.
     opts.enable_cpu_mem_arena = False
@@ -197,6 +229,7 @@ class OnnxDetector:
                                path=path)
         from dfdetect.parallel import in_worker
 
+        _check_graph(path)
         try:
             session = _cpu_session(str(path), threads or (1 if in_worker() else 0))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for a corrupt file

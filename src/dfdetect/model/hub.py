@@ -150,10 +150,19 @@ def _url_cache_path(url: str) -> Path:
 
 def _split_hub(spec: str) -> tuple[str, str]:
     """``owner/repo/dir/file`` (or ``hf://...``) -> ``(owner/repo, dir/file)``; ``owner/repo`` -> its HUB_FILE."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     parts = spec.removeprefix("hf://").strip("/").split("/")
     if len(parts) < 2 or not all(parts):
         raise WeightsError(f"{spec!r} is not a Hugging Face reference; expected hf://owner/repo/file.safetensors")
-    return "/".join(parts[:2]), "/".join(parts[2:]) or HUB_FILE
+    repo = "/".join(parts[:2])
+    try:  # the hub's own rule, checked here: its cache lookup raises it with a 17-frame traceback
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        raise WeightsError(f"{spec!r} is not a Hugging Face reference: {str(exc).splitlines()[0][:160]}") from None
+    if any(p in (".", "..") for p in parts[2:]):
+        raise WeightsError(f"{spec!r} is not a Hugging Face reference: a file in a repo has no '.' or '..' part")
+    return repo, "/".join(parts[2:]) or HUB_FILE
 
 
 def model_status(entry: ModelEntry) -> Literal["shipped", "cached", "remote", "missing"]:

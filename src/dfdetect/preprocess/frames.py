@@ -117,7 +117,7 @@ def _open(path: Path, limits: MediaLimits) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise BadInputError("no video stream in the file", path=path)
-    cc = container.streams.video[0].codec_context
+    cc = video_stream(container).codec_context
     cc.options = limit
     if (cc.width or 0) * (cc.height or 0) > limits.max_pixels:
         container.close()
@@ -125,6 +125,15 @@ def _open(path: Path, limits: MediaLimits) -> av.container.InputContainer:
                             f"the {limits.max_pixels / 1e6:g} MP limit ({MediaLimits.ENV['max_pixels']}); not decoded",
                             path=path)
     return container
+
+
+def video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    """The stream the ``ffmpeg`` tool would take: the largest video stream that is not a cover picture, not simply
+    the first (a 64 x 64 black stream before the real one gave "no face"). FFmpeg's ``av_find_best_stream``
+    does not weigh the size, so it is not used."""
+    streams = list(container.streams.video)
+    moving = [s for s in streams if not (int(s.disposition) & int(av.stream.Disposition.attached_pic))] or streams
+    return max(moving, key=lambda s: (s.codec_context.width or 0) * (s.codec_context.height or 0))
 
 
 def _reason(exc: BaseException) -> str:
@@ -154,15 +163,25 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream, limit
     return idx
 
 
+#: A display matrix's rotation (counter-clockwise degrees, as FFmpeg's ``av_display_rotation_get``) -> the
+#: quarter turns counter-clockwise (``np.rot90``) that show the frame as players do, FFmpeg's autorotate among them.
+_UPRIGHT = {90: 1, 180: 2, 270: 3}
+
+
 def _bgr(frame: av.VideoFrame, max_side: int | None = None) -> np.ndarray:
     """The frame as BGR uint8, scaled down (area filter, aspect kept) so its longer side is at most
-    ``max_side``: an 8K frame is 100 MB as BGR, and no stage needs more than ``max_side`` pixels."""
+    ``max_side`` (an 8K frame is 100 MB as BGR, and no stage needs more than ``max_side`` pixels), and turned
+    upright: a phone's portrait video is stored sideways with a rotation to show it by, and its faces lay on
+    their side, so none was found."""
     w, h = frame.width, frame.height
     if max_side is not None and max(w, h) > max_side:
         s = max_side / max(w, h)
-        return frame.to_ndarray(format="bgr24", width=max(1, round(w * s)), height=max(1, round(h * s)),
-                                interpolation="AREA")
-    return frame.to_ndarray(format="bgr24")
+        image = frame.to_ndarray(format="bgr24", width=max(1, round(w * s)), height=max(1, round(h * s)),
+                                 interpolation="AREA")
+    else:
+        image = frame.to_ndarray(format="bgr24")
+    turn = _UPRIGHT.get(round(getattr(frame, "rotation", 0) or 0) % 360)
+    return image if turn is None else np.ascontiguousarray(np.rot90(image, turn))
 
 
 def _decode_sequential(container, stream, wanted: set[int], max_side: int | None = None,
@@ -326,7 +345,7 @@ def count_frames(path: str | Path, limits: MediaLimits | None = None) -> int:
         return 1 if read_image(path, limits) is not None else 0
     container = _open(path, limits)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         return _count(container, stream, _index(container, stream, limits, path))
     except av.FFmpegError as exc:
         raise BadInputError(f"cannot decode ({_reason(exc)})", path=path) from None
@@ -346,7 +365,7 @@ def read_selected(path: Path, select: Callable[[int], list[int]], limits: MediaL
         return [(0, image)] if 0 in select(1) else []
     container = _open(path, limits)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         idx = _index(container, stream, limits, path)
         total = _count(container, stream, idx)
         if total == 0:

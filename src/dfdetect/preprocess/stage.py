@@ -4,7 +4,7 @@ A stage (frames, faces, srm, synth) says only how to plan its jobs and how to do
 owns the rest, the same way for every stage:
 
 - the output folder is kept apart from the inputs (neither at nor under the other);
-- the temp files a killed run left are removed before any work;
+- one run at a time per output folder (a lock), and the temp files a killed run left are removed before any work;
 - a stamp (``.dfdetect-stage.json``) records the settings that shape the outputs; a folder made with other
   settings, with a stamp that cannot be read, or with files but no stamp is refused in one line rather than
   mixed or written into (resuming with the same settings reuses its files);
@@ -17,10 +17,11 @@ Stages never print: they call an optional ``progress`` callback and return the r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -202,6 +203,33 @@ def _do(stage: Stage[J], job: J) -> JobResult:
     return stage.run_job(job)
 
 
+#: Held (``flock``) by the run that writes a stage folder: a second run at once would delete the first's temp files.
+LOCK = ".dfdetect-lock"
+
+
+@contextlib.contextmanager
+def _only_run(out: Path) -> Iterator[None]:
+    """This run alone in ``out``: a second one is refused in one line. Why a lock and not the stamp: two runs can
+    both find the stamp they want, and each one's clean-up of interrupted temp files removes the other's
+    in-flight ones. Where the lock cannot be made (a read-only disk: nothing will be written), none is taken."""
+    try:
+        fh = (out / LOCK).open("a")
+    except OSError:
+        yield
+        return
+    with fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock
+            pass
+        except OSError:
+            raise BadInputError("another dfdetect run is writing this folder; wait for it to finish, or use "
+                                "another --out folder", path=out) from None
+        yield
+
+
 def run_stage(
     stage: Stage[J],
     *,
@@ -218,6 +246,15 @@ def run_stage(
     check_stamp(out, stage.name, settings)
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot use as the output folder ({exc.strerror or exc})", path=out) from None
+    with _only_run(out):
+        return _run_locked(stage, jobs, settings, out, workers=workers, engine=engine, ray_address=ray_address,
+                           progress=progress)
+
+
+def _run_locked(stage: Stage[J], jobs: list[J], settings: dict[str, Any], out: Path, **run: Any) -> StageReport:
+    try:
         if not (out / STAMP).is_file():  # written once: a finished folder on a read-only disk still resumes
             write_json(out / STAMP, {"stage": stage.name, "settings": _jsonable(settings)})
     except OSError as exc:
@@ -230,8 +267,7 @@ def run_stage(
     def crashed(job: J, exc: Exception) -> JobResult:
         return JobResult(failed=[failure_line(stage.source(job), exc)])
 
-    results = map_items(partial(_do, worker_stage), jobs, workers=workers, engine=engine, ray_address=ray_address,
-                        progress=progress, weight=stage.weight, on_error=crashed)
+    results = map_items(partial(_do, worker_stage), jobs, weight=stage.weight, on_error=crashed, **run)
     for r in results:
         report.add(r)
     stage.finish(report, jobs, results)

@@ -293,6 +293,27 @@ def crop_landmarks(table: CropTable, size: int, cache_dir: Path, *, finder: Any 
     return out
 
 
+def _verdict_warnings(val_y: np.ndarray, val_p: np.ndarray, threshold: float) -> list[str]:
+    """What a user must hear before trusting the saved detector: a validation AUC at or below chance (a tiny or
+    mislabelled set), or a threshold that calls every validation crop one class (a saved threshold of 1.0 called
+    every fake real, silently)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p = np.asarray(val_y), np.asarray(val_p, np.float64)
+    if np.unique(y).size < 2:
+        return []
+    out = []
+    auc = float(roc_auc_score(y, p))
+    if auc <= 0.5:
+        out.append(f"validation AUC {auc:.3f} is at or below chance: the detector has learnt nothing "
+                   "usable (too little data, or labels swapped?)")
+    called_fake = p >= threshold
+    if called_fake.all() or not called_fake.any():
+        out.append(f"the threshold {threshold:.4f} calls every validation crop "
+                   f"{'fake' if called_fake.all() else 'real'}")
+    return out
+
+
 @torch.no_grad()
 def _scale_head(model: BackboneClassifier, factor: float) -> None:
     """Multiply the logit by ``factor``: the head is linear, so its weight and bias scale."""
@@ -561,6 +582,7 @@ def train(table: CropTable, protocol: Protocol, out_dir: str | Path, *, progress
         model = ensemble_of(members)
         # one class in validation (SBI on real crops alone): nothing to choose on (noted); the fixed 0.5
         threshold = choose_threshold(val_y, val_p, cfg.threshold) if np.unique(val_y).size > 1 else 0.5
+        notes += _verdict_warnings(val_y, val_p, threshold)
         detector = Detector.from_model(model, protocol, threshold)
         if info.is_main:
             summary = {

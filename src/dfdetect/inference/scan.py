@@ -19,9 +19,9 @@ Where the work runs:
 With ``jsonl``, each line is appended, flushed and fsynced as it arrives, so a killed run loses no
 finished line. A rerun skips the files already scored in the file and tries again those with an error line (a
 file missing then, a network share that failed, a limit changed since): its new line follows the old one, and the
-last line for a file is its answer. It also cuts off a torn last line a kill left. A file holding lines of another model (its sha256) or other
-settings (``frames``, ``crops``) is refused in one line that names the difference, as a stage folder made with
-other settings is: one file, one set of settings. The file is locked while a scan writes it: two scans cannot
+last line for a file is its answer. It also cuts off a torn last line a kill left. A file holding lines of another
+model (its sha256) or other settings (``frames``, ``crops``) is refused in one line that names the difference, as
+a stage folder made with other settings is: one file, one set of settings. The file is locked while a scan writes it: two scans cannot
 interleave lines.
 
 Why one file: the three engines share the job record, the resume key and the JSON-lines writer; apart,
@@ -441,7 +441,8 @@ def scan(
         raise DfdetectError(f"workers must be >= 0, got {workers}")
     if engine not in ("process", "ray"):
         raise DfdetectError(f"unknown engine {engine!r}; use 'process' or 'ray'")
-    report = report if report is not None else StageReport("scan", None if jsonl is None else Path(jsonl), done_as="scored")
+    if report is None:
+        report = StageReport("scan", None if jsonl is None else Path(jsonl), done_as="scored")
     ref = model if isinstance(model, ModelRef) else ModelRef.of(model, onnx=onnx)
     job = _Job(ref, frames=frames, crops=crops)
     files = expand_inputs(paths, report)

@@ -286,8 +286,8 @@ class Detector:
         if have != want:
             odd = sorted(set(have) ^ set(want)) or sorted(k for k in want if have[k] != want[k])
             shown = ", ".join(f"{k} {have.get(k, 'missing')} (model: {want.get(k, 'none')})" for k in odd[:3])
-            raise WeightsError(f"weights do not fit backbone {backbone!r}: {len(odd)} tensors differ, e.g. {shown}"[:400],
-                               path=path)
+            why = f"weights do not fit backbone {backbone!r}: {len(odd)} tensors differ, e.g. {shown}"
+            raise WeightsError(why[:400], path=path)
         try:
             state = {k: fh.get_tensor(k) for k in want}
         except Exception as exc:  # noqa: BLE001 - a truncated or lying data section

@@ -165,8 +165,8 @@ def _check_graph(path: Path) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf's errors for a file that is not an ONNX model
-        raise WeightsError(f"not a loadable ONNX model ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})",
-                           path=path) from None
+        why = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"not a loadable ONNX model ({why})", path=path) from None
     nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
     odd = sorted({n.op_type for n in nodes if n.op_type in _UNBOUNDED_OPS}
                  | {f"{n.domain}.{n.op_type}" for n in nodes if n.domain not in ("", "ai.onnx")})

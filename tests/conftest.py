@@ -32,3 +32,16 @@ def tiny_model(tmp_path) -> Path:
                                                                     ensemble=1, pool="max")})
     net = create_backbone("mobilenet_v2", pretrained=False, num_classes=1)
     return Detector.from_model(net, proto, 0.5).save(tmp_path / "tiny" / "detector.safetensors")
+
+
+@pytest.fixture
+def red_cli(monkeypatch, tmp_path) -> Path:
+    """The CLI's scorer replaced by a stand-in that calls every red crop fake (``test_predict.RedScorer``): the
+    path it returns stands for the model file."""
+    from dfdetect.cli import use
+    from test_predict import RedScorer
+
+    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
+    stand_in = tmp_path / "m.safetensors"
+    stand_in.write_bytes(b"x")
+    return stand_in

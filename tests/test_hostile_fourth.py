@@ -26,16 +26,6 @@ from test_hostile_media import cli, make_video
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "dfdetect" / "models"
 
 
-@pytest.fixture
-def red_cli(monkeypatch, tmp_path):
-    from dfdetect.cli import use
-    from test_predict import RedScorer
-
-    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
-    stand_in = tmp_path / "m.safetensors"
-    stand_in.write_bytes(b"x")
-    return stand_in
-
 
 def test_paths_that_look_like_rich_markup_are_printed_not_parsed(tmp_path, tiny_model):
     """Regression: ``--json 'mk/[/].json'`` (and ``--save``, ``--jsonl``, ``export --onnx``) ended in Rich's

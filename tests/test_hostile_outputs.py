@@ -69,16 +69,6 @@ def test_a_folder_of_the_users_own_files_is_never_a_stage_folder(tmp_path):
     assert as_file.exit_code == 1 and "is a file, not a folder" in as_file.output
 
 
-@pytest.fixture
-def red_cli(monkeypatch, tmp_path):
-    from dfdetect.cli import use
-    from test_predict import RedScorer
-
-    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
-    stand_in = tmp_path / "m.safetensors"
-    stand_in.write_bytes(b"x")
-    return stand_in
-
 
 def test_results_files_that_are_inputs_or_pipes_are_refused_before_any_work(tmp_path, red_cli):
     """Regression: --jsonl few/a.png appended JSON to an input image, --json few/b.png replaced one, a --jsonl

@@ -44,16 +44,6 @@ def test_labels_out_never_replaces_a_crop_a_video_a_pipe_or_a_device(tmp_path):
     assert ok.exit_code == 0 and (tmp_path / "crops" / "labels.txt").read_text().startswith("1 ")
 
 
-@pytest.fixture
-def red_cli(monkeypatch, tmp_path):
-    from dfdetect.cli import use
-    from test_predict import RedScorer
-
-    monkeypatch.setattr(use, "load_scorer", lambda path, **kw: RedScorer())
-    stand_in = tmp_path / "m.safetensors"
-    stand_in.write_bytes(b"x")
-    return stand_in
-
 
 def test_a_jsonl_that_links_to_an_input_or_holds_other_data_is_refused(tmp_path, red_cli, tiny_model):
     """Regression: ``--jsonl`` as a symlink or hard link to face.png cut the image at its last newline (the

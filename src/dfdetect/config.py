@@ -152,7 +152,9 @@ class SRMConfig(_Config):
 
     mode: Literal["classic3", "seed"] = "classic3"
     seed_kernel: Literal["KB", "KV", "H2"] = "KV"
-    clip: float = Field(3.0, gt=0, description="residuals are clipped to [-clip, clip] before 8-bit scaling")
+    # at most 255, an 8-bit image's own range: past it (inf, 1e308) every SRM crop came out black, unsaid
+    clip: float = Field(3.0, gt=0, le=255, allow_inf_nan=False,
+                        description="residuals are clipped to [-clip, clip] before 8-bit scaling")
 
 
 MAX_ENSEMBLE = 16  #: most members a detector may average (config, CLI and detector files alike)
@@ -354,18 +356,20 @@ def load_protocol(path: str | Path) -> Protocol:
 class SynthConfig(_Config):
     """The built-in Celeb-DF-shaped dataset (``dfdetect synth``); defaults keep the demo fast."""
 
-    identities: int = Field(8, ge=2, description="celebrity identities id0..id{N-1}")
-    videos_per_identity: int = Field(2, ge=1, description="Celeb-real videos per identity")
-    fakes_per_identity: int = Field(4, ge=1, description="Celeb-synthesis videos per target identity")
-    youtube_videos: int = Field(4, ge=0, description="YouTube-real videos (no identity label)")
-    frames: int = Field(20, ge=2, description="frames per video")
+    # Upper bounds: a built-in test set, not a benchmark; --frames 100000000 took 6.4 GB in 25 s, and 100,000
+    # identities spun in the planner without a word
+    identities: int = Field(8, ge=2, le=1000, description="celebrity identities id0..id{N-1}")
+    videos_per_identity: int = Field(2, ge=1, le=100, description="Celeb-real videos per identity")
+    fakes_per_identity: int = Field(4, ge=1, le=100, description="Celeb-synthesis videos per target identity")
+    youtube_videos: int = Field(4, ge=0, le=10_000, description="YouTube-real videos (no identity label)")
+    frames: int = Field(20, ge=2, le=1000, description="frames per video")
     frame_size: int = Field(288, ge=192, le=1024, multiple_of=2, description="square frame side in pixels (even)")
-    face_size: int = Field(160, ge=64, description="face box side in pixels at scale 1")
+    face_size: int = Field(160, ge=64, le=1024, description="face box side in pixels at scale 1")
     fps: int = Field(25, ge=1, le=60)
     crf: int = Field(23, ge=0, le=51, description="H.264 constant rate factor, the same for every video")
     sbi_fraction: float = Field(0.5, ge=0, le=1, description="share of fakes made by self-blending, rest face swaps")
     test_fraction: float = Field(0.25, gt=0, lt=1, description="identities (and YouTube clips) held out for test")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="random seed (numpy's: 0 to 2**32 - 1)")
 
 
 class ServiceConfig(_Config):

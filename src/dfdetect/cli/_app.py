@@ -117,21 +117,37 @@ def rate_progress(description: str) -> Iterator[tuple[ProgressCallback, Callable
         yield (lambda n=1: bar.advance(task, n)), (lambda n: bar.update(task, total=n))
 
 
-def shown(text: str) -> str:
-    """What the terminal gets: one line, control characters escaped, never read as Rich markup."""
-    from rich.markup import escape
+def printable(text: str) -> str:
+    """``text`` on one line, control characters escaped, and what the terminal's encoding cannot show as ``\\u``
+    escapes: ``PYTHONIOENCODING=ascii`` (or a C locale) made a name like фото.jpg a UnicodeEncodeError traceback
+    after the work was done."""
+    import sys
 
     from dfdetect.errors import one_line
 
-    return escape(one_line(text))
+    text = one_line(text)
+    for stream in (sys.stdout, sys.stderr):
+        enc = getattr(stream, "encoding", None) or "utf-8"
+        try:
+            text.encode(enc)
+        except LookupError:  # an encoding Python does not know: plain ASCII is safe
+            text = text.encode("ascii", "backslashreplace").decode("ascii")
+        except UnicodeEncodeError:
+            text = text.encode(enc, "backslashreplace").decode(enc, "replace")
+    return text
+
+
+def shown(text: str) -> str:
+    """What the terminal gets: :func:`printable`, and never read as Rich markup."""
+    from rich.markup import escape
+
+    return escape(printable(text))
 
 
 def say(text: str, *, to: Console | None = None) -> None:
     """One line of plain text on stderr (or ``to``): paths in it are never read as Rich markup (a folder named
     ``[/]`` made Rich raise), nor their control characters sent to the terminal."""
-    from dfdetect.errors import one_line
-
-    (to or console).print(one_line(text), markup=False, highlight=False, soft_wrap=True)
+    (to or console).print(printable(text), markup=False, highlight=False, soft_wrap=True)
 
 
 def print_skipped(line: str) -> None:

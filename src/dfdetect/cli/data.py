@@ -206,9 +206,16 @@ def labels_cmd(
     if not root.is_dir():
         raise BadInputError("folder not found", path=root)
     check_result_file(out_file, "--out", "labels.txt")  # never over a crop, a video, a pipe or a device
+    # nor over a dataset's own label sources: the official test list (same line format) or a labels.csv
+    if out_file.name.lower() == "list_of_testing_videos.txt" or out_file.suffix.lower() in (".csv", ".json"):
+        raise BadInputError("is a dataset's own list or labels, not an output of `labels`: write to another file, "
+                            "such as labels.txt", path=out_file)
     if subfolder is not None:
         if value not in (0, 1):
             raise DfdetectError(f"--value must be 1 (real) or 0 (fake), got {value}")
+        sub = Path(subfolder)  # ../outside (or /etc) labelled files outside ROOT, in lines no reader accepts
+        if sub.is_absolute() or ".." in sub.parts:
+            raise DfdetectError(f"--subfolder {subfolder} is not a folder inside {root}; name one of its folders")
         plan = {subfolder: value}
     else:
         plan = {name: v for name, v in CELEBDF_VALUES.items() if (root / name).is_dir()}

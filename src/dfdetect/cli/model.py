@@ -132,6 +132,13 @@ def train_cmd(
                       {"mode": mode, "epochs": epochs, "pseudo_fakes": pseudo_fakes, "batch_size": batch_size,
                        "workers": workers or None})
     claim_out(out_dir, data, crops)  # an --out inside the data, unusable or of the user's own: one line, now
+    if cache_dir is not None:  # the feature cache's .npy files among the input images were taken for inputs
+        from dfdetect._io import check_separate
+
+        for src in filter(None, (data, crops)):
+            check_separate(src if src.is_dir() else src.parent, cache_dir, "dataset", flag="--cache-dir")
+        if cache_dir.exists() and not cache_dir.is_dir():
+            raise BadInputError("--cache-dir names a file; give a folder for the feature cache", path=cache_dir)
     table = _table(data, crops, labels, out_dir, proto, workers)
     for line in table.skipped[:20]:
         print_skipped(line)

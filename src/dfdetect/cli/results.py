@@ -54,7 +54,7 @@ _METRIC_LINES = (("frame_auc", "frame AUC"), ("video_auc", "video AUC"), ("frame
 def _backbones(value: str | None) -> list[str] | None:
     if value is None:
         return None
-    names = [b.strip() for b in value.split(",") if b.strip()]
+    names = list(dict.fromkeys(b.strip() for b in value.split(",") if b.strip()))  # twice: trained twice
     if not names:
         raise BadInputError("--backbones is empty; give names such as mobilenet_v2,vgg16")
     check_backbones(names)

@@ -32,7 +32,8 @@ _D = SynthConfig()  # defaults, shown in --help
 
 def _config(**options: int | None) -> SynthConfig:
     """SynthConfig defaults with the options the user set; a bad value is one line naming the option."""
-    return override(SynthConfig(), **options)
+    return override(SynthConfig(), {"youtube_videos": "--youtube", "videos_per_identity": "--videos-per-identity"},
+                    **options)
 
 
 def _int_opt(flag: str, what: str, default: int) -> typer.models.OptionInfo:

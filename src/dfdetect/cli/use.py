@@ -261,6 +261,20 @@ def export(
         f"onnxruntime vs torch max |dP| = {info.max_abs_diff:.1e} on random crops)", to=out)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Bind once, before the model loads and "serving ..." is printed: a port in use was that line, then uvicorn's
+    own ``ERROR: [Errno 98]`` line. (Another process may still take it in between: uvicorn then says so.)"""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(addr)
+    except OSError as exc:
+        raise DfdetectError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
 @app.command()
 @handle_errors
 def serve(
@@ -288,19 +302,28 @@ def serve(
         "without torch; a .safetensors model needs torch for them.")] = True,
 ) -> None:
     """Web page and API: POST /api/v1/detect, GET / (upload page), GET /healthz."""
-    import uvicorn
+    import math
 
-    from dfdetect.config import ServiceConfig
+    import uvicorn
+    from pydantic import ValidationError
+
+    from dfdetect.config import ServiceConfig, validation_line
     from dfdetect.service import create_app
     from dfdetect.service.http import protocol_for
 
-    cfg = ServiceConfig(max_upload_bytes=int(max_upload_mb * 2**20), frames=frames, upload_timeout=upload_timeout,
-                        head_timeout=head_timeout, max_uploads=max_uploads, workers=workers, max_queue=max_queue,
-                        explain=explain)
+    if not math.isfinite(max_upload_mb):  # inf MB: an OverflowError traceback
+        raise DfdetectError(f"--max-upload-mb must be a finite number of MB, got {max_upload_mb}")
+    try:
+        cfg = ServiceConfig(max_upload_bytes=int(max_upload_mb * 2**20), frames=frames, upload_timeout=upload_timeout,
+                            head_timeout=head_timeout, max_uploads=max_uploads, workers=workers, max_queue=max_queue,
+                            explain=explain)
+    except ValidationError as exc:  # --upload-timeout inf and the like: one line naming the setting
+        raise DfdetectError(f"serve: {validation_line(exc)}") from None
     used = resolve_cli(model)
     from dfdetect._io import media_limits
 
     media_limits()  # a bad DFDETECT_* value refuses the start, not every upload
+    _check_port(host, port)
     path, twin = used.scorer_file(explain=explain)
     app_ = create_app(load_scorer(path), cfg)
     say(f"serving {used.describe()}{' through its ONNX twin' if twin else ''} on http://{host}:{port}/ with "

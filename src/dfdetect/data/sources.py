@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -145,8 +146,10 @@ def parse_celebdf_name(name: str) -> CelebDFName:
 
 
 def _canonical_rel(rel: str) -> str:
-    # The test list says YouTube-real while some copies name the folder Youtube-real.
-    return rel.replace("Youtube-real/", "YouTube-real/")
+    """The list's and the folder's spelling of one path: ``./Celeb-synthesis/x.mp4`` and ``a//b`` as the file's own
+    (they were "not found", and an official test video became training data); and the test list says
+    YouTube-real while some copies name the folder Youtube-real."""
+    return posixpath.normpath(rel).replace("Youtube-real/", "YouTube-real/")
 
 
 def load_celebdf(root: str | Path) -> Dataset:
@@ -185,10 +188,12 @@ def load_celebdf(root: str | Path) -> Dataset:
                 skipped.append(f"{path}: {exc}")
                 continue
             key = _canonical_rel(rel)
-            if key in test and test[key] != label:
+            if key in test and test[key] != label:  # which is right is unknown: used neither to train nor to test
                 skipped.append(f"{list_path}: {key} is listed as {test[key].name.lower()} but sits in {folder}/")
+                continue
             items.append(MediaItem(_data_path(root, rel), rel, label, name.identities, is_test=key in test))
-    missing = set(test) - {_canonical_rel(it.rel) for it in items}
+    found = {_canonical_rel(p.relative_to(root).as_posix()) for d in folders for p in (root / d).iterdir()}
+    missing = set(test) - found
     skipped += [f"{root / rel}: in {CELEBDF_TEST_LIST} but not found" for rel in sorted(missing)]
     return Dataset(root, "celebdf", items, skipped)
 

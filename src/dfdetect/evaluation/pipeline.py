@@ -20,7 +20,14 @@ from dfdetect._io import check_separate
 from dfdetect.config import Protocol, SynthConfig
 from dfdetect.data.sources import Dataset, discover
 from dfdetect.errors import NothingUsableError
-from dfdetect.evaluation.study import DEFAULT_BACKBONES, ProgressFactory, StudyResult, _no_progress, run_study
+from dfdetect.evaluation.study import (
+    DEFAULT_BACKBONES,
+    ProgressFactory,
+    StudyResult,
+    _no_progress,
+    claim_study_dir,
+    run_study,
+)
 from dfdetect.preprocess.stage import StageReport
 
 if TYPE_CHECKING:
@@ -238,6 +245,10 @@ def run_pipeline(
     cells are reused. ``pretrained=False`` (tests) trains from random weights, fully offline.
     """
     out_dir = Path(out_dir)
+    src = Path(source)
+    if src.exists():  # a missing source is prepare_crops' line to give ("not found")
+        check_separate(src if src.is_dir() else src.parent, out_dir, "dataset")  # before anything is made there
+    claim_study_dir(out_dir / STUDY_DIR, backbones)  # before hours of preprocessing, not after
     prepared = prepare_crops(source, out_dir, protocol, crops=crops, workers=workers, engine=engine,
                              ray_address=ray_address, progress=progress, on_stage=on_stage)
     study = run_study(prepared.tables, out_dir / STUDY_DIR, protocol, backbones=backbones,

@@ -22,7 +22,7 @@ import cv2
 import jinja2
 from markupsafe import Markup
 
-from dfdetect._io import read_image, write_text
+from dfdetect._io import read_image, regular_file, write_text
 from dfdetect.errors import BadInputError
 from dfdetect.evaluation.evaluate import HISTORY_JSON, METRICS_JSON, SCORES_CSV, read_scores
 from dfdetect.evaluation.plots import CONFUSION_PNG, HISTORY_PNG, ROC_PNG, plot_history
@@ -105,7 +105,16 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+#: The largest figure embedded in a page: dfdetect's plots are ~100 kB; a `*.png` linked to /dev/zero took 7.8 GB.
+MAX_FIGURE_BYTES = 32 << 20
+
+
 def _png(path: Path) -> dict[str, str]:
+    """A figure of the run folder as a data URI; a pipe (it would block), a folder or a device named ``*.png``,
+    or one larger than :data:`MAX_FIGURE_BYTES`, is refused in one line."""
+    size = regular_file(path)
+    if size > MAX_FIGURE_BYTES:
+        raise BadInputError(f"{size:,} bytes, more than any figure ({MAX_FIGURE_BYTES:,}); not embedded", path=path)
     return {"alt": path.stem, "src": _data_uri(path.read_bytes(), "image/png")}
 
 
@@ -212,7 +221,12 @@ def _run_section(run: Path, title: str, n_errors: int) -> dict[str, Any]:
             parts.append(_damaged(run / TRAIN_JSON, exc))
     pngs = sorted(run.glob("*.png"), key=lambda p: (FIGURE_ORDER.index(p.name) if p.name in FIGURE_ORDER
                                                      else len(FIGURE_ORDER), p.name))
-    figs = [_png(p) for p in pngs]
+    figs = []
+    for png in pngs:
+        try:
+            figs.append(_png(png))
+        except (*_DAMAGE, BadInputError) as exc:
+            parts.append(_damaged(png, exc))
     if (run / HISTORY_JSON).is_file() and not (run / HISTORY_PNG).is_file():
         try:
             drawn = _history_figure(run / HISTORY_JSON)  # a train run: draw its curves here
@@ -258,8 +272,11 @@ def _study_order(run_dir: Path) -> list[str]:
     path = run_dir / TABLE_CSV
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        return [row[0] for row in list(csv.reader(fh))[1:] if row]
+    try:  # only the order of the sections: a damaged table.csv leaves them in name order
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            return [row[0] for row in list(csv.reader(fh))[1:] if row]
+    except _DAMAGE:
+        return []
 
 
 def _is_run(folder: Path) -> bool:

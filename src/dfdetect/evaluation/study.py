@@ -194,6 +194,14 @@ def _run_cell(backbone: str, variant: str, table: CropTable, protocol: Protocol,
     return CellResult(backbone, variant, status, cell_dir, metrics), test_set
 
 
+def claim_study_dir(out_dir: Path, backbones: Sequence[str]) -> None:
+    """The study's folder is dfdetect's (the run stamp): its ``table.md``, ``table.csv`` and ``report.html`` would
+    replace a user's own files of those names. A folder from before the stamp is known by its cell folders."""
+    from dfdetect.rundir import RunDir
+
+    RunDir(out_dir).claim(legacy=tuple(cell_name(b, v) for b in backbones for v in VARIANTS))
+
+
 def run_study(
     tables: Mapping[str, CropTable],
     out_dir: str | Path,
@@ -228,6 +236,7 @@ def run_study(
         raise ValueError(f"unknown study variants {sorted(unknown)}; use {list(VARIANTS)}")
     if not variants:
         raise DfdetectError("study: no crop tables given", path=out_dir)
+    claim_study_dir(out_dir, backbones)
     for backbone in backbones:  # before anything is written: a clash leaves the folder as it was
         for variant in variants:
             _check_same_protocol(out_dir / cell_name(backbone, variant),

@@ -275,7 +275,7 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
         return _error(503, f"{what}; try again in {cfg.retry_after} s",
                       headers={"Retry-After": str(cfg.retry_after), "Connection": "close"})
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: what uptime checks send (it was a 405)
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": type(detector).__name__, "threshold": float(detector.threshold_),
                 "face_detector": face_cfg.detector, "frames": cfg.frames, "max_upload_bytes": cfg.max_upload_bytes,
@@ -283,7 +283,7 @@ def create_app(detector: Any, config: ServiceConfig | None = None, **overrides: 
                 "workers": workers, "max_queue": cfg.max_queue, "max_image_pixels": cfg.max_image_pixels,
                 "uploads": load["uploads"], "jobs": load["jobs"], "notes": notes}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 

@@ -65,6 +65,14 @@ def photo(path: Path, img: np.ndarray | None = None, value: int = 120) -> Path:
     return path
 
 
+def real_and_fake_photos(data: Path, n: int = 2) -> Path:
+    """``data/real`` and ``data/fake`` with ``n`` flat photos each, the fakes brighter: a dataset to train on."""
+    for label in ("real", "fake"):
+        for i in range(n):
+            photo(data / label / f"{i}.png", value=40 + 100 * (label == "fake") + i)
+    return data
+
+
 def make_video(path: Path, **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return _make_video(path, **kw)

@@ -17,7 +17,7 @@ from dfdetect.config import FaceConfig, Protocol
 from dfdetect.errors import BadInputError, WeightsError
 from dfdetect.preprocess import faces as FA
 from dfdetect.preprocess.stage import STAMP
-from test_hostile_media import cli, lines_naming, make_video, photo
+from test_hostile_media import cli, lines_naming, make_video, photo, real_and_fake_photos
 
 
 def _frames(root: Path) -> Path:
@@ -175,9 +175,7 @@ def test_names_that_are_too_long_or_hold_escape_codes(tmp_path, red_cli):
 def test_training_values_past_any_sane_range_are_one_line(tmp_path):
     """Regression: lr .inf, lr 1e300, seed -1 or 10**23 and batch size 10**23 crashed mid-run with a traceback."""
     data = tmp_path / "data"
-    for label in ("real", "fake"):
-        for i in range(2):
-            photo(data / label / f"{i}.png", value=40 + 100 * (label == "fake") + i)
+    real_and_fake_photos(data)
     for train in ({"lr": float("inf")}, {"lr": 1e300}, {"seed": -1}, {"seed": 10**23}, {"batch_size": 10**23},
                   {"weight_decay": float("inf")}):
         recipe = tmp_path / "r.yaml"
@@ -209,9 +207,7 @@ def test_train_into_a_users_own_folder_is_refused_and_touches_nothing(tmp_path):
     from dfdetect.rundir import RUN_STAMP, RunDir
 
     data = tmp_path / "data"
-    for label in ("real", "fake"):
-        for i in range(2):
-            photo(data / label / f"{i}.png", value=40 + 100 * (label == "fake") + i)
+    real_and_fake_photos(data)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.yaml").write_text("my: own settings\n")

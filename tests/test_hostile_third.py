@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from test_hostile_media import cli, make_video, photo
+from test_hostile_media import cli, make_video, photo, real_and_fake_photos
 
 
 def _md5(p: Path) -> str:
@@ -66,9 +66,7 @@ def test_evaluate_out_is_never_a_users_folder_or_a_stage_folder(tmp_path, tiny_m
     into a ``frames`` stage folder."""
     model = tiny_model
     data = tmp_path / "ds"
-    for label in ("real", "fake"):
-        for i in range(2):
-            photo(data / label / f"{i}.png", value=40 + 100 * (label == "fake") + i)
+    real_and_fake_photos(data)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "metrics.json").write_text('{"mine": 1}')

@@ -43,6 +43,7 @@ TO_MTCNN_ORDER = (0, 1, 2, 3, 4)
 #: raises it). OpenCV's samples use 0.9; 0.6 keeps turned and blurred faces (bench/preprocess.py).
 SCORE_FLOOR = 0.6
 NMS_THRESHOLD = 0.3
+MIN_SIDE = 10  #: YuNet's smallest anchor: an image narrower or lower than this holds no face it can find
 TOP_K = 5000
 _SIZES_PER_THREAD = 8  #: OpenCV detectors kept per thread, one per input size (video frames share one)
 
@@ -126,10 +127,15 @@ class YuNet:
         if img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
             raise ValueError(f"expected a BGR image of shape (H, W, 3), got shape {np.shape(bgr)}")
         h, w = img.shape[:2]
-        _, rows = self._for_size((w, h)).detect(np.ascontiguousarray(img, dtype=np.uint8))
-        rows = np.zeros((0, 15), np.float32) if rows is None else np.asarray(rows, np.float32).reshape(-1, 15)
+        if min(h, w) < MIN_SIDE:  # no face fits; YuNet on a 1 x 2000 image gave garbage boxes, run to run apart
+            rows = np.zeros((0, 15), np.float32)
+        else:
+            _, rows = self._for_size((w, h)).detect(np.ascontiguousarray(img, dtype=np.uint8))
+            rows = np.zeros((0, 15), np.float32) if rows is None else np.asarray(rows, np.float32).reshape(-1, 15)
         # a degenerate image (2000 x 1, scaled to 640 x 1) gives rows of inf/NaN: no face, not a garbage crop
         rows = rows[np.isfinite(rows).all(axis=1) & (rows[:, 2] > 0) & (rows[:, 3] > 0)]
+        cx, cy = rows[:, 0] + rows[:, 2] / 2, rows[:, 1] + rows[:, 3] / 2  # and a face's centre lies in the image
+        rows = rows[(cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)]
         boxes = np.concatenate([rows[:, :2], rows[:, :2] + rows[:, 2:4]], axis=1)
         landmarks = rows[:, 4:14].reshape(-1, 5, 2)[:, list(TO_MTCNN_ORDER)]
         return boxes, rows[:, 14].copy(), np.ascontiguousarray(landmarks)

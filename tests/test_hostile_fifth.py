@@ -168,3 +168,24 @@ def test_head_requests_are_answered_and_a_backbone_named_twice_trains_once():
     client = TestClient(create_app(haar_detector(), ServiceConfig()))
     assert [client.head(u).status_code for u in ("/", "/healthz")] == [200, 200]
     assert _backbones("mobilenet_v2, mobilenet_v2") == ["mobilenet_v2"]
+
+
+def test_a_link_to_a_folder_inside_a_stage_folder_is_refused_not_written_through(tmp_path):
+    """Regression (sixth hostile run): ``faces/v2 -> ../elsewhere`` made a resumed ``faces`` (and ``frames``,
+    ``srm``) write its crops into ``elsewhere``, over a user's own 00000.png there."""
+    make_video(tmp_path / "data" / "real" / "a.mp4", n=4)
+    make_video(tmp_path / "data" / "real" / "b.mp4", n=4, seed=1)
+    out = tmp_path / "frames"
+    assert cli("frames", str(tmp_path / "data"), "--out", str(out), "--frames", "1").exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "00000.png").write_bytes(b"the user's own file")
+    victim = next(p for p in out.rglob("*") if p.is_dir() and p.name.startswith("b"))
+    for f in victim.iterdir():
+        f.unlink()
+    victim.rmdir()
+    victim.symlink_to(elsewhere, target_is_directory=True)
+    res = cli("frames", str(tmp_path / "data"), "--out", str(out), "--frames", "1")
+    assert res.exit_code == 1 and "holds a link to a folder" in res.output, res.output
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["00000.png"]
+    assert (elsewhere / "00000.png").read_bytes() == b"the user's own file"

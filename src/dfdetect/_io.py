@@ -66,13 +66,21 @@ _TEMP_NAME = re.compile(r"^\..+\." + TEMP_TAG + r"[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$
 
 
 def remove_stale_temps(root: str | Path) -> int:
-    """Delete the hidden temp files a killed run left under ``root``; returns how many.
+    """Delete the hidden temp files a killed run left under ``root``; returns how many. A link to a folder inside
+    ``root`` is refused (BadInputError) before anything is deleted or written.
 
     A SIGKILL skips :func:`atomic_path`'s clean-up, so its temp file stays beside the output. Stages
     call this once before they start, holding the folder's lock (a second run at once is refused).
     """
     removed = 0
-    for dirpath, _, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        # os.walk lists a symlink to a folder among the folders, without following it: a stage would write
+        # through it, outside the output folder, over whatever has the same name there
+        for name in dirs:
+            link = os.path.join(dirpath, name)
+            if os.path.islink(link):
+                raise BadInputError(f"holds a link to a folder ({link} -> {os.readlink(link)}); outputs would be "
+                                    "written through it, outside the output folder: remove the link", path=root)
         for name in files:
             if name.startswith(".") and _TEMP_NAME.match(name):
                 try:

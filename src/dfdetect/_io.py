@@ -65,6 +65,20 @@ TEMP_TAG = "dfdetect-tmp-"
 _TEMP_NAME = re.compile(r"^\..+\." + TEMP_TAG + r"[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
 
 
+def lock_exclusive(fh: Any) -> bool:
+    """Take an exclusive ``flock`` on the open file ``fh`` without waiting: False when another process holds it.
+    Where ``fcntl`` does not exist (not POSIX) there is no lock, and True."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def remove_stale_temps(root: str | Path) -> int:
     """Delete the hidden temp files a killed run left under ``root``; returns how many. A link to a folder inside
     ``root`` is refused (BadInputError) before anything is deleted or written.

@@ -173,15 +173,17 @@ def load_celebdf(root: str | Path) -> Dataset:
         skipped.append(f"{list_path}: missing; no official test set, every video is train/val")
 
     items: list[MediaItem] = []
+    present: set[str] = set()  # every entry of the folders, used or not: what the test list may name
     for folder in folders:
         label = Label.FAKE if folder == CELEBDF_FAKE_DIR else Label.REAL
         for path in sorted((root / folder).iterdir()):
+            rel = path.relative_to(root).as_posix()
+            present.add(_canonical_rel(rel))
             if path.suffix.lower() not in VIDEO_SUFFIXES:
                 continue
             if problem := media_problem(path):
                 skipped.append(problem)
                 continue
-            rel = path.relative_to(root).as_posix()
             try:
                 name = parse_celebdf_name(path.name)
             except ValueError as exc:
@@ -192,8 +194,7 @@ def load_celebdf(root: str | Path) -> Dataset:
                 skipped.append(f"{list_path}: {key} is listed as {test[key].name.lower()} but sits in {folder}/")
                 continue
             items.append(MediaItem(_data_path(root, rel), rel, label, name.identities, is_test=key in test))
-    found = {_canonical_rel(p.relative_to(root).as_posix()) for d in folders for p in (root / d).iterdir()}
-    missing = set(test) - found
+    missing = set(test) - present
     skipped += [f"{root / rel}: in {CELEBDF_TEST_LIST} but not found" for rel in sorted(missing)]
     return Dataset(root, "celebdf", items, skipped)
 

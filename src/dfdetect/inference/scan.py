@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from dfdetect._io import sha256_file
+from dfdetect._io import lock_exclusive, sha256_file
 from dfdetect.config import INFERENCE
 from dfdetect.errors import BadInputError, DfdetectError, WeightsError, one_line
 from dfdetect.parallel import ProgressCallback
@@ -317,16 +317,10 @@ class _Appender:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fh: BinaryIO = path.open("ab")
-        try:
-            import fcntl
-
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock
-            pass
-        except OSError:
+        if not lock_exclusive(self.fh):
             self.fh.close()
             raise DfdetectError("another scan is writing this file; wait for it or choose another --jsonl",
-                                path=path) from None
+                                path=path)
 
     def write(self, obj: dict[str, Any]) -> None:
         try:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from dfdetect._io import check_separate, remove_stale_temps, write_json
+from dfdetect._io import check_separate, lock_exclusive, remove_stale_temps, write_json
 from dfdetect.errors import BadInputError, NothingUsableError, failure_line
 from dfdetect.parallel import Engine, ProgressCallback, map_items
 
@@ -218,15 +218,9 @@ def _only_run(out: Path) -> Iterator[None]:
         yield
         return
     with fh:
-        try:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock
-            pass
-        except OSError:
+        if not lock_exclusive(fh):
             raise BadInputError("another dfdetect run is writing this folder; wait for it to finish, or use "
-                                "another --out folder", path=out) from None
+                                "another --out folder", path=out)
         yield
 
 

@@ -297,13 +297,11 @@ def _verdict_warnings(val_y: np.ndarray, val_p: np.ndarray, threshold: float) ->
     """What a user must hear before trusting the saved detector: a validation AUC at or below chance (a tiny or
     mislabelled set), or a threshold that calls every validation crop one class (a saved threshold of 1.0 called
     every fake real, silently)."""
-    from sklearn.metrics import roc_auc_score
-
     y, p = np.asarray(val_y), np.asarray(val_p, np.float64)
-    if np.unique(y).size < 2:
+    auc = _auc(y, p)
+    if math.isnan(auc):  # one class: nothing to judge by
         return []
     out = []
-    auc = float(roc_auc_score(y, p))
     if auc <= 0.5:
         out.append(f"validation AUC {auc:.3f} is at or below chance: the detector has learnt nothing "
                    "usable (too little data, or labels swapped?)")
